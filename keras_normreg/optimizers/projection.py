@@ -41,9 +41,17 @@ _PROJECTION_DOC = r"""
 """
 
 
-def project_radial(w, g, p, delta, wd_ratio, epsilon):
-    """Return ``(p', r)``: ``p`` with its radial part removed if ``w`` looks scale-invariant
-    (see the SGDP/AdamP docstrings for the formulas), and the decay ratio ``r``."""
+def projection_coefficients(w, g, p, delta, wd_ratio, epsilon):
+    """The projection of ``p`` as per-unit coefficients: ``(coef, r)`` with ``coef`` of shape
+    ``(units,)`` such that the projected direction is ``p - w * coef`` (``coef`` broadcast over
+    the last axis), and ``r`` the decay ratio (a scalar).
+
+    Both views reduce to the same form: the channel projection
+    ``p_j - ŵ_j⟨ŵ_j, p_j⟩ = p_j - w_j·⟨w_j, p_j⟩/(‖w_j‖ + ε)²`` and the layer projection
+    ``p - w·⟨w, p⟩/(‖w‖ + ε)²``; the layer sums are sums of the column sums. So four column
+    reductions (``Σw², Σg², Σw·g, Σw·p`` over the fan axis) decide the branch and give the
+    coefficient, and applying it is one pass over the weight.
+    """
     shape = tuple(w.shape)
     units = int(shape[-1])
     fan = int(math.prod(shape[:-1]))
@@ -52,26 +60,34 @@ def project_radial(w, g, p, delta, wd_ratio, epsilon):
     W = ops.reshape(w, (fan, units))
     G = ops.reshape(g, (fan, units))
     P = ops.reshape(p, (fan, units))
+    sww = ops.sum(W * W, axis=0)
+    sgg = ops.sum(G * G, axis=0)
+    swg = ops.sum(W * G, axis=0)
+    swp = ops.sum(W * P, axis=0)
 
-    wn_c = ops.sqrt(ops.sum(ops.square(W), axis=0))
-    gn_c = ops.sqrt(ops.sum(ops.square(G), axis=0))
-    cos_c = ops.abs(ops.sum(W * G, axis=0)) / (wn_c * gn_c + eps)
+    wn_c = ops.sqrt(sww)
+    cos_c = ops.abs(swg) / (wn_c * ops.sqrt(sgg) + eps)
     channel = ops.max(cos_c) < ops.cast(delta / math.sqrt(fan), dtype)
 
-    wn = ops.sqrt(ops.sum(ops.square(W)))
-    gn = ops.sqrt(ops.sum(ops.square(G)))
-    cos_l = ops.abs(ops.sum(W * G)) / (wn * gn + eps)
+    wn = ops.sqrt(ops.sum(sww))
+    cos_l = ops.abs(ops.sum(swg)) / (wn * ops.sqrt(ops.sum(sgg)) + eps)
     layer = cos_l < ops.cast(delta / math.sqrt(fan * units), dtype)
 
-    w_c = W / (wn_c + eps)
-    p_c = P - w_c * ops.sum(w_c * P, axis=0, keepdims=True)
-    w_l = W / (wn + eps)
-    p_l = P - w_l * ops.sum(w_l * P)
-    projected = ops.where(channel, p_c, ops.where(layer, p_l, P))
+    coef_c = swp / ops.square(wn_c + eps)
+    coef_l = ops.sum(swp) / ops.square(wn + eps)
+    zero = ops.zeros_like(coef_c)
+    coef = ops.where(channel, coef_c, ops.where(layer, coef_l + zero, zero))
     ratio = ops.where(
         ops.logical_or(channel, layer), ops.cast(wd_ratio, dtype), ops.cast(1.0, dtype)
     )
-    return ops.reshape(projected, shape), ratio
+    return coef, ratio
+
+
+def project_radial(w, g, p, delta, wd_ratio, epsilon):
+    """Return ``(p', r)``: ``p`` with its radial part removed if ``w`` looks scale-invariant
+    (see the SGDP/AdamP docstrings for the formulas), and the decay ratio ``r``."""
+    coef, ratio = projection_coefficients(w, g, p, delta, wd_ratio, epsilon)
+    return p - w * coef, ratio
 
 
 class _ProjectedOptimizer(keras.optimizers.Optimizer):
@@ -120,19 +136,25 @@ class _ProjectedOptimizer(keras.optimizers.Optimizer):
             for v in variables
         }
 
-    def _project_and_decay(self, variable, gradient, direction, lr):
-        """Project ``direction`` (rank >= 2), apply the decoupled decay; return direction."""
-        ratio = None
+    def _project_decay_update(self, variable, gradient, direction, lr, step):
+        """``w ← w − lr·λ·r·w − step·(p − w·coef)`` in one assignment: the projection of the
+        direction (rank >= 2, :func:`projection_coefficients`), the decoupled decay from the
+        pre-step weight and the update, folded into one per-unit scale of ``w``."""
+        w = ops.convert_to_tensor(variable)
+        decay = self._decay_mask.get(self._var_key(variable), False)
         if len(variable.shape) >= 2:
-            w = ops.convert_to_tensor(variable)
-            direction, ratio = project_radial(
+            coef, ratio = projection_coefficients(
                 w, gradient, direction, self.delta, self.wd_ratio, self.epsilon
             )
-        if self._decay_mask.get(self._var_key(variable), False):
-            wd = ops.cast(self.weight_decay, variable.dtype)
-            scale = lr * wd if ratio is None else lr * wd * ratio
-            self.assign_sub(variable, ops.convert_to_tensor(variable) * scale)
-        return direction
+            scale = 1.0 + step * coef
+            if decay:
+                scale = scale - lr * ops.cast(self.weight_decay, variable.dtype) * ratio
+            self.assign(variable, w * scale - step * direction)
+        elif decay:
+            scale = 1.0 - lr * ops.cast(self.weight_decay, variable.dtype)
+            self.assign(variable, w * scale - step * direction)
+        else:
+            self.assign_sub(variable, step * direction)
 
     def get_config(self):
         config = super().get_config()
@@ -207,13 +229,15 @@ class SGDP(_ProjectedOptimizer):
         if self.momentum != 0:
             mu = ops.cast(self.momentum, variable.dtype)
             buf = self.momentums[self._get_variable_index(variable)]
-            self.assign(buf, mu * buf + ops.cast(1.0 - self.dampening, variable.dtype) * g)
+            # (1 - τ)·g costs a pass over the weight: skipped for the default τ = 0.
+            damped = g if self.dampening == 0 else ops.cast(1.0 - self.dampening,
+                                                            variable.dtype) * g
+            self.assign(buf, mu * buf + damped)
             buf = ops.convert_to_tensor(buf)
             direction = g + mu * buf if self.nesterov else buf
         else:
             direction = g
-        direction = self._project_and_decay(variable, g, direction, lr)
-        self.assign_sub(variable, lr * direction)
+        self._project_decay_update(variable, g, direction, lr, lr)
 
     def get_config(self):
         config = super().get_config()
@@ -289,8 +313,7 @@ class AdamP(_ProjectedOptimizer):
             direction = (b1 * m + (1.0 - b1) * g) / denom
         else:
             direction = m / denom
-        direction = self._project_and_decay(variable, g, direction, lr)
-        self.assign_sub(variable, (lr / bc1) * direction)
+        self._project_decay_update(variable, g, direction, lr, lr / bc1)
 
     def get_config(self):
         config = super().get_config()

@@ -203,3 +203,23 @@ def test_errors():
         SGDP(0.1, exclude=("kernels",))
     with pytest.raises(ValueError, match="double decay"):
         optimizers.DecoupledWeightDecay(SGDP(0.1, weight_decay=1e-4), 1e-4)
+
+
+@pytest.mark.parametrize("branch", ["channel", "layer", "none"])
+def test_project_radial_matches_reference(branch):
+    """The fused form (four column sums, one per-unit coefficient) equals the two-view
+    projection of the paper, on each branch, for a conv-shaped kernel."""
+    rng = np.random.default_rng(1)
+    w = rng.normal(size=(3, 3, 4, 5))
+    g = make_grad(branch, w, rng)
+    p = rng.normal(size=w.shape)
+    expected, ratio, got_branch = ref_projection(w, g, p)
+    assert got_branch == branch
+    out, r = optimizers.project_radial(w.astype("float32"), g.astype("float32"),
+                                       p.astype("float32"), DELTA, WD_RATIO, EPS)
+    np.testing.assert_allclose(np.asarray(out), expected, rtol=1e-4, atol=1e-5)
+    assert float(r) == pytest.approx(ratio)
+    if branch != "none":  # the projected direction has no radial part left
+        W, Q = w.reshape(-1, 5), np.asarray(out).reshape(-1, 5)
+        radial = (W * Q).sum(0) if branch == "channel" else (W * Q).sum()
+        np.testing.assert_allclose(radial, 0.0, atol=1e-4)
