@@ -180,15 +180,20 @@ class DispersionBatchNormalization(keras.layers.Layer):
         return input_shape
 
     # ------------------------------------------------------------------ maths
-    def _dispersion(self, centered, count, ctx):
-        """Per-channel dispersion sigma, shape (channels,), from the centred batch.
+    def _dispersion(self, x, mean, count, ctx):
+        """Per-channel dispersion sigma, shape (channels,), of the batch about ``mean``.
 
         Args:
-            centered: ``x - mu`` (float32/float64), the local (per-replica) batch.
+            x: the local (per-replica) batch (float32/float64).
+            mean: per-channel mean of the *global* batch, shape (channels,).
             count: scalar tensor, number of elements per channel of the *global* batch.
             ctx: replica context to reduce over, or None (statistics are local).
         """
         raise NotImplementedError
+
+    def _centered(self, x, mean):
+        """``x - mean`` with ``mean`` broadcast along the channel axis."""
+        return x - self._broadcast(mean, len(x.shape))
 
     def _broadcast(self, stat, ndim):
         shape = [1] * ndim
@@ -206,8 +211,7 @@ class DispersionBatchNormalization(keras.layers.Layer):
             reduced = all_reduce_sum(ctx, ops.concatenate([local_sum, local_count[None]], 0))
             total_sum, count = reduced[:-1], reduced[-1]
         mean = total_sum / count
-        centered = x - self._broadcast(mean, len(x.shape))
-        return mean, self._dispersion(centered, count, ctx)
+        return mean, self._dispersion(x, mean, count, ctx)
 
     def call(self, inputs, training=None):
         compute_dtype = keras.backend.result_type(inputs.dtype, "float32")

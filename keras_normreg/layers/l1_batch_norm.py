@@ -37,6 +37,7 @@ class L1BatchNormalization(DispersionBatchNormalization):
     all-reduces, first ``[sum x, count]`` (global mean), then ``sum |x - mu_global|``.
     """
 
-    def _dispersion(self, centered, count, ctx):
+    def _dispersion(self, x, mean, count, ctx):
+        centered = self._centered(x, mean)
         abs_sum = all_reduce_sum(ctx, ops.sum(ops.abs(centered), axis=self._reduction_axes))
         return ops.cast(L1_SCALE, centered.dtype) * abs_sum / count

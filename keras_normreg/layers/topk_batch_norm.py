@@ -4,10 +4,16 @@ from __future__ import annotations
 
 import math
 
+import tensorflow as tf
 from keras import ops
 
 from keras_normreg._utils import check_number, register
 from keras_normreg.layers._base import DispersionBatchNormalization
+
+# Two-stage selection (see TopKBatchNormalization._local_top_chunked): the largest chunk size
+# used, and the smallest worth the second stage (below it the direct top-k is used).
+CHUNK = 64
+MIN_CHUNK = 4
 
 
 def topk_scale(n):
@@ -54,6 +60,13 @@ class TopKBatchNormalization(DispersionBatchNormalization):
     the union, which contains the global top-k' because every global top-k' element is in
     the top-k of its own replica. ``n`` is the global count.
 
+    **Cost.** For channels-last inputs of rank >= 3 (``axis=-1``, static spatial size) the
+    local top-k is found in two exact stages: the largest deviation of every chunk of up to
+    64 consecutive rows (two reductions over the batch), then a top-k over the ``k`` best
+    chunks only (see ``_local_top_chunked``). This avoids a channel-major copy of the batch
+    and a full top-k; in a ResNet-20 train step on CPU it made the layer as fast as Keras'
+    BatchNormalization (bench/bench_layers.py). Other layouts use one top-k per channel.
+
     Args:
         k: int >= 1 (default 10), number of largest deviations averaged; ``min(k, n)`` is used.
         Other arguments: as :class:`L1BatchNormalization` / ``keras.layers.BatchNormalization``.
@@ -64,20 +77,83 @@ class TopKBatchNormalization(DispersionBatchNormalization):
         super().__init__(axis=axis, **kwargs)
         self.k = int(k)
 
-    def _dispersion(self, centered, count, ctx):
-        perm = [self._channel_axis] + self._reduction_axes
-        channels = centered.shape[self._channel_axis]
-        deviations = ops.reshape(ops.transpose(ops.abs(centered), perm), (channels, -1))
-        # Pad with k zeros so that exactly k values come out even when a replica holds fewer
-        # than k elements (the deviations are >= 0, so padding never displaces a real value).
-        padded = ops.concatenate([deviations, ops.zeros((channels, self.k), centered.dtype)], 1)
-        top, _ = ops.top_k(padded, self.k)
+    def _dispersion(self, x, mean, count, ctx):
+        chunk = self._chunk_size(x)
+        if chunk is None:
+            top = self._local_top_direct(x, mean)
+        else:
+            top = self._local_top_chunked(x, mean, chunk)
         if ctx is not None:
             top, _ = ops.top_k(ctx.all_gather(top, axis=1), self.k)
         k_eff = ops.minimum(ops.cast(self.k, count.dtype), count)
         keep = ops.cast(ops.arange(self.k, dtype=count.dtype) < k_eff, top.dtype)
         mean_top = ops.sum(top * keep, axis=1) / k_eff
         return topk_scale(count) * mean_top
+
+    def _chunk_size(self, x):
+        """Rows per chunk of the two-stage selection, or None for the direct one.
+
+        The two-stage selection needs the channels on the last axis and a static number
+        ``S`` of elements per sample and channel (the spatial size); the chunk is the largest
+        divisor of ``S`` not above ``CHUNK``, so that chunks never straddle two samples and the
+        batch size may stay unknown.
+        """
+        ndim = len(x.shape)
+        if ndim < 3 or self._channel_axis != ndim - 1:
+            return None
+        spatial = x.shape[1:-1]
+        if any(d is None for d in spatial):
+            return None
+        size = math.prod(spatial)
+        chunk = max(d for d in range(1, min(size, CHUNK) + 1) if size % d == 0)
+        return chunk if chunk >= MIN_CHUNK else None
+
+    def _local_top_direct(self, x, mean):
+        """The k largest |x - mean| per channel, shape (channels, k), by one top-k over all
+        elements of each channel (channel-major copy of the batch)."""
+        perm = [self._channel_axis] + self._reduction_axes
+        channels = x.shape[self._channel_axis]
+        deviations = ops.reshape(ops.transpose(ops.abs(self._centered(x, mean)), perm),
+                                 (channels, -1))
+        # Pad with k zeros so that exactly k values come out even when a replica holds fewer
+        # than k elements (the deviations are >= 0, so padding never displaces a real value).
+        n = deviations.shape[1]
+        if n is None or n < self.k:
+            zeros = ops.zeros((channels, self.k), deviations.dtype)
+            deviations = ops.concatenate([deviations, zeros], 1)
+        top, _ = ops.top_k(deviations, self.k)
+        return top
+
+    def _local_top_chunked(self, x, mean, chunk):
+        r"""The k largest |x - mean| per channel, shape (channels, k), in two stages.
+
+        1. Split every channel into chunks of ``chunk`` consecutive rows of the
+           ``(rows, channels)`` view of the batch (a free reshape); a chunk's score is its
+           largest deviation, ``max(max x - mean, mean - min x)`` (two reductions, no
+           full-size temporary).
+        2. Keep the ``k`` best chunks of each channel (all of them if fewer) and take the top-k
+           of their ``k * chunk`` deviations, gathered from the batch.
+
+        Exact: a chunk holding one of the k largest deviations ``d`` has score ``>= d``, and
+        only the other chunks holding top-k elements can score higher, so it is among the
+        ``k`` best chunks (ties change which elements are picked, not their values). Gradients
+        flow through the gathered entries and ``mean``, as in the direct form.
+        """
+        channels = x.shape[-1]
+        blocks = ops.reshape(x, (-1, chunk, channels))
+        m = ops.stop_gradient(mean)
+        score = ops.maximum(ops.max(blocks, axis=1) - m, m - ops.min(blocks, axis=1))
+        score = ops.stop_gradient(ops.transpose(score))  # (channels, chunks)
+        n_chunks = ops.shape(score)[1]
+        kc = ops.minimum(n_chunks, self.k)
+        _, best = tf.math.top_k(score, kc, sorted=False)  # (channels, kc)
+        channel = ops.arange(channels, dtype=best.dtype)[:, None, None]
+        row = best[:, :, None] * chunk + ops.arange(chunk, dtype=best.dtype)[None, None, :]
+        values = ops.take(ops.reshape(x, (-1,)), row * channels + channel)  # (channels, kc, chunk)
+        deviations = ops.reshape(ops.abs(values - mean[:, None, None]), (channels, -1))
+        zeros = ops.zeros((channels, self.k), deviations.dtype)
+        top, _ = ops.top_k(ops.concatenate([deviations, zeros], 1), self.k)
+        return top
 
     def get_config(self):
         return {**super().get_config(), "k": self.k}

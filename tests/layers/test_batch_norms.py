@@ -283,3 +283,59 @@ def test_axis_out_of_range_at_build(kind):
     layer = make(kind, axis=3)
     with pytest.raises(ValueError, match=r"`axis` is out of bounds.*Received: axis=3"):
         layer.build((None, 4))
+
+
+# ----------------------------------------------------------------------------- top-k selection
+@pytest.mark.parametrize("shape,expected", [
+    ((8, 32, 32, 16), 64),   # S = 1024: largest divisor <= 64
+    ((8, 6, 5, 4), 30),      # S = 30
+    ((8, 7, 11, 4), 11),     # S = 77 = 7 * 11
+    ((8, 67, 4), None),      # S = 67 is prime and > 64: no divisor >= 4 -> direct
+    ((8, 2, 4), None),       # S = 2 < 4 -> direct
+    ((16, 5), None),         # rank 2 -> direct
+])
+def test_topk_chunk_size_rule(shape, expected):
+    layer = layers.TopKBatchNormalization(k=3)
+    layer.build(shape)
+    assert layer._chunk_size(tf.zeros(shape)) == expected
+
+
+def test_topk_chunk_size_channels_first_uses_direct_selection():
+    layer = layers.TopKBatchNormalization(k=3, axis=1)
+    layer.build((8, 4, 32, 32))
+    assert layer._chunk_size(tf.zeros((8, 4, 32, 32))) is None
+
+
+@pytest.mark.parametrize("shape,k", [((32, 8, 8, 3), 5), ((3, 4, 4, 2), 10), ((64, 3, 3, 2), 1)])
+def test_topk_two_stage_selection_sigma_and_gradient_match_numpy(shape, k):
+    """Batches where the two-stage selection prunes chunks (32 chunks, k=5; 64 chunks, k=1)
+    and where it keeps them all (3 chunks < k): sigma equals the NumPy top-k, and the gradient
+    of sum(sigma * w) equals the hand-derived
+    d sigma_c / d x_jc = C(n)/k * (s_jc * [j in top_c] - (1/n) * sum_{i in top_c} s_ic),
+    s = sign(x - mu)."""
+    rng = np.random.default_rng(3)
+    x = rng.normal(size=shape)  # continuous values: no ties
+    layer = layers.TopKBatchNormalization(k=k)
+    layer.build(shape)
+    xt = tf.constant(x, tf.float32)
+    assert layer._chunk_size(xt) is not None
+    weights = rng.uniform(0.5, 2.0, shape[-1])
+    with tf.GradientTape() as tape:
+        tape.watch(xt)
+        _, sigma = layer.batch_statistics(xt)
+        loss = tf.reduce_sum(sigma * weights)
+    grad = tape.gradient(loss, xt).numpy().reshape(-1, shape[-1])
+    _, ref_sigma = ref_stats(x, -1, "topk", k=k)
+    np.testing.assert_allclose(sigma.numpy(), ref_sigma, rtol=1e-5)
+    xc = x.reshape(-1, shape[-1])
+    n = xc.shape[0]
+    kk = min(k, n)
+    dev = xc - xc.mean(0)
+    expected = np.zeros_like(xc)
+    for c in range(shape[-1]):
+        top = np.argsort(-np.abs(dev[:, c]))[:kk]
+        s = np.sign(dev[:, c])
+        expected[top, c] += s[top]
+        expected[:, c] -= s[top].sum() / n
+        expected[:, c] *= ref_c(n) / kk * weights[c]
+    np.testing.assert_allclose(grad, expected, rtol=1e-4, atol=1e-6)
