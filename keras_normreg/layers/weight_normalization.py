@@ -2,9 +2,12 @@
 
 from __future__ import annotations
 
+import math
+
 import keras
 from keras import ops
 
+from keras_normreg._kernels import column_norms
 from keras_normreg._utils import check_bool, check_number, received, register
 from keras_normreg.layers._base import all_reduce_sum, sync_replica_context
 
@@ -198,7 +201,11 @@ class WeightNormalization(keras.layers.Wrapper):
 
     # ------------------------------------------------------------------ maths
     def _norm(self, v):
-        return ops.sqrt(ops.maximum(ops.sum(ops.square(v), axis=self._norm_axes), self.epsilon))
+        """Per-unit ``sqrt(max(sum(v**2 over the norm axes), epsilon))``, shape of ``g``."""
+        lead = len(self._norm_axes)  # the norm axes are the leading axes of the kernel
+        fan = math.prod(v.shape[:lead])
+        norms = column_norms(ops.reshape(v, (fan, -1)), self.epsilon)
+        return ops.reshape(norms, tuple(v.shape[lead:]))
 
     def _direction(self):
         v = ops.convert_to_tensor(self.v)
@@ -228,6 +235,17 @@ class WeightNormalization(keras.layers.Wrapper):
             x, w, strides=layer.strides, padding=padding, data_format=layer.data_format,
             dilation_rate=layer.dilation_rate,
         )
+
+    def _scale_outputs(self, x):
+        """Whether ``call`` scales the outputs rather than the kernel: Dense only, when the
+        rows of ``x`` (all axes but the last) are at most ``fan_in`` (unknown rows: rank-2
+        inputs only, i.e. a batch of feature vectors)."""
+        if self._layer_kind != "dense":
+            return False
+        rows = x.shape[:-1]
+        if any(d is None for d in rows):
+            return len(x.shape) == 2
+        return math.prod(rows) <= self.v.shape[0]
 
     def _broadcast_units(self, values, ndim):
         shape = [1] * ndim
@@ -284,8 +302,16 @@ class WeightNormalization(keras.layers.Wrapper):
         if self.data_init and training:
             self._maybe_initialize(inputs)
         x = inputs
-        w = ops.cast(self.effective_kernel(), x.dtype)
-        outputs = self._linear(x, w)
+        if self._scale_outputs(x):
+            # Dense: x @ (v * s) == (x @ v) * s with s = g / ||v|| per unit. Scaling the
+            # (rows, units) output instead of the (fan_in, units) kernel saves full passes over
+            # the kernel forward and backward when rows <= fan_in.
+            v = ops.convert_to_tensor(self.v)
+            scale = ops.convert_to_tensor(self.g) / self._norm(v)
+            outputs = ops.matmul(x, ops.cast(v, x.dtype)) * ops.cast(scale, x.dtype)
+        else:
+            w = ops.cast(self.effective_kernel(), x.dtype)
+            outputs = self._linear(x, w)
         if self.bias is not None:
             bias = ops.cast(self.bias, outputs.dtype)
             outputs = outputs + self._broadcast_units(bias, len(outputs.shape))

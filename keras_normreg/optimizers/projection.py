@@ -13,6 +13,7 @@ import math
 import keras
 from keras import ops
 
+from keras_normreg._kernels import column_sums
 from keras_normreg._utils import check_bool, check_number, register
 from keras_normreg.optimizers import _rules
 from keras_normreg.optimizers.decoupled import DEFAULT_EXCLUDE
@@ -60,10 +61,10 @@ def projection_coefficients(w, g, p, delta, wd_ratio, epsilon):
     W = ops.reshape(w, (fan, units))
     G = ops.reshape(g, (fan, units))
     P = ops.reshape(p, (fan, units))
-    sww = ops.sum(W * W, axis=0)
-    sgg = ops.sum(G * G, axis=0)
-    swg = ops.sum(W * G, axis=0)
-    swp = ops.sum(W * P, axis=0)
+    sww = column_sums(W * W)
+    sgg = column_sums(G * G)
+    swg = column_sums(W * G)
+    swp = column_sums(W * P)
 
     wn_c = ops.sqrt(sww)
     cos_c = ops.abs(swg) / (wn_c * ops.sqrt(sgg) + eps)
