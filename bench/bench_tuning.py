@@ -26,13 +26,31 @@ speedup of distributed tuning with 2 workers vs 1.
    ``TF_NUM_INTRAOP_THREADS=1``, ``TF_NUM_INTEROP_THREADS=1`` and ``OMP_NUM_THREADS=1`` (one
    core per process, so two workers do not fight over the cores). Speedup = t(1) / t(2).
 
-Run: ``.venv/bin/python bench/bench_tuning.py`` (``--quick``: tiny budgets, for the smoke test).
+3. **Table** (``--only table``, explicit only: ~20 min): real training (the tiny digits CNN of
+   ``tuning/tiny_digits.toml``, batch norm, SGD momentum 0.9, batch 64, ``--table-epochs``
+   epochs, :func:`compare.training_objective`) at every point of log-spaced grids — η x λ for
+   ``decoupled`` (and ``l2`` if asked), η alone for ``unit_norm`` — written with its provenance
+   (command, grids, versions, machine, date, wall time) to ``--table`` (default
+   ``bench/data/tiny_digits_grid.json``). Run it with one TensorFlow thread::
+
+       TF_NUM_INTRAOP_THREADS=1 TF_NUM_INTEROP_THREADS=1 OMP_NUM_THREADS=1 \
+           .venv/bin/python bench/bench_tuning.py --only table
+
+4. **Tabular trials to target** (``--only tabular``): random and bayesian keras-tuner searches
+   (:func:`compare.search_scores`, many seeds) replayed against that table (nearest grid point
+   in log space, see ``bench/_tabular.py``): naive (η, λ) box vs invariance-aware (η, ηλ) box
+   vs unit norm (η only), targets from the naive box's score distribution, plus the share of
+   each space's volume that reaches each target.
+
+Run: ``.venv/bin/python bench/bench_tuning.py`` (parts trials, speedup, tabular; ``--quick``:
+tiny budgets, for the smoke test).
 """
 
 from __future__ import annotations
 
 import argparse
 import copy
+import datetime
 import json
 import math
 import os
@@ -47,12 +65,15 @@ import tomllib
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
 sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 
+import _tabular  # noqa: E402
 import _timing  # noqa: E402
 
 from keras_normreg._utils import environ  # noqa: E402
 
 ROOT = pathlib.Path(__file__).resolve().parents[1]
-PARTS = ("trials", "speedup")
+PARTS = ("trials", "speedup", "table", "tabular")
+DEFAULT_PARTS = "trials,speedup,tabular"  # "table" (~20 min of training) only when asked
+DEFAULT_TABLE = ROOT / "bench" / "data" / "tiny_digits_grid.json"
 STUDY = ROOT / "tuning" / "tiny_digits.toml"
 # The invariance-aware (product) space; the naive one is the independent space covering it.
 PRODUCT_SPACE = {"parametrization": "product", "norms": ["batch"], "decay": ["decoupled"],
@@ -161,6 +182,207 @@ def speedup(*, trials: int, epochs: int, workers=(1, 2)) -> dict:
             "thread_env": THREAD_ENV}
 
 
+def _study_spec(mode: str, etas, lams, *, epochs: int, seed: int):
+    """The resolved tiny digits study restricted to one decay mode (batch norm, independent
+    parametrization over the grid's ranges)."""
+    from keras_normreg.tuning import spec as nr_spec
+
+    raw = _raw_study()
+    raw["base"]["train"]["epochs"] = epochs
+    raw["base"]["train"]["seed"] = seed
+    space = {"parametrization": "independent", "norms": ["batch"], "decay": [mode],
+             "learning_rate": {"min": min(etas), "max": max(etas)}}
+    if lams is not None:
+        space["lambda"] = {"min": min(lams), "max": max(lams)}
+    raw["space"] = space
+    return nr_spec.resolve_study(raw)
+
+
+def make_table(path, *, epochs: int, seed: int, etas, lams, unit_etas, modes, command: str,
+               log=None) -> dict:
+    """Train the tiny digits CNN once per grid point (:func:`compare.training_objective`) and
+    write the best validation accuracies, with their provenance, to ``path`` (rewritten after
+    every point, ``"complete": false`` until the end)."""
+    import keras
+    import tensorflow as tf
+
+    from keras_normreg.tuning import compare
+    from keras_normreg.tuning import space as nr_space
+
+    for mode in modes:
+        if mode not in nr_space.DECAY_MODES or mode == "none":
+            raise ValueError(f"Argument `modes` must hold decay modes among "
+                             f"['decoupled', 'l2', 'unit_norm']. Received: modes={list(modes)!r}")
+    path = pathlib.Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    first = _study_spec(modes[0], etas, lams, epochs=epochs, seed=seed)
+    base = first["base"]
+    out = {
+        "description": "Best validation accuracy of one real training run per grid point "
+                       "(tabular tuning benchmark; bench/bench_tuning.py --only table).",
+        "command": command,
+        "date": datetime.datetime.now(datetime.timezone.utc).isoformat(timespec="seconds"),
+        "machine": _timing.machine(),
+        "versions": {"tensorflow": tf.__version__, "keras": keras.__version__,
+                     "python": sys.version.split()[0]},
+        "thread_env": {k: os.environ.get(k) for k in THREAD_ENV},
+        "tf_threads": {"intra": tf.config.threading.get_intra_op_parallelism_threads(),
+                       "inter": tf.config.threading.get_inter_op_parallelism_threads()},
+        "study": str(STUDY.relative_to(ROOT)),
+        "model": {"arch": base["model"]["arch"], "overrides": base["model"]["overrides"],
+                  "norm": "batch", "dataset": base["data"]["dataset"],
+                  "train_split": base["data"]["train_split"],
+                  "validation_split": base["data"]["validation_split"],
+                  "batch_size": base["data"]["batch_size"],
+                  "optimizer": "sgd family (sgd for l2, sgdw for decoupled/unit_norm), "
+                               f"momentum {base['optimizer']['momentum']}, "
+                               f"schedule {base['schedule']['kind']}",
+                  "epochs": epochs, "seed": seed},
+        "score": "best val_accuracy over the epochs (compare.training_objective)",
+        "lookup": "nearest grid point in (log eta, log lambda); see bench/_tabular.py",
+        "grids": {}, "complete": False, "wall_seconds": None,
+    }
+    t_all = time.perf_counter()
+    for mode in modes:
+        with_lambda = nr_space.DECAY_MODES[mode][0]
+        mode_etas = list(etas) if with_lambda else list(unit_etas)
+        mode_lams = list(lams) if with_lambda else None
+        spec = _study_spec(mode, mode_etas, mode_lams, epochs=epochs, seed=seed)
+        objective = compare.training_objective(spec)
+        n_lam = len(mode_lams) if with_lambda else 1
+        score = [[None] * n_lam for _ in mode_etas]
+        secs = [[None] * n_lam for _ in mode_etas]
+        entry = {"decay": mode, "learning_rate": mode_etas, "lambda": mode_lams,
+                 "score": score if with_lambda else None, "seconds": secs, "wall_seconds": None}
+        out["grids"][mode] = entry
+        t_mode = time.perf_counter()
+        for i, eta in enumerate(mode_etas):
+            for j in range(n_lam):
+                lam = mode_lams[j] if with_lambda else None
+                point = {"norm": "batch", "decay": mode, "learning_rate": eta, "lambda": lam,
+                         "eta_lambda": None if lam is None else eta * lam}
+                keras.backend.clear_session()
+                t0 = time.perf_counter()
+                score[i][j] = objective(point)
+                secs[i][j] = round(time.perf_counter() - t0, 2)
+                if log is not None:
+                    log(f"[table/{mode}] eta={eta:.4g} lambda={lam if lam is None else f'{lam:.3g}'}"
+                        f": {score[i][j]:.4f} ({secs[i][j]:.1f} s)")
+                if not with_lambda:
+                    entry["score"] = [row[0] for row in score]
+                _write_json(path, out)
+        if not with_lambda:
+            entry["score"] = [row[0] for row in score]
+            entry["seconds"] = [row[0] for row in secs]
+        entry["wall_seconds"] = round(time.perf_counter() - t_mode, 1)
+    out["wall_seconds"] = round(time.perf_counter() - t_all, 1)
+    out["complete"] = True
+    _write_json(path, out)
+    return out
+
+
+def _write_json(path, data) -> None:
+    tmp = pathlib.Path(str(path) + ".tmp")
+    with open(tmp, "w") as f:
+        json.dump(data, f, indent=1, default=str)
+        f.write("\n")
+    os.replace(tmp, path)
+
+
+def tabular(table_path, *, seeds: int, budget: int, tuners, quantiles, n_volume: int = 1000,
+            log=None) -> dict:
+    """Trials to target of searches replayed against a table (see ``bench/_tabular.py``),
+    per λ-mode of the table (naive / product arms; the unit-norm arm with ``decoupled``)."""
+    from keras_normreg.tuning import compare
+
+    with open(table_path) as f:
+        table = json.load(f)
+    if not table.get("complete"):
+        raise ValueError(f"The table is incomplete (its generation did not finish). "
+                         f"Received: table={str(table_path)!r}")
+    seed_list = list(range(seeds))
+    out = {"table": str(table_path), "table_command": table.get("command"),
+           "table_model": table.get("model"), "budget": budget, "seeds": seed_list,
+           "tuners": list(tuners), "quantiles": list(quantiles), "modes": {}}
+    t_all = time.perf_counter()
+    for mode in [m for m in _tabular.LAMBDA_MODES if m in table["grids"]]:
+        arms = _tabular.arms_for(table, lambda_mode=mode)
+        if mode != "decoupled":
+            arms.pop("unit_norm", None)
+        volume = {a: _tabular.volume_scores(table, arms[a], n_volume) for a in arms}
+        # accuracies are quantized (1/n_val): several quantiles can give one target; keep it once
+        picked: dict = {}
+        for q, t in zip(quantiles, _tabular.targets_from_quantiles(volume["naive"], quantiles),
+                        strict=True):
+            picked.setdefault(t, []).append(q)
+        res = {"arms": {a: arms[a]["space"] for a in arms},
+               "best_in_space": {a: float(volume[a].max()) for a in arms},
+               "targets": [], "searches": {}}
+        for t, qs in picked.items():
+            fr = {a: _tabular.fraction_reaching(volume[a], t) for a in arms}
+            res["targets"].append({
+                "quantile": qs[0], "quantiles": qs, "target": t, "volume_fraction": fr,
+                "random_expectation": {a: _tabular.random_search_expectation(fr[a], budget)
+                                       for a in arms}})
+        for tuner in tuners:
+            t0 = time.perf_counter()
+            scores = _tabular.simulate(table, arms, tuner=tuner, budget=budget, seeds=seed_list,
+                                       log=log)
+            rows = []
+            for row in res["targets"]:
+                t = row["target"]
+                summ = {a: _tabular.summarize_counts(
+                    [compare.trials_to_target(v, t) for v in scores[a]], budget) for a in arms}
+                cens = {a: [c if c is not None else budget + 1 for c in summ[a]["trials"]]
+                        for a in arms}
+                ratio = {a: summ["naive"]["median_censored"] / summ[a]["median_censored"]
+                         for a in arms if a != "naive"}
+                ci = {a: _tabular.bootstrap_ratio_ci(cens["naive"], cens[a]) for a in ratio}
+                rows.append({"quantile": row["quantile"], "target": t, "arms": summ,
+                             "ratio": ratio, "ratio_ci95": ci})
+            res["searches"][tuner] = {"seconds": time.perf_counter() - t0, "rows": rows,
+                                      "scores": scores,
+                                      "trials_run": {a: [len(v) for v in scores[a]]
+                                                     for a in arms}}
+        out["modes"][mode] = res
+    out["seconds"] = time.perf_counter() - t_all
+    return out
+
+
+def _print_tabular(res) -> None:
+    print(f"table: {res['table']} ({res['table_model']['epochs']} epochs, seed "
+          f"{res['table_model']['seed']}); {len(res['seeds'])} searches per arm and tuner, "
+          f"budget {res['budget']}; misses count as budget + 1\n")
+    for mode, m in res["modes"].items():
+        arms = list(m["arms"])
+        print(f"### decay={mode}: share of each space's volume reaching the target "
+              "(random search: mean trials = 1/share)\n")
+        print("| target (best q of naive box) | " + " | ".join(arms) + " |")
+        print("|---|" + "---:|" * len(arms))
+        for row in m["targets"]:
+            cells = [f"{row['volume_fraction'][a]:.3f} (1/p = "
+                     f"{row['random_expectation'][a]['mean']:.1f})" for a in arms]
+            qs = "/".join(str(q) for q in row["quantiles"])
+            print(f"| {row['target']:.4f} (q={qs}) | " + " | ".join(cells) + " |")
+        print("best in space: " + ", ".join(f"{a} {m['best_in_space'][a]:.4f}" for a in arms))
+        print()
+        others = [a for a in arms if a != "naive"]
+        print("| tuner | target | " + " | ".join(f"{a}: median trials (reached)" for a in arms)
+              + " | " + " | ".join(f"naive / {a} [95% CI]" for a in others)
+              + " | met (>= 2)? |")
+        print("|---|---|" + "---:|" * len(arms) + "---:|" * len(others) + "---|")
+        for tuner, s in m["searches"].items():
+            for r in s["rows"]:
+                cells = [f"{r['arms'][a]['median_censored']:g} "
+                         f"({r['arms'][a]['reached']}/{r['arms'][a]['searches']})" for a in arms]
+                rat = [f"{r['ratio'][a]:.2f} [{r['ratio_ci95'][a][0]:.2f}-"
+                       f"{r['ratio_ci95'][a][1]:.2f}]" for a in others]
+                met = ", ".join(f"{a}: {'yes' if r['ratio'][a] >= 2 else 'NO'}" for a in others)
+                print(f"| {tuner} | {r['target']:.4f} (q={r['quantile']}) | "
+                      + " | ".join(cells) + " | " + " | ".join(rat) + f" | {met} |")
+        print()
+
+
 def _fmt_trials(summary) -> str:
     return ", ".join("-" if c is None else str(c) for c in summary["trials"])
 
@@ -170,6 +392,7 @@ def main(argv=None):
     p.add_argument("--quick", action="store_true",
                    help="smoke mode: tiny budgets, 1 epoch (for tests, not for numbers)")
     _timing.add_only(p, PARTS, "parts")
+    p.set_defaults(only=DEFAULT_PARTS)
     p.add_argument("--budget", type=int, default=None, help="trials per search (real objective)")
     p.add_argument("--seeds", type=int, default=None, help="searches per parametrization (real)")
     p.add_argument("--targets", default="0.9,0.95,0.97",
@@ -178,6 +401,24 @@ def main(argv=None):
     p.add_argument("--surrogate-seeds", type=int, default=None)
     p.add_argument("--trials", type=int, default=None, help="trials of the speedup study")
     p.add_argument("--speedup-epochs", type=int, default=None, help="epochs per speedup trial")
+    p.add_argument("--table", default=None,
+                   help=f"table JSON written by part table / read by part tabular (default "
+                        f"{DEFAULT_TABLE.relative_to(ROOT)}; --quick writes a temporary one)")
+    p.add_argument("--table-epochs", type=int, default=None, help="epochs per table point")
+    p.add_argument("--table-seed", type=int, default=7, help="train.seed of every table point")
+    p.add_argument("--eta-points", type=int, default=None,
+                   help="η grid points over [0.01, 1] (decoupled/l2 tables)")
+    p.add_argument("--lambda-points", type=int, default=None,
+                   help="λ grid points over [1e-6, 10]")
+    p.add_argument("--unit-norm-points", type=int, default=None,
+                   help="η grid points of the unit_norm table")
+    p.add_argument("--table-modes", default="decoupled,unit_norm",
+                   help="decay modes of the table, among decoupled, unit_norm, l2")
+    p.add_argument("--sim-seeds", type=int, default=None, help="searches per arm (tabular)")
+    p.add_argument("--sim-budget", type=int, default=None, help="trials per search (tabular)")
+    p.add_argument("--tuners", default="random,bayesian", help="tuners of part tabular")
+    p.add_argument("--quantiles", default="0.25,0.1,0.05,0.02",
+                   help="targets of part tabular: the score of the best q of the naive box")
     p.add_argument("--json", default=None, help="also write the results to this JSON file")
     args = p.parse_args(argv)
     args._argv = list(sys.argv[1:] if argv is None else argv)
@@ -190,6 +431,22 @@ def main(argv=None):
     trials = args.trials or (2 if q else 8)
     s_epochs = args.speedup_epochs or (1 if q else 20)
     targets = [float(t) for t in args.targets.split(",")]
+    quantiles = [float(t) for t in args.quantiles.split(",")]
+    tuners = [t.strip() for t in args.tuners.split(",") if t.strip()]
+    bad = [t for t in tuners if t not in ("random", "bayesian")]
+    if bad or not tuners:
+        p.error(f"--tuners must list 'random' and/or 'bayesian'. Received: tuners={args.tuners!r}")
+    modes = [m.strip() for m in args.table_modes.split(",") if m.strip()]
+    bad = [m for m in modes if m not in ("decoupled", "unit_norm", "l2")]
+    if bad or not modes:
+        p.error("--table-modes must list decay modes among decoupled, unit_norm, l2. "
+                f"Received: table_modes={args.table_modes!r}")
+    if args.table is not None:
+        table_path = pathlib.Path(args.table)
+    elif q and "table" in only:
+        table_path = pathlib.Path(tempfile.gettempdir()) / "knr_bench_tuning_quick_table.json"
+    else:
+        table_path = DEFAULT_TABLE
     _timing.setup(0)
 
     results: dict = {}
@@ -200,8 +457,24 @@ def main(argv=None):
                                            epochs=epochs)
     if "speedup" in only:
         results["speedup"] = speedup(trials=trials, epochs=s_epochs)
-
     cmd = _timing.command([os.path.join(ROOT, "bench", "bench_tuning.py"), *args._argv])
+    if "table" in only:
+        env = " ".join(f"{k}={os.environ[k]}" for k in THREAD_ENV if k in os.environ)
+        n_eta = args.eta_points or (2 if q else 9)
+        n_lam = args.lambda_points or (2 if q else 15)
+        n_unit = args.unit_norm_points or (2 if q else 15)
+        results["table"] = make_table(
+            table_path, epochs=args.table_epochs or (1 if q else 20), seed=args.table_seed,
+            etas=_tabular.log_grid(0.01, 1.0, n_eta), lams=_tabular.log_grid(1e-6, 10.0, n_lam),
+            unit_etas=_tabular.log_grid(0.01, 1.0, n_unit), modes=modes,
+            command=f"{env} {cmd}".strip(),
+            log=lambda m: print(m, file=sys.stderr, flush=True))
+    if "tabular" in only:
+        results["tabular"] = tabular(
+            table_path, seeds=args.sim_seeds or (2 if q else 50),
+            budget=args.sim_budget or (4 if q else 30), tuners=tuners, quantiles=quantiles,
+            n_volume=100 if q else 1000, log=lambda m: print(m, file=sys.stderr, flush=True))
+
     print("\n## Tuning benchmarks\n")
     print(f"machine: {_timing.machine()}")
     print(f"command: {cmd}\n")
@@ -234,6 +507,12 @@ def main(argv=None):
         print("(wall time of run_local: chief + N worker processes, start-up included; "
               "subprocesses with TF_NUM_INTRAOP_THREADS=1 TF_NUM_INTEROP_THREADS=1 "
               "OMP_NUM_THREADS=1)")
+    if "table" in only:
+        t = results["table"]
+        print(f"table written: {table_path} ({', '.join(t['grids'])}; "
+              f"{t['model']['epochs']} epochs; {t['wall_seconds']:.0f} s wall)\n")
+    if "tabular" in only:
+        _print_tabular(results["tabular"])
     if args.json:
         with open(args.json, "w") as f:
             json.dump({"machine": _timing.machine(), "command": cmd, **results}, f, indent=2,

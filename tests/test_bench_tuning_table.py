@@ -131,9 +131,11 @@ def test_bench_tuning_tabular_part_on_synthetic_table(tmp_path, capsys):
     path = tmp_path / "table.json"
     path.write_text(json.dumps(_table()))
     res = module.main(["--quick", "--only", "tabular", "--table", str(path), "--tuners",
-                       "random", "--quantiles", "0.1,0.5"])["tabular"]
+                       "random", "--quantiles", "0.1,0.2,0.5"])["tabular"]
     m = res["modes"]["decoupled"]
+    # the best 10 % and 20 % of the naive box both score 1.0 (its share is 25 %): one target
     assert [r["target"] for r in m["targets"]] == [1.0, 0.5]
+    assert [r["quantiles"] for r in m["targets"]] == [[0.1, 0.2], [0.5]]
     fr = m["targets"][0]["volume_fraction"]
     # --quick: 100 midpoints per axis
     assert fr["naive"] == pytest.approx(0.25) and fr["unit_norm"] == pytest.approx(0.5)
