@@ -38,6 +38,7 @@ from keras_normreg import config as nr_config
 from keras_normreg.tuning import launcher, report
 from keras_normreg.tuning import space as nr_space
 from keras_normreg.tuning import spec as nr_spec
+from keras_normreg.tuning.grid import EagerGridOracle
 from keras_normreg.tuning.hypermodel import NormRegHyperModel
 
 __all__ = ["ProgressDisplay", "budget", "export_best", "format_duration", "make_tuner",
@@ -233,7 +234,8 @@ def make_oracle(spec: Mapping):
         return kt.oracles.BayesianOptimizationOracle(
             max_trials=b["max_trials"], num_initial_points=t["num_initial_points"], **common)
     if kind == "grid":
-        return kt.oracles.GridSearchOracle(max_trials=b["max_trials"], **common)
+        # Not kt.oracles.GridSearchOracle: it serializes distributed workers (see grid.py).
+        return EagerGridOracle(max_trials=b["max_trials"], **common)
     return kt.oracles.HyperbandOracle(max_epochs=b["max_epochs"], factor=t["factor"],
                                       hyperband_iterations=t["hyperband_iterations"], **common)
 
