@@ -19,12 +19,14 @@ speedup of distributed tuning with 2 workers vs 1.
    target within the budget) count as ``budget + 1`` in the median and the ratio (censored),
    and are reported.
 
-2. **Distributed speedup**: wall time of the same small study (random search over tiny digits,
-   ``--trials`` trials of ``--speedup-epochs`` epochs, no export) run with
+2. **Distributed speedup**: wall time of one study (``--speedup-study``: the MNIST-1D demo
+   study with its grid tuner by default, or tiny digits with random search; ``--trials``
+   trials of ``--speedup-epochs`` epochs, no export) run with
    :func:`keras_normreg.tuning.launcher.run_local` and 1 worker, then 2 workers (a chief process
-   plus N worker subprocesses each time, process start-up included). The subprocesses inherit
-   ``TF_NUM_INTRAOP_THREADS=1``, ``TF_NUM_INTEROP_THREADS=1`` and ``OMP_NUM_THREADS=1`` (one
-   core per process, so two workers do not fight over the cores). Speedup = t(1) / t(2).
+   plus N worker subprocesses each time, process start-up included), with the workers sharing
+   every core and/or pinned to one share of the cores each (``pin_cpus=True``: one machine per
+   worker, emulated; ``--speedup-pin``). The subprocesses inherit ``TF_NUM_INTRAOP_THREADS=1``,
+   ``TF_NUM_INTEROP_THREADS=1`` and ``OMP_NUM_THREADS=1``. Speedup = t(1) / t(2).
 
 3. **Table** (``--only table``, explicit only: ~20 min): real training (the tiny digits CNN of
    ``tuning/tiny_digits.toml``, batch norm, SGD momentum 0.9, batch 64, ``--table-epochs``
@@ -148,38 +150,62 @@ def _completed(project_dir: str) -> int:
     return n
 
 
-def speedup(*, trials: int, epochs: int, workers=(1, 2)) -> dict:
+SPEEDUP_STUDIES = {"mnist1d": ROOT / "tuning" / "mnist1d_lambda_norm.toml",
+                   "tiny_digits": STUDY}
+PIN_MODES = {"no": (False,), "yes": (True,), "both": (False, True)}
+
+
+def _speedup_study(name: str, trials: int, epochs: int) -> dict:
+    """The study file of the speedup part: its own tuner (grid for mnist1d, random for tiny
+    digits), ``trials`` trials of ``epochs`` epochs, no export."""
+    with open(SPEEDUP_STUDIES[name], "rb") as f:
+        raw = tomllib.load(f)
+    raw["name"] = "bench_tuning"
+    raw["base"]["train"]["epochs"] = epochs
+    raw["budget"]["max_trials"] = trials
+    raw["output"] = {"export": False}
+    return raw
+
+
+def speedup(*, trials: int, epochs: int, study: str = "mnist1d", pin: str = "both",
+            workers=(1, 2)) -> dict:
+    """Wall time of ``run_local`` with 1 and 2 workers, unpinned (the workers share every core)
+    and/or pinned (``pin_cpus=True``: each worker on its own core(s), like one machine per
+    worker; with 1 worker that is half of the cores here)."""
+    import tomli_w
+
     from keras_normreg.tuning import launcher
 
-    raw_text = STUDY.read_text()
-    times, done = {}, {}
+    runs = []
     # run_local passes os.environ on to its subprocesses
     with environ(THREAD_ENV):
         with tempfile.TemporaryDirectory(prefix="knr-bench-tuning-") as tmp:
-            study = os.path.join(tmp, "bench_tuning.toml")
-            text = (raw_text.replace("epochs = 1", f"epochs = {epochs}")
-                    .replace("max_trials = 4", f"max_trials = {trials}")
-                    .replace('export_dir = "runs/tuning/saved_models"', "export = false")
-                    .replace('name = "tiny_digits"', 'name = "bench_tuning"'))
-            with open(study, "w") as f:
-                f.write(text)
-            for n in workers:
-                directory = os.path.join(tmp, f"w{n}")
-                project = os.path.join(directory, "bench_tuning")
-                t0 = time.perf_counter()
-                with open(os.path.join(tmp, f"chief{n}.log"), "w") as log:
-                    rc = launcher.run_local(study, n, project_dir=project, directory=directory,
-                                            overwrite=True, timeout=590, out=log)
-                times[n] = time.perf_counter() - t0
-                done[n] = _completed(project)
-                print(f"[speedup] {n} worker(s): {times[n]:.1f} s, rc={rc}, "
-                      f"{done[n]}/{trials} trials completed", file=sys.stderr, flush=True)
-                if rc != 0:
-                    raise RuntimeError(f"run_local with {n} worker(s) exited with {rc}")
-    base = workers[0]
-    return {"trials": trials, "epochs": epochs, "seconds": times, "completed": done,
-            "speedup": {n: times[base] / times[n] for n in workers},
-            "thread_env": THREAD_ENV}
+            path = os.path.join(tmp, "bench_tuning.toml")
+            with open(path, "wb") as f:
+                tomli_w.dump(_speedup_study(study, trials, epochs), f)
+            for pinned in PIN_MODES[pin]:
+                times, done = {}, {}
+                for n in workers:
+                    directory = os.path.join(tmp, f"w{n}-pin{int(pinned)}")
+                    project = os.path.join(directory, "bench_tuning")
+                    t0 = time.perf_counter()
+                    with open(os.path.join(directory + ".log"), "w") as log:
+                        rc = launcher.run_local(path, n, project_dir=project,
+                                                directory=directory, overwrite=True,
+                                                timeout=590, out=log, pin_cpus=pinned)
+                    times[n] = time.perf_counter() - t0
+                    done[n] = _completed(project)
+                    print(f"[speedup] {n} worker(s), pinned={pinned}: {times[n]:.1f} s, "
+                          f"rc={rc}, {done[n]}/{trials} trials completed", file=sys.stderr,
+                          flush=True)
+                    if rc != 0:
+                        raise RuntimeError(f"run_local with {n} worker(s) exited with {rc}")
+                base = workers[0]
+                runs.append({"pinned": pinned, "seconds": times, "completed": done,
+                             "speedup": {n: times[base] / times[n] for n in workers},
+                             "cpus": (launcher.worker_cpus(max(workers)) if pinned else None)})
+    return {"study": study, "trials": trials, "epochs": epochs, "runs": runs,
+            "cores": os.cpu_count(), "thread_env": THREAD_ENV}
 
 
 def _study_spec(mode: str, etas, lams, *, epochs: int, seed: int):
@@ -401,6 +427,11 @@ def main(argv=None):
     p.add_argument("--surrogate-seeds", type=int, default=None)
     p.add_argument("--trials", type=int, default=None, help="trials of the speedup study")
     p.add_argument("--speedup-epochs", type=int, default=None, help="epochs per speedup trial")
+    p.add_argument("--speedup-study", choices=sorted(SPEEDUP_STUDIES), default=None,
+                   help="study of the speedup part (default mnist1d, its grid tuner; "
+                        "--quick: tiny_digits)")
+    p.add_argument("--speedup-pin", choices=sorted(PIN_MODES), default="both",
+                   help="workers unpinned (no), one CPU share each (yes), or both runs")
     p.add_argument("--table", default=None,
                    help=f"table JSON written by part table / read by part tabular (default "
                         f"{DEFAULT_TABLE.relative_to(ROOT)}; --quick writes a temporary one)")
@@ -428,8 +459,9 @@ def main(argv=None):
     seeds = args.seeds or (1 if q else 5)
     epochs = args.epochs or (1 if q else 10)
     s_seeds = args.surrogate_seeds or (3 if q else 30)
-    trials = args.trials or (2 if q else 8)
-    s_epochs = args.speedup_epochs or (1 if q else 20)
+    s_study = args.speedup_study or ("tiny_digits" if q else "mnist1d")
+    trials = args.trials or (2 if q else 16)
+    s_epochs = args.speedup_epochs or (1 if q else 10)
     targets = [float(t) for t in args.targets.split(",")]
     quantiles = [float(t) for t in args.quantiles.split(",")]
     tuners = [t.strip() for t in args.tuners.split(",") if t.strip()]
@@ -456,7 +488,8 @@ def main(argv=None):
         results["real"] = trials_to_target("real", budget=budget, seeds=seeds, targets=targets,
                                            epochs=epochs)
     if "speedup" in only:
-        results["speedup"] = speedup(trials=trials, epochs=s_epochs)
+        results["speedup"] = speedup(trials=trials, epochs=s_epochs, study=s_study,
+                                     pin=args.speedup_pin)
     cmd = _timing.command([os.path.join(ROOT, "bench", "bench_tuning.py"), *args._argv])
     if "table" in only:
         env = " ".join(f"{k}={os.environ[k]}" for k in THREAD_ENV if k in os.environ)
@@ -498,12 +531,17 @@ def main(argv=None):
         print("('-' = not reached within the budget; counted as budget + 1 in the median)\n")
     if "speedup" in only:
         s = results["speedup"]
-        t1, t2 = s["seconds"][1], s["seconds"][2]
-        met = "yes" if s["speedup"][2] >= 1.7 else "NO"
-        print("| study | 1 worker s | 2 workers s | speedup | target | met? |")
-        print("|---|---:|---:|---:|---|---|")
-        print(f"| tiny digits, {s['trials']} random trials x {s['epochs']} epochs, no export "
-              f"| {t1:.1f} | {t2:.1f} | {s['speedup'][2]:.2f} | >= 1.7 | {met} |")
+        tuner = "grid" if s["study"] == "mnist1d" else "random"
+        print("| study | workers' CPUs | 1 worker s | 2 workers s | speedup | target | met? |")
+        print("|---|---|---:|---:|---:|---|---|")
+        for run in s["runs"]:
+            t1, t2 = run["seconds"][1], run["seconds"][2]
+            met = "yes" if run["speedup"][2] >= 1.7 else "NO"
+            cpus = (f"pinned, one share each {run['cpus']}" if run["pinned"]
+                    else f"shared ({s['cores']} cores)")
+            print(f"| {s['study']}, {s['trials']} {tuner} trials x {s['epochs']} epochs, "
+                  f"no export | {cpus} | {t1:.1f} | {t2:.1f} | {run['speedup'][2]:.2f} "
+                  f"| >= 1.7 | {met} |")
         print("(wall time of run_local: chief + N worker processes, start-up included; "
               "subprocesses with TF_NUM_INTRAOP_THREADS=1 TF_NUM_INTEROP_THREADS=1 "
               "OMP_NUM_THREADS=1)")

@@ -200,5 +200,8 @@ def test_bench_tuning_quick_speedup():
     module = _load("bench_tuning")
     results = module.main(["--quick", "--only", "speedup"])
     s = results["speedup"]
-    assert s["completed"] == {1: 2, 2: 2}
-    assert s["speedup"][1] == 1.0 and s["speedup"][2] > 0
+    assert s["study"] == "tiny_digits"
+    assert [r["pinned"] for r in s["runs"]] == [False, True]
+    for run in s["runs"]:
+        assert run["completed"] == {1: 2, 2: 2}
+        assert run["speedup"][1] == 1.0 and run["speedup"][2] > 0

@@ -39,7 +39,7 @@ import time
 from keras_normreg._utils import environ
 
 __all__ = ["DistributedDependencyError", "check_distributed_dependencies", "free_port",
-           "parse_address", "run_local", "tuner_environment"]
+           "parse_address", "run_local", "tuner_environment", "worker_cpus"]
 
 ENV_KEYS = ("KERASTUNER_TUNER_ID", "KERASTUNER_ORACLE_IP", "KERASTUNER_ORACLE_PORT")
 ROLES = ("chief", "worker")
@@ -152,10 +152,30 @@ def _tail(path: str, lines: int = 15) -> str:
         return ""
 
 
+def worker_cpus(workers: int, available=None) -> list[set[int]]:
+    """CPU sets of ``workers`` pinned workers: the ``available`` CPUs (default: this process's
+    affinity) split into ``workers`` contiguous, disjoint, near-equal parts; with fewer CPUs
+    than workers, worker ``i`` gets CPU number ``i mod n`` (shared)."""
+    if isinstance(workers, bool) or not isinstance(workers, int) or workers < 1:
+        raise ValueError(f"--workers must be a positive integer. Received: workers={workers!r}")
+    if available is None:
+        if not hasattr(os, "sched_getaffinity"):
+            raise RuntimeError("Pinning workers to CPUs needs os.sched_setaffinity (Linux). "
+                               f"Received: platform={sys.platform!r}")
+        available = os.sched_getaffinity(0)
+    cpus = sorted(available)
+    if not cpus:
+        raise ValueError(f"No CPU to pin workers to. Received: available={available!r}")
+    if len(cpus) < workers:
+        return [{cpus[i % len(cpus)]} for i in range(workers)]
+    bounds = [round(i * len(cpus) / workers) for i in range(workers + 1)]
+    return [set(cpus[bounds[i]:bounds[i + 1]]) for i in range(workers)]
+
+
 def run_local(study: str, workers: int, *, project_dir: str, directory: str | None = None,
               overwrite: bool = False, max_trials: int | None = None, max_restarts: int = 3,
               timeout: float | None = None, host: str = "127.0.0.1", out=None,
-              python: str | None = None) -> int:
+              python: str | None = None, pin_cpus: bool = False) -> int:
     """Run ``study`` with a chief and ``workers`` workers on this machine; returns the chief's
     exit code (non-zero when the chief or a worker failed for good).
 
@@ -167,11 +187,16 @@ def run_local(study: str, workers: int, *, project_dir: str, directory: str | No
         overwrite: delete the project directory before starting.
         max_restarts: restarts allowed per worker that exits abnormally.
         timeout: seconds before everything is stopped (None: no limit).
+        pin_cpus: restrict each worker to its own share of this process's CPUs (Linux
+            ``sched_setaffinity``, :func:`worker_cpus`); the chief is not pinned. This
+            emulates one machine per worker (the speedup benchmark uses it); on a machine
+            shared by the workers it is usually slower than letting them float.
     """
     out = out or sys.stdout
     if isinstance(workers, bool) or not isinstance(workers, int) or workers < 1:
         raise ValueError(f"--workers must be a positive integer. Received: workers={workers!r}")
     check_distributed_dependencies()
+    cpus = worker_cpus(workers) if pin_cpus else None
     if overwrite and os.path.isdir(project_dir):
         shutil.rmtree(project_dir)
     log_dir = os.path.join(project_dir, "workers")
@@ -192,10 +217,12 @@ def run_local(study: str, workers: int, *, project_dir: str, directory: str | No
         if wid in logs:
             logs[wid].close()
         logs[wid] = open(os.path.join(log_dir, f"{wid}.log"), "a", encoding="utf-8")
+        mask = None if cpus is None else cpus[int(wid[len("tuner"):])]
         procs[wid] = subprocess.Popen(
             _tune_command(study, "worker", address, directory=directory, max_trials=max_trials,
                           worker_id=wid, python=python),
-            env=env, stdout=logs[wid], stderr=subprocess.STDOUT)
+            env=env, stdout=logs[wid], stderr=subprocess.STDOUT,
+            preexec_fn=None if mask is None else (lambda: os.sched_setaffinity(0, mask)))
 
     started = time.monotonic()
     finished: set[str] = set()

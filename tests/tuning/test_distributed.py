@@ -1,6 +1,7 @@
 """Distributed tuning on 127.0.0.1: a chief and workers as subprocesses (bounded by timeouts)."""
 
 import glob
+import io
 import json
 import os
 import signal
@@ -226,3 +227,48 @@ def test_interrupted_study_resumes_under_workers(tmp_path):
     assert len({t["trial_id"] for t in trials}) == len(trials) == budget
     assert all(t["status"] == "COMPLETED" for t in trials)
     assert {t["trial_id"]: t["score"] for t in trials if t["trial_id"] in before} == before
+
+
+@pytest.mark.parametrize("workers,available,expected", [
+    (2, {0, 1}, [{0}, {1}]),
+    (2, {0, 1, 2, 3}, [{0, 1}, {2, 3}]),
+    (3, {4, 5, 6, 7, 8}, [{4, 5}, {6}, {7, 8}]),  # bounds round(0), round(5/3), round(10/3)
+    (3, {0, 1}, [{0}, {1}, {0}]),                  # fewer CPUs than workers: shared
+    (1, {3, 5}, [{3, 5}]),
+])
+def test_worker_cpus_split(workers, available, expected):
+    assert launcher.worker_cpus(workers, available) == expected
+
+
+def test_worker_cpus_errors():
+    with pytest.raises(ValueError, match="Received: workers=0"):
+        launcher.worker_cpus(0, {0})
+    with pytest.raises(ValueError, match="No CPU to pin workers to"):
+        launcher.worker_cpus(1, set())
+
+
+def test_run_local_pins_workers_not_the_chief(tmp_path, monkeypatch):
+    """pin_cpus=True gives every worker process a preexec_fn (sched_setaffinity), the chief
+    none (a fake Popen records the calls; the chief 'exits' at once)."""
+    calls = []
+
+    class FakePopen:
+        def __init__(self, cmd, **kwargs):
+            calls.append((cmd, kwargs.get("preexec_fn")))
+            self.returncode = 0
+
+        def poll(self):
+            return 0
+
+        def wait(self, timeout=None):
+            return 0
+
+    monkeypatch.setattr(launcher.subprocess, "Popen", FakePopen)
+    monkeypatch.setattr(launcher, "check_distributed_dependencies", lambda: None)
+    monkeypatch.setattr(launcher.os, "sched_getaffinity", lambda pid: {0, 1}, raising=False)
+    rc = launcher.run_local("study.toml", 2, project_dir=str(tmp_path / "p"), pin_cpus=True,
+                            out=io.StringIO())
+    assert rc == 0
+    roles = [cmd[cmd.index("--role") + 1] for cmd, _ in calls]
+    assert roles == ["chief", "worker", "worker"]
+    assert calls[0][1] is None and all(fn is not None for _, fn in calls[1:])
