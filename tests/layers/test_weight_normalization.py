@@ -18,6 +18,9 @@ from tests.helpers import (
 LAYER_CASES = {
     "dense": (lambda: keras.layers.Dense(4, activation="tanh"), (5, 3), (0,)),
     "dense_3d": (lambda: keras.layers.Dense(4), (2, 5, 3), (0,)),
+    # rows <= fan_in: the output-scaling path, (x @ v) * (g / ||v||)
+    "dense_wide": (lambda: keras.layers.Dense(4, activation="tanh"), (3, 6), (0,)),
+    "dense_3d_wide": (lambda: keras.layers.Dense(4), (2, 2, 6), (0,)),
     "conv1d_causal": (lambda: keras.layers.Conv1D(4, 3, padding="causal", dilation_rate=2),
                       (2, 9, 3), (0, 1)),
     "conv2d": (lambda: keras.layers.Conv2D(4, 3, strides=2, padding="same", activation="relu"),
@@ -267,3 +270,30 @@ def test_group_mismatch_error():
 def test_exported_from_package():
     assert layers.WeightNormalization is WeightNormalization
     assert layers.WEIGHT_NORMS == ("weight", "weight_fixed")
+
+
+@pytest.mark.parametrize("shape", [(3, 6), (9, 6)])  # output-scaling path, kernel path
+def test_dense_gradients_match_numpy(shape):
+    """d/dv and d/dg of sum(c * y) for y = x @ (g v / ||v||) + b, against the hand-derived
+    dL/dg_j = <G_j, v_j> / ||v_j||, dL/dv_j = (g_j / ||v_j||) (G_j - <G_j, u_j> u_j) with
+    G = x^T c, u_j = v_j / ||v_j||, on both paths of the Dense wrapper."""
+    import tensorflow as tf
+
+    rng = np.random.default_rng(4)
+    wrapper = WeightNormalization(keras.layers.Dense(4))
+    wrapper.build((None, shape[1]))
+    wrapper.v.assign(rng.normal(size=(shape[1], 4)))
+    wrapper.g.assign(rng.uniform(0.5, 2.0, 4))
+    x = rng.normal(size=shape).astype("float32")
+    c = rng.normal(size=(shape[0], 4)).astype("float32")
+    assert wrapper._scale_outputs(tf.constant(x)) == (shape[0] <= shape[1])
+    with tf.GradientTape() as tape:
+        loss = tf.reduce_sum(wrapper(x) * c)
+    dv, dg = tape.gradient(loss, [wrapper.v, wrapper.g])
+    v, g = wrapper.v.numpy().astype(np.float64), wrapper.g.numpy().astype(np.float64)
+    norm = np.linalg.norm(v, axis=0)
+    u = v / norm
+    G = x.T.astype(np.float64) @ c
+    np.testing.assert_allclose(dg.numpy(), (G * v).sum(0) / norm, rtol=1e-4, atol=1e-5)
+    expected_dv = g / norm * (G - (G * u).sum(0) * u)
+    np.testing.assert_allclose(dv.numpy(), expected_dv, rtol=1e-4, atol=1e-5)
