@@ -215,14 +215,20 @@ def test_frozen_layer_runs_in_inference_mode(kind):
 
 
 @pytest.mark.parametrize("kind", ["l1", "topk"])
-def test_fit_xla_matches_eager(kind):
+@pytest.mark.parametrize("images", [False, True])
+def test_fit_xla_matches_eager(kind, images):
+    """Dense features (direct top-k) and 4x4 feature maps (two-stage top-k: 16 chunks of 16
+    rows per batch of 16, k=4; the last batch of 8 has 8 chunks), XLA vs eager."""
     rng = np.random.default_rng(4)
-    x = rng.normal(size=(32, 6)).astype("float32")
-    y = rng.normal(size=(32, 2)).astype("float32")
+    shape = (4, 4, 3) if images else (6,)
+    x = rng.normal(size=(40, *shape)).astype("float32")
+    y = rng.normal(size=(40, 2)).astype("float32")
     results = []
     for jit in (False, True):
         keras.utils.set_random_seed(7)
-        model = keras.Sequential([keras.Input((6,)), keras.layers.Dense(5), make(kind),
+        first = keras.layers.Conv2D(5, 3, padding="same") if images else keras.layers.Dense(5)
+        head = [keras.layers.Flatten()] if images else []
+        model = keras.Sequential([keras.Input(shape), first, make(kind), *head,
                                   keras.layers.Dense(2)])
         model.compile(keras.optimizers.SGD(0.1), "mse", jit_compile=jit, run_eagerly=not jit)
         history = model.fit(x, y, batch_size=16, epochs=2, verbose=0, shuffle=False)
