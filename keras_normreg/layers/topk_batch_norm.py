@@ -115,11 +115,18 @@ class TopKBatchNormalization(DispersionBatchNormalization):
         channels = x.shape[self._channel_axis]
         deviations = ops.reshape(ops.transpose(ops.abs(self._centered(x, mean)), perm),
                                  (channels, -1))
-        # Pad with k zeros so that exactly k values come out even when a replica holds fewer
-        # than k elements (the deviations are >= 0, so padding never displaces a real value).
+        return self._top_k(deviations)
+
+    def _top_k(self, deviations):
+        """The ``k`` largest of each row of ``deviations`` (channels, n), shape (channels, k).
+
+        Rows are padded with k zeros when ``n`` may be below ``k`` (unknown or smaller), so that
+        exactly k values come out even when a replica holds fewer than k elements (deviations
+        are >= 0, so padding never displaces a real value).
+        """
         n = deviations.shape[1]
         if n is None or n < self.k:
-            zeros = ops.zeros((channels, self.k), deviations.dtype)
+            zeros = ops.zeros((deviations.shape[0], self.k), deviations.dtype)
             deviations = ops.concatenate([deviations, zeros], 1)
         top, _ = ops.top_k(deviations, self.k)
         return top
@@ -141,19 +148,15 @@ class TopKBatchNormalization(DispersionBatchNormalization):
         """
         channels = x.shape[-1]
         blocks = ops.reshape(x, (-1, chunk, channels))
-        m = ops.stop_gradient(mean)
-        score = ops.maximum(ops.max(blocks, axis=1) - m, m - ops.min(blocks, axis=1))
-        score = ops.stop_gradient(ops.transpose(score))  # (channels, chunks)
+        score = ops.maximum(ops.max(blocks, axis=1) - mean, mean - ops.min(blocks, axis=1))
+        score = ops.stop_gradient(ops.transpose(score))  # (channels, chunks): selection only
         n_chunks = ops.shape(score)[1]
         kc = ops.minimum(n_chunks, self.k)
         _, best = tf.math.top_k(score, kc, sorted=False)  # (channels, kc)
         channel = ops.arange(channels, dtype=best.dtype)[:, None, None]
         row = best[:, :, None] * chunk + ops.arange(chunk, dtype=best.dtype)[None, None, :]
         values = ops.take(ops.reshape(x, (-1,)), row * channels + channel)  # (channels, kc, chunk)
-        deviations = ops.reshape(ops.abs(values - mean[:, None, None]), (channels, -1))
-        zeros = ops.zeros((channels, self.k), deviations.dtype)
-        top, _ = ops.top_k(ops.concatenate([deviations, zeros], 1), self.k)
-        return top
+        return self._top_k(ops.reshape(ops.abs(values - mean[:, None, None]), (channels, -1)))
 
     def get_config(self):
         return {**super().get_config(), "k": self.k}

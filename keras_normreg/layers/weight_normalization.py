@@ -211,11 +211,15 @@ class WeightNormalization(keras.layers.Wrapper):
         v = ops.convert_to_tensor(self.v)
         return v / self._norm(v)
 
+    def _unit_scale(self, v):
+        """The per-unit factor ``g / ||v||`` (shape of ``g``)."""
+        return ops.convert_to_tensor(self.g) / self._norm(v)
+
     def effective_kernel(self):
         """The effective kernel ``w = g * v / ||v||`` (variable dtype), computed as
         ``v * (g / ||v||)``: the per-unit factor first saves one pass over the kernel."""
         v = ops.convert_to_tensor(self.v)
-        return v * (ops.convert_to_tensor(self.g) / self._norm(v))
+        return v * self._unit_scale(v)
 
     def _linear(self, x, w):
         """The inner layer's op on ``x`` with kernel ``w``, without bias and activation."""
@@ -307,8 +311,7 @@ class WeightNormalization(keras.layers.Wrapper):
             # (rows, units) output instead of the (fan_in, units) kernel saves full passes over
             # the kernel forward and backward when rows <= fan_in.
             v = ops.convert_to_tensor(self.v)
-            scale = ops.convert_to_tensor(self.g) / self._norm(v)
-            outputs = ops.matmul(x, ops.cast(v, x.dtype)) * ops.cast(scale, x.dtype)
+            outputs = ops.matmul(x, ops.cast(v, x.dtype)) * ops.cast(self._unit_scale(v), x.dtype)
         else:
             w = ops.cast(self.effective_kernel(), x.dtype)
             outputs = self._linear(x, w)

@@ -141,21 +141,21 @@ class _ProjectedOptimizer(keras.optimizers.Optimizer):
         """``w ← w − lr·λ·r·w − step·(p − w·coef)`` in one assignment: the projection of the
         direction (rank >= 2, :func:`projection_coefficients`), the decoupled decay from the
         pre-step weight and the update, folded into one per-unit scale of ``w``."""
-        w = ops.convert_to_tensor(variable)
         decay = self._decay_mask.get(self._var_key(variable), False)
-        if len(variable.shape) >= 2:
+        projected = len(variable.shape) >= 2
+        if not (projected or decay):  # rank <= 1 and no decay: the plain update
+            self.assign_sub(variable, step * direction)
+            return
+        w = ops.convert_to_tensor(variable)
+        scale, ratio = 1.0, 1.0
+        if projected:
             coef, ratio = projection_coefficients(
                 w, gradient, direction, self.delta, self.wd_ratio, self.epsilon
             )
-            scale = 1.0 + step * coef
-            if decay:
-                scale = scale - lr * ops.cast(self.weight_decay, variable.dtype) * ratio
-            self.assign(variable, w * scale - step * direction)
-        elif decay:
-            scale = 1.0 - lr * ops.cast(self.weight_decay, variable.dtype)
-            self.assign(variable, w * scale - step * direction)
-        else:
-            self.assign_sub(variable, step * direction)
+            scale = scale + step * coef
+        if decay:
+            scale = scale - lr * ops.cast(self.weight_decay, variable.dtype) * ratio
+        self.assign(variable, w * scale - step * direction)
 
     def get_config(self):
         config = super().get_config()
