@@ -98,6 +98,20 @@ def finish_args(args, rounds: int, steps: int):
 
 
 # ---------------------------------------------------------------------- arms
+def parse_args(parser, argv, *, rounds: int, steps: int = 1, only=None):
+    """Parse ``argv``, fill the --rounds/--steps defaults (:func:`finish_args`), check --only
+    (``only=(choices, what)``, :func:`parse_only`) and then fix TensorFlow's threads
+    (:func:`setup`), in that order so that a bad option fails before TensorFlow loads.
+
+    Returns ``(args, picked)``; ``picked`` is None without ``only``."""
+    args = parser.parse_args(argv)
+    args._argv = argv
+    finish_args(args, rounds=rounds, steps=steps)
+    picked = None if only is None else parse_only(parser, args.only, *only)
+    setup(args.threads)
+    return args, picked
+
+
 def train_step(model, x, y) -> Callable[[], object]:
     """A step callable: one ``model.train_on_batch(x, y)`` on fixed tensors (synchronizing)."""
     import tensorflow as tf

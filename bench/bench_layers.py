@@ -169,11 +169,7 @@ def main(argv=None):
     p = _timing.base_parser(__doc__.splitlines()[0])
     _timing.add_only(p, GROUPS, "groups")
     p.add_argument("--batch", type=int, default=128, help="batch size of the image groups")
-    args = p.parse_args(argv)
-    args._argv = argv
-    _timing.finish_args(args, rounds=15, steps=1)
-    groups = _timing.parse_only(p, args.only, GROUPS, "groups")
-    _timing.setup(args.threads)
+    args, groups = _timing.parse_args(p, argv, rounds=15, only=(GROUPS, "groups"))
 
     import keras
     import numpy as np

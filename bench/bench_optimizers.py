@@ -114,11 +114,7 @@ def main(argv=None):
     p = _timing.base_parser(__doc__.splitlines()[0])
     _timing.add_only(p, MODELS, "models")
     p.add_argument("--batch", type=int, default=128, help="batch size")
-    args = p.parse_args(argv)
-    args._argv = argv
-    _timing.finish_args(args, rounds=11, steps=1)
-    models = _timing.parse_only(p, args.only, MODELS, "models")
-    _timing.setup(args.threads)
+    args, models = _timing.parse_args(p, argv, rounds=11, only=(MODELS, "models"))
 
     import keras
     import numpy as np

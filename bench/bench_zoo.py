@@ -67,10 +67,7 @@ def main(argv=None):
     p.add_argument("--mixed-precision", action="store_true",
                    help="build the models under keras.mixed_precision 'mixed_float16'")
     p.add_argument("--no-xla", action="store_true", help="skip the jit_compile=True arms")
-    args = p.parse_args(argv)
-    args._argv = argv
-    _timing.finish_args(args, rounds=15, steps=1)
-    _timing.setup(args.threads)
+    args, _ = _timing.parse_args(p, argv, rounds=15)
 
     import keras
     import numpy as np
