@@ -195,6 +195,14 @@ def test_bench_tuning_rejects_unknown_part():
         module.main(["--quick", "--only", "nope"])
 
 
+def test_bench_tuning_rejects_unknown_speedup_options(capsys):
+    module = _load("bench_tuning")
+    for flag in ("--speedup-pin", "--speedup-study"):
+        with pytest.raises(SystemExit):
+            module.main(["--quick", "--only", "speedup", flag, "nope"])
+        assert f"argument {flag}: invalid choice: 'nope'" in capsys.readouterr().err
+
+
 @pytest.mark.slow
 def test_bench_tuning_quick_speedup():
     module = _load("bench_tuning")

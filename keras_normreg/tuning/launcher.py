@@ -36,7 +36,7 @@ import subprocess
 import sys
 import time
 
-from keras_normreg._utils import environ
+from keras_normreg._utils import check_bool, environ
 
 __all__ = ["DistributedDependencyError", "check_distributed_dependencies", "free_port",
            "parse_address", "run_local", "tuner_environment", "worker_cpus"]
@@ -152,12 +152,16 @@ def _tail(path: str, lines: int = 15) -> str:
         return ""
 
 
+def _check_workers(workers) -> None:
+    if isinstance(workers, bool) or not isinstance(workers, int) or workers < 1:
+        raise ValueError(f"--workers must be a positive integer. Received: workers={workers!r}")
+
+
 def worker_cpus(workers: int, available=None) -> list[set[int]]:
     """CPU sets of ``workers`` pinned workers: the ``available`` CPUs (default: this process's
     affinity) split into ``workers`` contiguous, disjoint, near-equal parts; with fewer CPUs
     than workers, worker ``i`` gets CPU number ``i mod n`` (shared)."""
-    if isinstance(workers, bool) or not isinstance(workers, int) or workers < 1:
-        raise ValueError(f"--workers must be a positive integer. Received: workers={workers!r}")
+    _check_workers(workers)
     if available is None:
         if not hasattr(os, "sched_getaffinity"):
             raise RuntimeError("Pinning workers to CPUs needs os.sched_setaffinity (Linux). "
@@ -193,10 +197,11 @@ def run_local(study: str, workers: int, *, project_dir: str, directory: str | No
             shared by the workers it is usually slower than letting them float.
     """
     out = out or sys.stdout
-    if isinstance(workers, bool) or not isinstance(workers, int) or workers < 1:
-        raise ValueError(f"--workers must be a positive integer. Received: workers={workers!r}")
+    _check_workers(workers)
+    check_bool("pin_cpus", pin_cpus)
     check_distributed_dependencies()
-    cpus = worker_cpus(workers) if pin_cpus else None
+    ids = [f"tuner{i}" for i in range(workers)]
+    masks = dict(zip(ids, worker_cpus(workers), strict=True)) if pin_cpus else {}
     if overwrite and os.path.isdir(project_dir):
         shutil.rmtree(project_dir)
     log_dir = os.path.join(project_dir, "workers")
@@ -211,13 +216,13 @@ def run_local(study: str, workers: int, *, project_dir: str, directory: str | No
                                            max_trials=max_trials, python=python), env=env)
     procs: dict[str, subprocess.Popen] = {}
     logs: dict[str, object] = {}
-    restarts = dict.fromkeys((f"tuner{i}" for i in range(workers)), 0)
+    restarts = dict.fromkeys(ids, 0)
 
     def start(wid):
         if wid in logs:
             logs[wid].close()
         logs[wid] = open(os.path.join(log_dir, f"{wid}.log"), "a", encoding="utf-8")
-        mask = None if cpus is None else cpus[int(wid[len("tuner"):])]
+        mask = masks.get(wid)
         procs[wid] = subprocess.Popen(
             _tune_command(study, "worker", address, directory=directory, max_trials=max_trials,
                           worker_id=wid, python=python),

@@ -1,5 +1,7 @@
 """Fixtures of the tuning tests: the tiny digits study, written into a temporary directory."""
 
+import glob
+import json
 import os
 
 import pytest
@@ -34,3 +36,20 @@ def _merge(into: dict, extra: dict) -> None:
 @pytest.fixture
 def tiny_spec_path(tmp_path):
     return write_tiny_spec(tmp_path)
+
+
+def read_trials(project) -> dict:
+    """``{trial_id: trial.json contents}`` of a keras-tuner project directory."""
+    out = {}
+    for path in glob.glob(os.path.join(project, "trial_*", "trial.json")):
+        with open(path) as f:
+            t = json.load(f)
+        out[t["trial_id"]] = t
+    return out
+
+
+def mid_trial(project) -> bool:
+    """At least one trial completed and one running (the moment to kill a process)."""
+    ts = read_trials(project).values()
+    return (sum(t["status"] == "COMPLETED" for t in ts) >= 1
+            and any(t["status"] == "RUNNING" for t in ts))

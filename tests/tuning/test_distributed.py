@@ -13,7 +13,7 @@ import pytest
 
 from keras_normreg.tuning import launcher
 
-from .conftest import ROOT, write_tiny_spec
+from .conftest import ROOT, mid_trial, read_trials, write_tiny_spec
 
 TIMEOUT = 240  # seconds for a whole study; every process is killed on failure
 
@@ -25,11 +25,7 @@ def _env():
 
 
 def _trials(project):
-    out = []
-    for path in glob.glob(os.path.join(project, "trial_*", "trial.json")):
-        with open(path) as f:
-            out.append(json.load(f))
-    return out
+    return list(read_trials(project).values())
 
 
 def _results(project):
@@ -177,12 +173,8 @@ def test_launcher_restarts_a_killed_worker(tmp_path):
     proc = subprocess.Popen(_cli(path, "--workers", "1", "--max-trials", str(budget)), cwd=ROOT,
                             env=_env(), stdout=out, stderr=subprocess.STDOUT)
     try:
-        def mid_trial():
-            ts = _trials(project)
-            return (sum(t["status"] == "COMPLETED" for t in ts) >= 1
-                    and any(t["status"] == "RUNNING" for t in ts))
-
-        _wait_for(mid_trial, [proc], TIMEOUT, "a completed trial and a running one")
+        _wait_for(lambda: mid_trial(project), [proc], TIMEOUT,
+                  "a completed trial and a running one")
         workers = [p for p in _children(proc.pid) if "--role worker" in _cmdline(p)]
         assert len(workers) == 1
         os.kill(workers[0], signal.SIGKILL)
@@ -208,12 +200,8 @@ def test_interrupted_study_resumes_under_workers(tmp_path):
     proc = subprocess.Popen(_cli(path, "--max-trials", str(budget)), cwd=ROOT, env=_env(),
                             stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
     try:
-        def mid_trial():
-            ts = _trials(project)
-            return (sum(t["status"] == "COMPLETED" for t in ts) >= 1
-                    and any(t["status"] == "RUNNING" for t in ts))
-
-        _wait_for(mid_trial, [proc], TIMEOUT, "a completed trial and a running one")
+        _wait_for(lambda: mid_trial(project), [proc], TIMEOUT,
+                  "a completed trial and a running one")
         proc.send_signal(signal.SIGKILL)
         proc.wait(timeout=30)
     finally:
@@ -245,6 +233,8 @@ def test_worker_cpus_errors():
         launcher.worker_cpus(0, {0})
     with pytest.raises(ValueError, match="No CPU to pin workers to"):
         launcher.worker_cpus(1, set())
+    with pytest.raises(ValueError, match="`pin_cpus` must be a bool. Received: pin_cpus='yes'"):
+        launcher.run_local("study.toml", 2, project_dir="unused", pin_cpus="yes")
 
 
 def test_run_local_pins_workers_not_the_chief(tmp_path, monkeypatch):

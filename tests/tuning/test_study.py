@@ -1,6 +1,5 @@
 """Running studies in this process: reports, export, resume, CLI, hyperband, error messages."""
 
-import glob
 import io
 import json
 import os
@@ -11,18 +10,9 @@ from keras_normreg import cli, config, evaluate
 from keras_normreg.tuning import compare, launcher, study
 from keras_normreg.tuning import spec as nr_spec
 
-from .conftest import write_tiny_spec
+from .conftest import read_trials, write_tiny_spec
 
 pytestmark = pytest.mark.filterwarnings("ignore::DeprecationWarning")
-
-
-def _trials(project):
-    out = {}
-    for path in glob.glob(os.path.join(project, "trial_*", "trial.json")):
-        with open(path) as f:
-            t = json.load(f)
-        out[t["trial_id"]] = t
-    return out
 
 
 def test_run_export_and_resume(tmp_path, tiny_spec_path):
@@ -35,7 +25,7 @@ def test_run_export_and_resume(tmp_path, tiny_spec_path):
         assert text.count(f"trial {k}/3 done, best val_accuracy ") == 1
     project = r["project_dir"]
     assert project == str(tmp_path / "runs" / "tiny_digits")
-    trials = _trials(project)
+    trials = read_trials(project)
     assert len(trials) == 3 and all(t["status"] == "COMPLETED" for t in trials.values())
     # per-trial records: the resolved recipe (a valid recipe) and the training result
     for tid, t in trials.items():
@@ -72,7 +62,7 @@ def test_run_export_and_resume(tmp_path, tiny_spec_path):
     assert "study tiny_digits: 3/4 trials done" in text and "(resuming" in text
     assert text.count(" started") == 1 and "trial 4/4 done" in text
     assert r2["done"] == 4 and r2["export"] is None
-    again = _trials(project)
+    again = read_trials(project)
     assert len(again) == 4
     assert {tid: again[tid]["score"] for tid in scores} == scores
 
@@ -91,15 +81,15 @@ def test_cli_tune_grid_then_overwrite(tmp_path, capsys):
     text = capsys.readouterr().out
     assert "trial 2/2 done" in text and "heatmap: " in text and "| rank |" in text
     project = str(tmp_path / "runs" / "tiny_digits")
-    first = _trials(project)
+    first = read_trials(project)
     assert sorted((t["hyperparameters"]["values"]["decay"]) for t in first.values()) == \
         ["decoupled", "none"]
     assert cli.main(["tune", path, "--overwrite", "--max-trials", "1"]) == 0
     text = capsys.readouterr().out
-    assert "0/1 trials done" in text and len(_trials(project)) == 1
+    assert "0/1 trials done" in text and len(read_trials(project)) == 1
 
 
-def test_hyperband_budget_matches_trials(tmp_path):
+def test_hyperband_budget_matchesread_trials(tmp_path):
     path = write_tiny_spec(tmp_path, tuner={"kind": "hyperband", "factor": 2},
                            budget={"max_epochs": 2}, output={"export": False},
                            space={"norms": ["none", "batch"], "decay": ["decoupled"],
@@ -110,7 +100,7 @@ def test_hyperband_budget_matches_trials(tmp_path):
     # bracket 0 runs 2 trials of 2 epochs -> 5 trials
     assert r["budget"] == 5 and r["done"] == 5
     epochs = sorted(t["hyperparameters"]["values"]["tuner/epochs"]
-                    for t in _trials(r["project_dir"]).values())
+                    for t in read_trials(r["project_dir"]).values())
     assert epochs == [1, 1, 2, 2, 2]
 
 
