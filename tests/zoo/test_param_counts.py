@@ -50,14 +50,14 @@ def resnet_expected(depth, classes=10, w=16, norm="batch"):
     return trainable + 4 * w * classes + classes, frozen
 
 
-def preact_expected(blocks=(2, 2, 2, 2), w=64, classes=10):
-    """Pre-activation ResNet with BN: stem conv (no norm), blocks BN-conv-BN-conv (+1x1
-    projection where the shape changes), final BN, Dense."""
-    kernels = conv(3, 3, w)
+def _preact_counts(stem, stages, classes):
+    """Pre-activation ResNet with BN: stem conv to ``stem`` channels (no norm), then per stage
+    ``(width, blocks)`` blocks BN-conv-BN-conv (+1x1 projection where the shape changes, and at
+    the first block of every later stage), final BN, Dense. Returns (trainable, frozen)."""
+    kernels = conv(3, 3, stem)
     bn_channels = 0
-    cin = w
-    for s, nb in enumerate(blocks):
-        cout = w * 2**s
+    cin = stem
+    for s, (cout, nb) in enumerate(stages):
         for b in range(nb):
             kernels += conv(3, cin, cout) + conv(3, cout, cout)
             bn_channels += cin + cout
@@ -68,20 +68,15 @@ def preact_expected(blocks=(2, 2, 2, 2), w=64, classes=10):
     return kernels + 2 * bn_channels + cin * classes + classes, 2 * bn_channels
 
 
+def preact_expected(blocks=(2, 2, 2, 2), w=64, classes=10):
+    """Pre-activation ResNet: widths w, 2w, 4w, ... with ``blocks`` blocks per stage."""
+    return _preact_counts(w, [(w * 2**s, nb) for s, nb in enumerate(blocks)], classes)
+
+
 def wrn_expected(depth, k, classes=10):
+    """Wide ResNet-depth-k: stem 16, three stages of (depth - 4) / 6 blocks, widths 16k/32k/64k."""
     n = (depth - 4) // 6
-    kernels = conv(3, 3, 16)
-    bn_channels = 0
-    cin = 16
-    for s, cout in enumerate((16 * k, 32 * k, 64 * k)):
-        for b in range(n):
-            kernels += conv(3, cin, cout) + conv(3, cout, cout)
-            bn_channels += cin + cout
-            if cin != cout or (s > 0 and b == 0):
-                kernels += conv(1, cin, cout)
-            cin = cout
-    bn_channels += cin
-    return kernels + 2 * bn_channels + cin * classes + classes, 2 * bn_channels
+    return _preact_counts(16, [(16 * k, n), (32 * k, n), (64 * k, n)], classes)
 
 
 VGG = {11: [64, "M", 128, "M", 256, 256, "M", 512, 512, "M", 512, 512, "M"],
