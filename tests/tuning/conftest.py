@@ -38,10 +38,11 @@ def tiny_spec_path(tmp_path):
     return write_tiny_spec(tmp_path)
 
 
-def read_trials(project) -> dict:
-    """``{trial_id: trial.json contents}`` of a keras-tuner project directory."""
+def read_trials(project, filename: str = "trial.json") -> dict:
+    """``{trial_id: contents}`` of one JSON file per trial directory of a keras-tuner project
+    (``trial.json``, or e.g. our ``result.json``)."""
     out = {}
-    for path in glob.glob(os.path.join(project, "trial_*", "trial.json")):
+    for path in glob.glob(os.path.join(project, "trial_*", filename)):
         with open(path) as f:
             t = json.load(f)
         out[t["trial_id"]] = t

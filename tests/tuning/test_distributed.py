@@ -29,12 +29,7 @@ def _trials(project):
 
 
 def _results(project):
-    out = {}
-    for path in glob.glob(os.path.join(project, "trial_*", "result.json")):
-        with open(path) as f:
-            r = json.load(f)
-        out[r["trial_id"]] = r
-    return out
+    return read_trials(project, "result.json")
 
 
 def _kill_all(procs):
