@@ -23,10 +23,13 @@ speedup of distributed tuning with 2 workers vs 1.
    study with its grid tuner by default, or tiny digits with random search; ``--trials``
    trials of ``--speedup-epochs`` epochs, no export) run with
    :func:`keras_normreg.tuning.launcher.run_local` and 1 worker, then 2 workers (a chief process
-   plus N worker subprocesses each time, process start-up included), with the workers sharing
-   every core and/or pinned to one share of the cores each (``pin_cpus=True``: one machine per
-   worker, emulated; ``--speedup-pin``). The subprocesses inherit ``TF_NUM_INTRAOP_THREADS=1``,
-   ``TF_NUM_INTEROP_THREADS=1`` and ``OMP_NUM_THREADS=1``. Speedup = t(1) / t(2).
+   plus N worker subprocesses each time, process start-up included), ``--speedup-repeats``
+   times in alternating order, in two CPU modes (``--speedup-pin``): ``shared`` (every process
+   floats over all the cores: 1 vs 2 workers on this one machine) and ``machines`` (the cores
+   split into two equal shares, worker i always on share i and the chief on share 0, in both
+   runs: 1 vs 2 equal machines, emulated). The subprocesses inherit
+   ``TF_NUM_INTRAOP_THREADS=1``, ``TF_NUM_INTEROP_THREADS=1`` and ``OMP_NUM_THREADS=1``.
+   Speedup = median t(1) / median t(2).
 
 3. **Table** (``--only table``, explicit only: ~20 min): real training (the tiny digits CNN of
    ``tuning/tiny_digits.toml``, batch norm, SGD momentum 0.9, batch 64, ``--table-epochs``
@@ -152,7 +155,11 @@ def _completed(project_dir: str) -> int:
 
 SPEEDUP_STUDIES = {"mnist1d": ROOT / "tuning" / "mnist1d_lambda_norm.toml",
                    "tiny_digits": STUDY}
-PIN_MODES = {"no": (False,), "yes": (True,), "both": (False, True)}
+# "shared": every process floats over all the cores (1 vs 2 workers on this one machine);
+# "machines": the cores split into max(workers) equal shares, worker i always on share i and the
+# chief on share 0, in both runs (1 vs 2 equal machines, emulated; memory bandwidth and caches
+# stay shared, so this errs on the slow side).
+PIN_MODES = {"no": ("shared",), "machines": ("machines",), "both": ("shared", "machines")}
 
 
 def _speedup_study(name: str, trials: int, epochs: int) -> dict:
@@ -168,44 +175,57 @@ def _speedup_study(name: str, trials: int, epochs: int) -> dict:
 
 
 def speedup(*, trials: int, epochs: int, study: str = "mnist1d", pin: str = "both",
-            workers=(1, 2)) -> dict:
-    """Wall time of ``run_local`` with 1 and 2 workers, unpinned (the workers share every core)
-    and/or pinned (``pin_cpus=True``: each worker on its own core(s), like one machine per
-    worker; with 1 worker that is half of the cores here)."""
+            workers=(1, 2), repeats: int = 1) -> dict:
+    """Wall time of ``run_local`` with 1 and 2 workers for each CPU mode of ``PIN_MODES[pin]``,
+    ``repeats`` times (the order of the worker counts alternates between repeats, so that a
+    drift of the machine does not favour one); speedup = median t(1) / median t(2)."""
+    import statistics
+
     import tomli_w
 
     from keras_normreg.tuning import launcher
 
     runs = []
+    shares = max(workers)
     # run_local passes os.environ on to its subprocesses
     with environ(THREAD_ENV):
         with tempfile.TemporaryDirectory(prefix="knr-bench-tuning-") as tmp:
             path = os.path.join(tmp, "bench_tuning.toml")
             with open(path, "wb") as f:
                 tomli_w.dump(_speedup_study(study, trials, epochs), f)
-            for pinned in PIN_MODES[pin]:
-                times, done = {}, {}
-                for n in workers:
-                    directory = os.path.join(tmp, f"w{n}-pin{int(pinned)}")
-                    project = os.path.join(directory, "bench_tuning")
-                    t0 = time.perf_counter()
-                    with open(os.path.join(directory + ".log"), "w") as log:
-                        rc = launcher.run_local(path, n, project_dir=project,
-                                                directory=directory, overwrite=True,
-                                                timeout=590, out=log, pin_cpus=pinned)
-                    times[n] = time.perf_counter() - t0
-                    done[n] = _completed(project)
-                    print(f"[speedup] {n} worker(s), pinned={pinned}: {times[n]:.1f} s, "
-                          f"rc={rc}, {done[n]}/{trials} trials completed", file=sys.stderr,
-                          flush=True)
-                    if rc != 0:
-                        raise RuntimeError(f"run_local with {n} worker(s) exited with {rc}")
+            for mode in PIN_MODES[pin]:
+                pinned = mode == "machines"
+                times = {n: [] for n in workers}
+                done = {n: [] for n in workers}
+                for r in range(repeats):
+                    for n in (workers if r % 2 == 0 else workers[::-1]):
+                        directory = os.path.join(tmp, f"w{n}-{mode}")
+                        project = os.path.join(directory, "bench_tuning")
+                        t0 = time.perf_counter()
+                        with open(os.path.join(directory + ".log"), "w") as log:
+                            rc = launcher.run_local(
+                                path, n, project_dir=project, directory=directory,
+                                overwrite=True, timeout=590, out=log, pin_cpus=pinned,
+                                cpu_shares=shares if pinned else None)
+                        times[n].append(time.perf_counter() - t0)
+                        done[n].append(_completed(project))
+                        print(f"[speedup] {mode}, repeat {r + 1}/{repeats}, {n} worker(s): "
+                              f"{times[n][-1]:.1f} s, rc={rc}, {done[n][-1]}/{trials} trials "
+                              "completed", file=sys.stderr, flush=True)
+                        if rc != 0:
+                            raise RuntimeError(f"run_local with {n} worker(s) exited with {rc}")
+                median = {n: statistics.median(times[n]) for n in workers}
                 base = workers[0]
-                runs.append({"pinned": pinned, "seconds": times, "completed": done,
-                             "speedup": {n: times[base] / times[n] for n in workers},
-                             "cpus": (launcher.worker_cpus(max(workers)) if pinned else None)})
-    return {"study": study, "trials": trials, "epochs": epochs, "runs": runs,
-            "cores": os.cpu_count(), "thread_env": THREAD_ENV}
+                per_repeat = {n: [times[base][i] / times[n][i] for i in range(repeats)]
+                              for n in workers}
+                runs.append({
+                    "mode": mode, "seconds": median, "all_seconds": times, "completed": done,
+                    "speedup": {n: median[base] / median[n] for n in workers},
+                    "speedup_range": {n: (min(v), max(v)) for n, v in per_repeat.items()},
+                    "cpus": ({n: launcher.worker_cpus(n, shares=shares) for n in workers}
+                             if pinned else None)})
+    return {"study": study, "trials": trials, "epochs": epochs, "repeats": repeats,
+            "runs": runs, "cores": os.cpu_count(), "thread_env": THREAD_ENV}
 
 
 def _study_spec(mode: str, etas, lams, *, epochs: int, seed: int):
@@ -431,7 +451,12 @@ def main(argv=None):
                    help="study of the speedup part (default mnist1d, its grid tuner; "
                         "--quick: tiny_digits)")
     p.add_argument("--speedup-pin", choices=sorted(PIN_MODES), default="both",
-                   help="workers unpinned (no), one CPU share each (yes), or both runs")
+                   help="processes share every core (no), one emulated machine per worker "
+                        "(machines: max(workers) equal CPU shares, the chief on worker 0's), "
+                        "or both")
+    p.add_argument("--speedup-repeats", type=int, default=None,
+                   help="runs of each (mode, workers) pair; medians are reported (default 3, "
+                        "--quick 1)")
     p.add_argument("--table", default=None,
                    help=f"table JSON written by part table / read by part tabular (default "
                         f"{DEFAULT_TABLE.relative_to(ROOT)}; --quick writes a temporary one)")
@@ -462,6 +487,10 @@ def main(argv=None):
     s_study = args.speedup_study or ("tiny_digits" if q else "mnist1d")
     trials = args.trials or (2 if q else 16)
     s_epochs = args.speedup_epochs or (1 if q else 10)
+    if args.speedup_repeats is not None and args.speedup_repeats < 1:
+        p.error(f"--speedup-repeats must be >= 1. Received: speedup_repeats="
+                f"{args.speedup_repeats!r}")
+    s_repeats = args.speedup_repeats or (1 if q else 3)
     targets = [float(t) for t in args.targets.split(",")]
     quantiles = [float(t) for t in args.quantiles.split(",")]
     tuners = [t.strip() for t in args.tuners.split(",") if t.strip()]
@@ -489,7 +518,7 @@ def main(argv=None):
                                            epochs=epochs)
     if "speedup" in only:
         results["speedup"] = speedup(trials=trials, epochs=s_epochs, study=s_study,
-                                     pin=args.speedup_pin)
+                                     pin=args.speedup_pin, repeats=s_repeats)
     cmd = _timing.command([os.path.join(ROOT, "bench", "bench_tuning.py"), *args._argv])
     if "table" in only:
         env = " ".join(f"{k}={os.environ[k]}" for k in THREAD_ENV if k in os.environ)
@@ -532,17 +561,20 @@ def main(argv=None):
     if "speedup" in only:
         s = results["speedup"]
         tuner = "grid" if s["study"] == "mnist1d" else "random"
-        print("| study | workers' CPUs | 1 worker s | 2 workers s | speedup | target | met? |")
-        print("|---|---|---:|---:|---:|---|---|")
+        print("| study | CPUs | 1 worker s | 2 workers s | speedup [range] | target | met? |")
+        print("|---|---|---:|---:|---|---|---|")
         for run in s["runs"]:
             t1, t2 = run["seconds"][1], run["seconds"][2]
+            lo, hi = run["speedup_range"][2]
             met = "yes" if run["speedup"][2] >= 1.7 else "NO"
-            cpus = (f"pinned, one share each {run['cpus']}" if run["pinned"]
+            cpus = (f"one emulated machine per worker (worker CPUs {run['cpus'][2]}, chief "
+                    "with worker 0)" if run["mode"] == "machines"
                     else f"shared ({s['cores']} cores)")
             print(f"| {s['study']}, {s['trials']} {tuner} trials x {s['epochs']} epochs, "
                   f"no export | {cpus} | {t1:.1f} | {t2:.1f} | {run['speedup'][2]:.2f} "
-                  f"| >= 1.7 | {met} |")
-        print("(wall time of run_local: chief + N worker processes, start-up included; "
+                  f"[{lo:.2f}-{hi:.2f}] | >= 1.7 | {met} |")
+        print(f"(wall time of run_local: chief + N worker processes, start-up included; median "
+              f"of {s['repeats']} run(s) each, [min-max] of the per-repeat ratios; "
               "subprocesses with TF_NUM_INTRAOP_THREADS=1 TF_NUM_INTEROP_THREADS=1 "
               "OMP_NUM_THREADS=1)")
     if "table" in only:

@@ -5,6 +5,7 @@ from __future__ import annotations
 import importlib.util
 import json
 import math
+import os
 import pathlib
 import sys
 import time
@@ -201,6 +202,9 @@ def test_bench_tuning_rejects_unknown_speedup_options(capsys):
         with pytest.raises(SystemExit):
             module.main(["--quick", "--only", "speedup", flag, "nope"])
         assert f"argument {flag}: invalid choice: 'nope'" in capsys.readouterr().err
+    with pytest.raises(SystemExit):
+        module.main(["--quick", "--only", "speedup", "--speedup-repeats", "0"])
+    assert "--speedup-repeats must be >= 1. Received: speedup_repeats=0" in capsys.readouterr().err
 
 
 @pytest.mark.slow
@@ -209,7 +213,12 @@ def test_bench_tuning_quick_speedup():
     results = module.main(["--quick", "--only", "speedup"])
     s = results["speedup"]
     assert s["study"] == "tiny_digits"
-    assert [r["pinned"] for r in s["runs"]] == [False, True]
+    assert [r["mode"] for r in s["runs"]] == ["shared", "machines"]
     for run in s["runs"]:
-        assert run["completed"] == {1: 2, 2: 2}
+        assert run["completed"] == {1: [2], 2: [2]}
         assert run["speedup"][1] == 1.0 and run["speedup"][2] > 0
+        lo, hi = run["speedup_range"][2]
+        assert lo == hi == pytest.approx(run["speedup"][2])  # one repeat
+    cores = sorted(os.sched_getaffinity(0))
+    first = cores[:round(len(cores) / 2)] if len(cores) >= 2 else cores
+    assert s["runs"][1]["cpus"][1] == [set(first)]  # 1 worker: the first of two machines

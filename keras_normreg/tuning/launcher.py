@@ -157,11 +157,19 @@ def _check_workers(workers) -> None:
         raise ValueError(f"--workers must be a positive integer. Received: workers={workers!r}")
 
 
-def worker_cpus(workers: int, available=None) -> list[set[int]]:
+def worker_cpus(workers: int, available=None, shares: int | None = None) -> list[set[int]]:
     """CPU sets of ``workers`` pinned workers: the ``available`` CPUs (default: this process's
-    affinity) split into ``workers`` contiguous, disjoint, near-equal parts; with fewer CPUs
-    than workers, worker ``i`` gets CPU number ``i mod n`` (shared)."""
+    affinity) split into ``shares`` (default ``workers``) contiguous, disjoint, near-equal
+    parts, worker ``i`` taking part ``i``; with fewer CPUs than shares, worker ``i`` gets CPU
+    number ``i mod n`` (shared). ``shares > workers`` leaves the last parts unused, so that
+    every worker gets the same CPUs whatever the number of workers (``run_local``'s
+    ``cpu_shares``: one emulated machine per worker)."""
     _check_workers(workers)
+    if shares is None:
+        shares = workers
+    if isinstance(shares, bool) or not isinstance(shares, int) or shares < workers:
+        raise ValueError(f"`shares` must be an integer >= workers ({workers}). "
+                         f"Received: shares={shares!r}")
     if available is None:
         if not hasattr(os, "sched_getaffinity"):
             raise RuntimeError("Pinning workers to CPUs needs os.sched_setaffinity (Linux). "
@@ -170,16 +178,24 @@ def worker_cpus(workers: int, available=None) -> list[set[int]]:
     cpus = sorted(available)
     if not cpus:
         raise ValueError(f"No CPU to pin workers to. Received: available={available!r}")
-    if len(cpus) < workers:
+    if len(cpus) < shares:
         return [{cpus[i % len(cpus)]} for i in range(workers)]
-    bounds = [round(i * len(cpus) / workers) for i in range(workers + 1)]
+    bounds = [round(i * len(cpus) / shares) for i in range(shares + 1)]
     return [set(cpus[bounds[i]:bounds[i + 1]]) for i in range(workers)]
+
+
+def _affinity(mask):
+    """A ``preexec_fn`` pinning the child to ``mask`` (None: no pinning)."""
+    if mask is None:
+        return None
+    return lambda: os.sched_setaffinity(0, mask)
 
 
 def run_local(study: str, workers: int, *, project_dir: str, directory: str | None = None,
               overwrite: bool = False, max_trials: int | None = None, max_restarts: int = 3,
               timeout: float | None = None, host: str = "127.0.0.1", out=None,
-              python: str | None = None, pin_cpus: bool = False) -> int:
+              python: str | None = None, pin_cpus: bool = False,
+              cpu_shares: int | None = None) -> int:
     """Run ``study`` with a chief and ``workers`` workers on this machine; returns the chief's
     exit code (non-zero when the chief or a worker failed for good).
 
@@ -192,16 +208,24 @@ def run_local(study: str, workers: int, *, project_dir: str, directory: str | No
         max_restarts: restarts allowed per worker that exits abnormally.
         timeout: seconds before everything is stopped (None: no limit).
         pin_cpus: restrict each worker to its own share of this process's CPUs (Linux
-            ``sched_setaffinity``, :func:`worker_cpus`); the chief is not pinned. This
-            emulates one machine per worker (the speedup benchmark uses it); on a machine
-            shared by the workers it is usually slower than letting them float.
+            ``sched_setaffinity``, :func:`worker_cpus`), and the chief to worker 0's share.
+            This emulates one machine per worker with the chief on the first (the speedup
+            benchmark uses it); on a machine shared by the workers it is usually slower than
+            letting them float.
+        cpu_shares: with ``pin_cpus``, split the CPUs into this many shares (default: one
+            per worker, >= ``workers``): with a fixed ``cpu_shares`` every worker gets the
+            same CPUs whether 1 or N workers run, i.e. 1 vs N equal machines.
     """
     out = out or sys.stdout
     _check_workers(workers)
     check_bool("pin_cpus", pin_cpus)
-    check_distributed_dependencies()
+    if cpu_shares is not None and not pin_cpus:
+        raise ValueError("`cpu_shares` needs pin_cpus=True. "
+                         f"Received: cpu_shares={cpu_shares!r}, pin_cpus={pin_cpus!r}")
     ids = [f"tuner{i}" for i in range(workers)]
-    masks = dict(zip(ids, worker_cpus(workers), strict=True)) if pin_cpus else {}
+    masks = (dict(zip(ids, worker_cpus(workers, shares=cpu_shares), strict=True)) if pin_cpus
+             else {})
+    check_distributed_dependencies()
     if overwrite and os.path.isdir(project_dir):
         shutil.rmtree(project_dir)
     log_dir = os.path.join(project_dir, "workers")
@@ -213,7 +237,8 @@ def run_local(study: str, workers: int, *, project_dir: str, directory: str | No
     print(f"tune: chief on {address}, {workers} worker(s); worker logs in {log_dir}/",
           file=out, flush=True)
     chief = subprocess.Popen(_tune_command(study, "chief", address, directory=directory,
-                                           max_trials=max_trials, python=python), env=env)
+                                           max_trials=max_trials, python=python), env=env,
+                             preexec_fn=_affinity(masks.get(ids[0])))
     procs: dict[str, subprocess.Popen] = {}
     logs: dict[str, object] = {}
     restarts = dict.fromkeys(ids, 0)
@@ -222,12 +247,11 @@ def run_local(study: str, workers: int, *, project_dir: str, directory: str | No
         if wid in logs:
             logs[wid].close()
         logs[wid] = open(os.path.join(log_dir, f"{wid}.log"), "a", encoding="utf-8")
-        mask = masks.get(wid)
         procs[wid] = subprocess.Popen(
             _tune_command(study, "worker", address, directory=directory, max_trials=max_trials,
                           worker_id=wid, python=python),
             env=env, stdout=logs[wid], stderr=subprocess.STDOUT,
-            preexec_fn=None if mask is None else (lambda: os.sched_setaffinity(0, mask)))
+            preexec_fn=_affinity(masks.get(wid)))
 
     started = time.monotonic()
     finished: set[str] = set()

@@ -223,6 +223,17 @@ def test_worker_cpus_split(workers, available, expected):
     assert launcher.worker_cpus(workers, available) == expected
 
 
+@pytest.mark.parametrize("workers,available,shares,expected", [
+    (1, {0, 1}, 2, [{0}]),                      # 1 of 2 equal machines
+    (2, {0, 1}, 2, [{0}, {1}]),
+    (1, {0, 1, 2, 3}, 2, [{0, 1}]),
+    (2, {0, 1, 2, 3, 4, 5}, 3, [{0, 1}, {2, 3}]),
+    (2, {0}, 2, [{0}, {0}]),                    # fewer CPUs than shares: shared
+])
+def test_worker_cpus_shares(workers, available, shares, expected):
+    assert launcher.worker_cpus(workers, available, shares=shares) == expected
+
+
 def test_worker_cpus_errors():
     with pytest.raises(ValueError, match="Received: workers=0"):
         launcher.worker_cpus(0, {0})
@@ -230,16 +241,35 @@ def test_worker_cpus_errors():
         launcher.worker_cpus(1, set())
     with pytest.raises(ValueError, match="`pin_cpus` must be a bool. Received: pin_cpus='yes'"):
         launcher.run_local("study.toml", 2, project_dir="unused", pin_cpus="yes")
+    with pytest.raises(ValueError, match=r"`shares` must be an integer >= workers \(2\). "
+                                         r"Received: shares=1"):
+        launcher.worker_cpus(2, {0, 1}, shares=1)
+    with pytest.raises(ValueError, match="Received: shares=True"):
+        launcher.worker_cpus(1, {0, 1}, shares=True)
+    with pytest.raises(ValueError, match="`cpu_shares` needs pin_cpus=True. Received: "
+                                         "cpu_shares=2, pin_cpus=False"):
+        launcher.run_local("study.toml", 1, project_dir="unused", cpu_shares=2)
 
 
-def test_run_local_pins_workers_not_the_chief(tmp_path, monkeypatch):
-    """pin_cpus=True gives every worker process a preexec_fn (sched_setaffinity), the chief
-    none (a fake Popen records the calls; the chief 'exits' at once)."""
-    calls = []
+@pytest.mark.parametrize("workers,cpu_shares,expected", [
+    (2, None, [{0}, {0}, {1}]),   # chief with worker 0, each worker on its own CPU
+    (1, None, [{0, 1}, {0, 1}]),  # one share: everything
+    (1, 2, [{0}, {0}]),           # one of two emulated machines
+])
+def test_run_local_pins_workers_and_chief(tmp_path, monkeypatch, workers, cpu_shares, expected):
+    """pin_cpus=True gives every process a preexec_fn calling sched_setaffinity with its share:
+    the chief shares worker 0's (a fake Popen runs the preexec_fn against a fake
+    sched_setaffinity; the chief 'exits' at once)."""
+    calls, pinned = [], []
 
     class FakePopen:
         def __init__(self, cmd, **kwargs):
-            calls.append((cmd, kwargs.get("preexec_fn")))
+            calls.append(cmd)
+            fn = kwargs.get("preexec_fn")
+            if fn is None:
+                pinned.append(None)
+            else:
+                fn()
             self.returncode = 0
 
         def poll(self):
@@ -251,9 +281,32 @@ def test_run_local_pins_workers_not_the_chief(tmp_path, monkeypatch):
     monkeypatch.setattr(launcher.subprocess, "Popen", FakePopen)
     monkeypatch.setattr(launcher, "check_distributed_dependencies", lambda: None)
     monkeypatch.setattr(launcher.os, "sched_getaffinity", lambda pid: {0, 1}, raising=False)
-    rc = launcher.run_local("study.toml", 2, project_dir=str(tmp_path / "p"), pin_cpus=True,
-                            out=io.StringIO())
+    monkeypatch.setattr(launcher.os, "sched_setaffinity",
+                        lambda pid, mask: pinned.append(set(mask)), raising=False)
+    rc = launcher.run_local("study.toml", workers, project_dir=str(tmp_path / "p"),
+                            pin_cpus=True, cpu_shares=cpu_shares, out=io.StringIO())
     assert rc == 0
-    roles = [cmd[cmd.index("--role") + 1] for cmd, _ in calls]
-    assert roles == ["chief", "worker", "worker"]
-    assert calls[0][1] is None and all(fn is not None for _, fn in calls[1:])
+    roles = [cmd[cmd.index("--role") + 1] for cmd in calls]
+    assert roles == ["chief"] + ["worker"] * workers
+    assert pinned == expected
+
+
+def test_run_local_unpinned_by_default(tmp_path, monkeypatch):
+    preexec = []
+
+    class FakePopen:
+        def __init__(self, cmd, **kwargs):
+            preexec.append(kwargs.get("preexec_fn"))
+            self.returncode = 0
+
+        def poll(self):
+            return 0
+
+        def wait(self, timeout=None):
+            return 0
+
+    monkeypatch.setattr(launcher.subprocess, "Popen", FakePopen)
+    monkeypatch.setattr(launcher, "check_distributed_dependencies", lambda: None)
+    assert launcher.run_local("study.toml", 2, project_dir=str(tmp_path / "p"),
+                              out=io.StringIO()) == 0
+    assert preexec == [None, None, None]
