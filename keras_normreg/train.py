@@ -266,14 +266,14 @@ def _train(cfg, strategy, callbacks, run_dir, save, command):
     b, replicas = d["batch_size"], strategy.num_replicas_in_sync
     train_ds, num_examples = load_epochs(
         d["dataset"], d["train_split"], b, data_dir=d["data_dir"], augment=d["augment"],
-        seed=t["seed"], download=d["download"])
+        seed=t["seed"], download=d["download"], autotune=d["autotune"])
     test_ds = nr_data.load(d["dataset"], d["test_split"], b, data_dir=d["data_dir"],
-                           download=d["download"])
+                           download=d["download"], autotune=d["autotune"])
     val_ds, val_steps = None, None
     if d["validation_split"]:
         val_ds, num_val = load_epochs(d["dataset"], d["validation_split"], b,
                                       data_dir=d["data_dir"], augment=False, shuffle=False,
-                                      download=d["download"])
+                                      download=d["download"], autotune=d["autotune"])
         val_steps = distribute.steps_per_epoch(num_val, b, replicas)
     if replicas > 1 and b % replicas:
         # Keras' symbolic build averages the first per-replica batches: they must be equal.

@@ -141,6 +141,29 @@ def test_bench_zoo_quick_same_parameter_count(capsys):
     assert "-> same" in capsys.readouterr().out
 
 
+def test_bench_pipeline_quick(capsys, tmp_path):
+    module = _load("bench_pipeline")
+    out = tmp_path / "pipeline.json"
+    results = module.main(["--quick", "--threads", "0", "--json", str(out)])
+    arms = {"autotune off (default)", "autotune on"}
+    assert set(results["fit"]["arms"]) == arms
+    for r in results["fit"]["arms"].values():
+        assert len(r["fit_s"]) == len(r["stall_s"]) == 1
+        assert 0 <= r["stall_s"][0] < r["fit_s"][0]
+    assert set(results["throughput"]["examples_per_s"]) == arms
+    assert all(len(v) == 1 and v[0] > 0 for v in results["throughput"]["examples_per_s"].values())
+    printed = capsys.readouterr().out
+    assert "| arm | fit s (median) |" in printed and "| arm | examples/s (median) |" in printed
+    assert json.loads(out.read_text())["fit"]["fits"] == 1
+
+
+def test_bench_pipeline_rejects_bad_counts(capsys):
+    module = _load("bench_pipeline")
+    with pytest.raises(SystemExit):
+        module.main(["--quick", "--fits", "0"])
+    assert "--fits must be >= 1. Received: fits=0" in capsys.readouterr().err
+
+
 def test_hand_resnet20_matches_the_paper_parameter_count():
     module = _load("bench_zoo")
     model = module.hand_resnet20()

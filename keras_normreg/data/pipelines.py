@@ -7,6 +7,7 @@ Order of the stages::
     -> shuffle(seed, reshuffle each epoch)     training splits by default
     -> map: float32, scale, augment, normalize augmentation only where asked / by default
     -> batch(batch_size, drop_remainder) -> prefetch(AUTOTUNE)
+    -> with_options(autotune.enabled=False)   unless autotune=True
 
 Caching happens before the float conversion, so CIFAR-10's training split takes its uint8 size
 (150 MB) in memory. Random augmentation draws its per-example seeds from
@@ -18,6 +19,13 @@ while each epoch sees a fresh shuffle and fresh crops.
 augmentation seeds are a function of ``(seed, epoch index)`` instead of the number of iterators
 made so far, so every iterator yields the same batches (what training under a distribution
 strategy needs: Keras opens an extra iterator there; see :mod:`keras_normreg.distribute`).
+
+tf.data's autotuning is off by default (``autotune=False``): with it on, deleting an iterator
+waits for its autotuning thread, which stalled the end of ``fit`` (and every validation pass)
+by 0.3-2 s of idle time on CPU, a quarter of the wall time of a short tuning trial, while the
+augmented image pipeline ran as fast without it (``bench/bench_pipeline.py``). Without
+autotuning, ``AUTOTUNE`` parallel maps use TensorFlow's default parallelism (the CPU count, at
+most 16).
 
 Data never leaves the network unannounced: the tfds sets (cifar10, cifar100, mnist,
 fashion_mnist, svhn_cropped) are downloaded only with ``download=True``; otherwise missing data
@@ -176,7 +184,7 @@ def _preprocess_fn(spec, augment_mode):
 
 def load(name: str, split: str, batch_size: int, data_dir=None, augment=None, shuffle=None,
          seed: int | None = 42, download: bool = False, cache: bool = True,
-         drop_remainder: bool = False) -> tf.data.Dataset:
+         drop_remainder: bool = False, autotune: bool = False) -> tf.data.Dataset:
     """Batched ``tf.data`` pipeline of ``(features float32, label int64)`` pairs for ``fit``.
 
     Args:
@@ -201,6 +209,7 @@ def load(name: str, split: str, batch_size: int, data_dir=None, augment=None, sh
             always prepared locally when missing, without network.
         cache: cache the split in memory when it is under ~1 GiB as stored.
         drop_remainder: drop the last partial batch.
+        autotune: keep tf.data's autotuning on (off by default: see the module docstring).
 
     Returns:
         A ``tf.data.Dataset`` of ``(x, y)`` batches, prefetched.
@@ -210,10 +219,20 @@ def load(name: str, split: str, batch_size: int, data_dir=None, augment=None, sh
             ``seed`` or flags.
         DatasetNotFoundError: (a ``FileNotFoundError``) data missing and ``download=False``.
     """
+    check_bool("autotune", autotune)
     src = _open(name, split, batch_size, data_dir, augment, shuffle, seed, download, cache,
                 drop_remainder, reshuffle=True)
-    ds = _stages(src, src.seed, src.seed, reshuffle=True)
-    return ds.prefetch(tf.data.AUTOTUNE)
+    return _finish(_stages(src, src.seed, src.seed, reshuffle=True), autotune)
+
+
+def _finish(ds, autotune: bool):
+    """``prefetch(AUTOTUNE)``, and tf.data's autotuning off unless ``autotune``."""
+    ds = ds.prefetch(tf.data.AUTOTUNE)
+    if autotune:
+        return ds
+    options = tf.data.Options()
+    options.autotune.enabled = False
+    return ds.with_options(options)
 
 
 def _open(name, split, batch_size, data_dir, augment, shuffle, seed, download, cache,
@@ -277,7 +296,8 @@ def _stages(src, shuffle_seed, augment_seed, reshuffle):
 
 def load_epochs(name: str, split: str, batch_size: int, data_dir=None, augment=None,
                 shuffle=None, seed: int | None = 42, download: bool = False, cache: bool = True,
-                drop_remainder: bool = False) -> tuple[tf.data.Dataset, int]:
+                drop_remainder: bool = False,
+                autotune: bool = False) -> tuple[tf.data.Dataset, int]:
     """An endless stream of epochs whose randomness is a function of ``(seed, epoch)``.
 
     Same arguments and stages as :func:`load`, but the returned dataset repeats forever and
@@ -291,6 +311,7 @@ def load_epochs(name: str, split: str, batch_size: int, data_dir=None, augment=N
     Returns:
         ``(dataset, num_examples)``: the batched, prefetched stream and the examples per epoch.
     """
+    check_bool("autotune", autotune)
     src = _open(name, split, batch_size, data_dir, augment, shuffle, seed, download, cache,
                 drop_remainder, reshuffle=False)
     if src.num_examples < 0:
@@ -306,4 +327,4 @@ def load_epochs(name: str, split: str, batch_size: int, data_dir=None, augment=N
         return _stages(src, pair[0], pair[1], reshuffle=False)
 
     ds = tf.data.Dataset.range(1 << 62).flat_map(one_epoch)
-    return ds.prefetch(tf.data.AUTOTUNE), src.num_examples
+    return _finish(ds, autotune), src.num_examples

@@ -111,12 +111,14 @@ class NormRegHyperModel(kt.HyperModel):
                 f"data.batch_size is the global batch and must be a multiple of the {replicas} "
                 f"replicas of the strategy. Received: data.batch_size={b!r}")
         train, n = load_epochs(d["dataset"], d["train_split"], b, data_dir=d["data_dir"],
-                               augment=d["augment"], seed=t["seed"], download=d["download"])
+                               augment=d["augment"], seed=t["seed"], download=d["download"],
+                               autotune=d["autotune"])
         steps = distribute.steps_per_epoch(n, b, replicas)
         val, val_steps = None, None
         if d["validation_split"]:
             val, nv = load_epochs(d["dataset"], d["validation_split"], b, data_dir=d["data_dir"],
-                                  augment=False, shuffle=False, download=d["download"])
+                                  augment=False, shuffle=False, download=d["download"],
+                                  autotune=d["autotune"])
             val_steps = distribute.steps_per_epoch(nv, b, replicas)
         if steps < 1 or val_steps == 0:
             raise ValueError(f"The training or validation split is too small. Received: "

@@ -363,7 +363,7 @@ def export_best(tuner, spec: Mapping, *, command: str | None = None, out=None) -
                           f"({obj} {trial.score:.4f}). {spec['description']}").strip()
     d = cfg["data"]
     test = nr_data.load(d["dataset"], d["test_split"], d["batch_size"], data_dir=d["data_dir"],
-                        download=d["download"])
+                        download=d["download"], autotune=d["autotune"])
     metrics = nr_train.evaluate_model(model, test)
     result_path = os.path.join(trial_dir, RESULT_FILE)
     result = _read_json(result_path) if os.path.isfile(result_path) else {}

@@ -91,6 +91,22 @@ def test_shuffle_flag_and_cache_flag(data_dir, mnist1d_reference):
     assert not np.array_equal(xs[..., 0], mnist1d_reference["x_test"].astype(np.float32))
 
 
+def test_autotune_off_by_default_same_batches(data_dir):
+    """tf.data autotuning is off unless asked (its iterator teardown stalls fit, see
+    bench/bench_pipeline.py); the option changes no batch."""
+    off = data.load("mnist1d", "train", 500, data_dir=data_dir, seed=3)
+    on = data.load("mnist1d", "train", 500, data_dir=data_dir, seed=3, autotune=True)
+    assert off.options().autotune.enabled is False
+    assert on.options().autotune.enabled is not False  # TensorFlow's default (on)
+    for (xa, ya), (xb, yb) in zip(off, on, strict=True):
+        np.testing.assert_array_equal(xa.numpy(), xb.numpy())
+        np.testing.assert_array_equal(ya.numpy(), yb.numpy())
+    stream, n = data.load_epochs("mnist1d", "train", 500, data_dir=data_dir)
+    assert stream.options().autotune.enabled is False and n == 4000
+    stream_on, _ = data.load_epochs("mnist1d", "train", 500, data_dir=data_dir, autotune=True)
+    assert stream_on.options().autotune.enabled is not False
+
+
 def test_split_slicing_passes_through(data_dir, mnist1d_reference):
     _, y = _numpy(data.load("mnist1d", "train[:10%]", 1000, data_dir=data_dir, shuffle=False))
     np.testing.assert_array_equal(y, mnist1d_reference["y"][:400])
@@ -274,7 +290,10 @@ def test_augment_not_available_for_dataset():
 @pytest.mark.parametrize("kwargs, argument", [
     ({"shuffle": "yes"}, "shuffle"), ({"seed": 1.5}, "seed"), ({"download": 1}, "download"),
     ({"cache": None}, "cache"), ({"drop_remainder": "no"}, "drop_remainder"),
+    ({"autotune": "on"}, "autotune"),
 ])
 def test_bad_flags(kwargs, argument):
     with pytest.raises(ValueError, match=rf"`{argument}`.*Received: {argument}="):
         data.load("cifar10", "train", 32, **kwargs)
+    with pytest.raises(ValueError, match=rf"`{argument}`.*Received: {argument}="):
+        data.load_epochs("cifar10", "train", 32, **kwargs)
