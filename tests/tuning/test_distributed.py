@@ -251,25 +251,13 @@ def test_worker_cpus_errors():
         launcher.run_local("study.toml", 1, project_dir="unused", cpu_shares=2)
 
 
-@pytest.mark.parametrize("workers,cpu_shares,expected", [
-    (2, None, [{0}, {0}, {1}]),   # chief with worker 0, each worker on its own CPU
-    (1, None, [{0, 1}, {0, 1}]),  # one share: everything
-    (1, 2, [{0}, {0}]),           # one of two emulated machines
-])
-def test_run_local_pins_workers_and_chief(tmp_path, monkeypatch, workers, cpu_shares, expected):
-    """pin_cpus=True gives every process a preexec_fn calling sched_setaffinity with its share:
-    the chief shares worker 0's (a fake Popen runs the preexec_fn against a fake
-    sched_setaffinity; the chief 'exits' at once)."""
-    calls, pinned = [], []
+def _fake_processes(monkeypatch, record):
+    """Replace the launcher's Popen by a fake one that calls ``record(cmd, preexec_fn)`` and
+    'exits' at once with 0 (so run_local returns as soon as everything is started)."""
 
     class FakePopen:
         def __init__(self, cmd, **kwargs):
-            calls.append(cmd)
-            fn = kwargs.get("preexec_fn")
-            if fn is None:
-                pinned.append(None)
-            else:
-                fn()
+            record(cmd, kwargs.get("preexec_fn"))
             self.returncode = 0
 
         def poll(self):
@@ -280,6 +268,27 @@ def test_run_local_pins_workers_and_chief(tmp_path, monkeypatch, workers, cpu_sh
 
     monkeypatch.setattr(launcher.subprocess, "Popen", FakePopen)
     monkeypatch.setattr(launcher, "check_distributed_dependencies", lambda: None)
+
+
+@pytest.mark.parametrize("workers,cpu_shares,expected", [
+    (2, None, [{0}, {0}, {1}]),   # chief with worker 0, each worker on its own CPU
+    (1, None, [{0, 1}, {0, 1}]),  # one share: everything
+    (1, 2, [{0}, {0}]),           # one of two emulated machines
+])
+def test_run_local_pins_workers_and_chief(tmp_path, monkeypatch, workers, cpu_shares, expected):
+    """pin_cpus=True gives every process a preexec_fn calling sched_setaffinity with its share:
+    the chief shares worker 0's (the fake Popen runs the preexec_fn against a fake
+    sched_setaffinity)."""
+    calls, pinned = [], []
+
+    def record(cmd, preexec_fn):
+        calls.append(cmd)
+        if preexec_fn is None:
+            pinned.append(None)
+        else:
+            preexec_fn()
+
+    _fake_processes(monkeypatch, record)
     monkeypatch.setattr(launcher.os, "sched_getaffinity", lambda pid: {0, 1}, raising=False)
     monkeypatch.setattr(launcher.os, "sched_setaffinity",
                         lambda pid, mask: pinned.append(set(mask)), raising=False)
@@ -293,20 +302,7 @@ def test_run_local_pins_workers_and_chief(tmp_path, monkeypatch, workers, cpu_sh
 
 def test_run_local_unpinned_by_default(tmp_path, monkeypatch):
     preexec = []
-
-    class FakePopen:
-        def __init__(self, cmd, **kwargs):
-            preexec.append(kwargs.get("preexec_fn"))
-            self.returncode = 0
-
-        def poll(self):
-            return 0
-
-        def wait(self, timeout=None):
-            return 0
-
-    monkeypatch.setattr(launcher.subprocess, "Popen", FakePopen)
-    monkeypatch.setattr(launcher, "check_distributed_dependencies", lambda: None)
+    _fake_processes(monkeypatch, lambda cmd, preexec_fn: preexec.append(preexec_fn))
     assert launcher.run_local("study.toml", 2, project_dir=str(tmp_path / "p"),
                               out=io.StringIO()) == 0
     assert preexec == [None, None, None]
