@@ -19,6 +19,7 @@ sensitive to other processes on a shared machine; the ratios are noisy there.
 from __future__ import annotations
 
 import argparse
+import json
 import os
 import statistics
 import sys
@@ -97,6 +98,7 @@ def main(argv=None):
     p.add_argument("--no-csv", action="store_true", help="do not write the CSV")
     p.add_argument("--tensorboard", action="store_true", help="also write TensorBoard logs")
     p.add_argument("--per-unit", action="store_true", help="NormMonitor(per_unit=True)")
+    p.add_argument("--json", default=None, help="also write the results to this JSON file")
     args = p.parse_args(argv)
 
     keras.utils.set_random_seed(0)
@@ -136,10 +138,18 @@ def main(argv=None):
           f"ratio of medians {med_on / med_off:.4f}, ratio of minima {min(on) / min(off):.4f}")
     print(f"time inside the monitor's hooks: {hook_per_step * 1e6:.1f} us/step = "
           f"{100 * hook_per_step / med_off:.2f}% of the plain step (median)")
-    return {"every_n_steps": args.every, "step_ms_off": med_off * 1e3, "step_ms_on": med_on * 1e3,
-            "pair_ratio": statistics.median(pairs), "ratio_of_medians": med_on / med_off,
-            "hook_us_per_step": hook_per_step * 1e6,
-            "hook_fraction": hook_per_step / med_off, "tracked": list(monitor.tracked)}
+    result = {"every_n_steps": args.every, "step_ms_off": med_off * 1e3,
+              "step_ms_on": med_on * 1e3, "pair_ratio": statistics.median(pairs),
+              "ratio_of_medians": med_on / med_off, "hook_us_per_step": hook_per_step * 1e6,
+              "hook_fraction": hook_per_step / med_off, "tracked": list(monitor.tracked)}
+    if args.json:
+        argv_used = sys.argv[1:] if argv is None else list(argv)
+        with open(args.json, "w") as f:
+            json.dump({"command": " ".join([".venv/bin/python bench/bench_monitor.py",
+                                            *argv_used]),
+                       "load_avg": os.getloadavg()[0], "cpus": os.cpu_count(), **result}, f,
+                      indent=2)
+    return result
 
 
 if __name__ == "__main__":
