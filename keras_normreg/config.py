@@ -125,8 +125,8 @@ RECIPE_SCHEMA: dict[str, Any] = {
         "train_split": Field(str, "train", doc="tfds split used for training"),
         "test_split": Field(str, "test", doc="tfds split used for evaluation"),
         "download": Field(bool, False, doc="allow tfds to download missing data"),
-        "autotune": Field(bool, False, doc="tf.data autotuning (off: its iterator teardown "
-                          "stalled every fit 0.3-2 s on CPU; see keras_normreg.data.pipelines)"),
+        "autotune": Field(bool, False, doc="tf.data autotuning (off: with it on, the end of a "
+                          "fit stalled up to 5 s on CPU; see keras_normreg.data.pipelines)"),
     },
     "regularization": {
         "kind": Field(str, "none", choices=("none", "l1", "l2", "elastic_net"), doc="penalty"),

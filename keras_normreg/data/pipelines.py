@@ -20,10 +20,11 @@ augmentation seeds are a function of ``(seed, epoch index)`` instead of the numb
 made so far, so every iterator yields the same batches (what training under a distribution
 strategy needs: Keras opens an extra iterator there; see :mod:`keras_normreg.distribute`).
 
-tf.data's autotuning is off by default (``autotune=False``): with it on, deleting an iterator
-waits for its autotuning thread, which stalled the end of ``fit`` (and every validation pass)
-by 0.3-2 s of idle time on CPU, a quarter of the wall time of a short tuning trial, while the
-augmented image pipeline ran as fast without it (``bench/bench_pipeline.py``). Without
+tf.data's autotuning is off by default (``autotune=False``): with it on, Keras' deletion of
+the iterators (when ``fit`` returns, and after a validation pass) sometimes blocked with no CPU
+in use -- up to 5 s after the last epoch, about a quarter of the wall time of a short tuning
+trial -- and never with it off, while the augmented image pipeline ran as fast without it
+(``bench/bench_pipeline.py``). Without
 autotuning, ``AUTOTUNE`` parallel maps use TensorFlow's default parallelism (the CPU count, at
 most 16).
 
@@ -219,10 +220,9 @@ def load(name: str, split: str, batch_size: int, data_dir=None, augment=None, sh
             ``seed`` or flags.
         DatasetNotFoundError: (a ``FileNotFoundError``) data missing and ``download=False``.
     """
-    check_bool("autotune", autotune)
     src = _open(name, split, batch_size, data_dir, augment, shuffle, seed, download, cache,
-                drop_remainder, reshuffle=True)
-    return _finish(_stages(src, src.seed, src.seed, reshuffle=True), autotune)
+                drop_remainder, autotune, reshuffle=True)
+    return _finish(_stages(src, src.seed, src.seed, reshuffle=True), src.autotune)
 
 
 def _finish(ds, autotune: bool):
@@ -236,7 +236,7 @@ def _finish(ds, autotune: bool):
 
 
 def _open(name, split, batch_size, data_dir, augment, shuffle, seed, download, cache,
-          drop_remainder, reshuffle):
+          drop_remainder, autotune, reshuffle):
     base, config, spec = registry.resolve(name)
     check_number("batch_size", batch_size, low=1, integer=True)
     bases = _split_bases(split, spec)
@@ -249,6 +249,7 @@ def _open(name, split, batch_size, data_dir, augment, shuffle, seed, download, c
     check_bool("download", download)
     check_bool("cache", cache)
     check_bool("drop_remainder", drop_remainder)
+    check_bool("autotune", autotune)
     shuffle = is_train if shuffle is None else shuffle
     seed = None if seed is None else int(seed)
 
@@ -272,7 +273,8 @@ def _open(name, split, batch_size, data_dir, augment, shuffle, seed, download, c
     # the validated, opened (and maybe cached) split, before shuffling and preprocessing
     return types.SimpleNamespace(
         ds=ds, spec=spec, augment_mode=augment_mode, shuffle=shuffle, seed=seed,
-        num_examples=num_examples, batch_size=batch_size, drop_remainder=drop_remainder)
+        num_examples=num_examples, batch_size=batch_size, drop_remainder=drop_remainder,
+        autotune=autotune)
 
 
 def _stages(src, shuffle_seed, augment_seed, reshuffle):
@@ -311,9 +313,8 @@ def load_epochs(name: str, split: str, batch_size: int, data_dir=None, augment=N
     Returns:
         ``(dataset, num_examples)``: the batched, prefetched stream and the examples per epoch.
     """
-    check_bool("autotune", autotune)
     src = _open(name, split, batch_size, data_dir, augment, shuffle, seed, download, cache,
-                drop_remainder, reshuffle=False)
+                drop_remainder, autotune, reshuffle=False)
     if src.num_examples < 0:
         raise ValueError(f"The size of split {split!r} of {name!r} is unknown; an epoch stream "
                          f"needs it. {received('split', split)}")
@@ -327,4 +328,4 @@ def load_epochs(name: str, split: str, batch_size: int, data_dir=None, augment=N
         return _stages(src, pair[0], pair[1], reshuffle=False)
 
     ds = tf.data.Dataset.range(1 << 62).flat_map(one_epoch)
-    return _finish(ds, autotune), src.num_examples
+    return _finish(ds, src.autotune), src.num_examples
