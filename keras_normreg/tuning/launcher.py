@@ -157,6 +157,12 @@ def _check_workers(workers) -> None:
         raise ValueError(f"--workers must be a positive integer. Received: workers={workers!r}")
 
 
+def _check_shares(name: str, shares, workers: int) -> None:
+    if isinstance(shares, bool) or not isinstance(shares, int) or shares < workers:
+        raise ValueError(f"`{name}` must be an integer >= workers ({workers}). "
+                         f"Received: {name}={shares!r}")
+
+
 def worker_cpus(workers: int, available=None, shares: int | None = None) -> list[set[int]]:
     """CPU sets of ``workers`` pinned workers: the ``available`` CPUs (default: this process's
     affinity) split into ``shares`` (default ``workers``) contiguous, disjoint, near-equal
@@ -167,9 +173,7 @@ def worker_cpus(workers: int, available=None, shares: int | None = None) -> list
     _check_workers(workers)
     if shares is None:
         shares = workers
-    if isinstance(shares, bool) or not isinstance(shares, int) or shares < workers:
-        raise ValueError(f"`shares` must be an integer >= workers ({workers}). "
-                         f"Received: shares={shares!r}")
+    _check_shares("shares", shares, workers)
     if available is None:
         if not hasattr(os, "sched_getaffinity"):
             raise RuntimeError("Pinning workers to CPUs needs os.sched_setaffinity (Linux). "
@@ -219,9 +223,11 @@ def run_local(study: str, workers: int, *, project_dir: str, directory: str | No
     out = out or sys.stdout
     _check_workers(workers)
     check_bool("pin_cpus", pin_cpus)
-    if cpu_shares is not None and not pin_cpus:
-        raise ValueError("`cpu_shares` needs pin_cpus=True. "
-                         f"Received: cpu_shares={cpu_shares!r}, pin_cpus={pin_cpus!r}")
+    if cpu_shares is not None:
+        if not pin_cpus:
+            raise ValueError("`cpu_shares` needs pin_cpus=True. "
+                             f"Received: cpu_shares={cpu_shares!r}, pin_cpus={pin_cpus!r}")
+        _check_shares("cpu_shares", cpu_shares, workers)
     ids = [f"tuner{i}" for i in range(workers)]
     masks = (dict(zip(ids, worker_cpus(workers, shares=cpu_shares), strict=True)) if pin_cpus
              else {})

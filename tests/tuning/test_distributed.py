@@ -249,6 +249,9 @@ def test_worker_cpus_errors():
     with pytest.raises(ValueError, match="`cpu_shares` needs pin_cpus=True. Received: "
                                          "cpu_shares=2, pin_cpus=False"):
         launcher.run_local("study.toml", 1, project_dir="unused", cpu_shares=2)
+    with pytest.raises(ValueError, match=r"`cpu_shares` must be an integer >= workers \(2\). "
+                                         r"Received: cpu_shares=1"):
+        launcher.run_local("study.toml", 2, project_dir="unused", pin_cpus=True, cpu_shares=1)
 
 
 def _fake_processes(monkeypatch, record):
