@@ -30,7 +30,10 @@ os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
 
 import keras  # noqa: E402
 
+sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
 sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
+
+import _timing  # noqa: E402
 
 from keras_normreg import data, optimizers, zoo  # noqa: E402
 from keras_normreg.diagnostics import NormMonitor  # noqa: E402
@@ -143,12 +146,10 @@ def main(argv=None):
               "ratio_of_medians": med_on / med_off, "hook_us_per_step": hook_per_step * 1e6,
               "hook_fraction": hook_per_step / med_off, "tracked": list(monitor.tracked)}
     if args.json:
-        argv_used = sys.argv[1:] if argv is None else list(argv)
+        cmd = _timing.command([__file__, *(sys.argv[1:] if argv is None else argv)])
         with open(args.json, "w") as f:
-            json.dump({"command": " ".join([".venv/bin/python bench/bench_monitor.py",
-                                            *argv_used]),
-                       "load_avg": os.getloadavg()[0], "cpus": os.cpu_count(), **result}, f,
-                      indent=2)
+            json.dump({"command": cmd, "load_avg": os.getloadavg()[0], "cpus": os.cpu_count(),
+                       **result}, f, indent=2)
     return result
 
 

@@ -124,8 +124,8 @@ def main(argv=None):
     if "throughput" in parts:
         results["throughput"] = part_throughput(args.rounds, batches)
 
-    print(f"\n## tf.data autotuning on vs off\n\n{_timing.machine()}\n"
-          f"command: {_timing.command([__file__, *(args._argv or sys.argv[1:])])}\n")
+    cmd = _timing.command([__file__, *_timing._argv_of(args)])
+    print(f"\n## tf.data autotuning on vs off\n\n{_timing.machine()}\ncommand: {cmd}\n")
     if "fit" in results:
         f = results["fit"]
         print(f"fit: MNIST-1D cnn1d + BN, {f['epochs']} epochs, {f['fits']} fits per arm "
@@ -150,7 +150,7 @@ def main(argv=None):
         import json
 
         with open(args.json, "w") as fh:
-            json.dump({"machine": _timing.machine(), **results}, fh, indent=2)
+            json.dump({"machine": _timing.machine(), "command": cmd, **results}, fh, indent=2)
     return results
 
 

@@ -154,7 +154,10 @@ def test_bench_pipeline_quick(capsys, tmp_path):
     assert all(len(v) == 1 and v[0] > 0 for v in results["throughput"]["examples_per_s"].values())
     printed = capsys.readouterr().out
     assert "| arm | fit s (median) |" in printed and "| arm | examples/s (median) |" in printed
-    assert json.loads(out.read_text())["fit"]["fits"] == 1
+    saved = json.loads(out.read_text())
+    assert saved["fit"]["fits"] == 1
+    assert saved["command"] == (".venv/bin/python bench/bench_pipeline.py --quick --threads 0 "
+                                f"--json {out}")
 
 
 def test_bench_pipeline_rejects_bad_counts(capsys):
