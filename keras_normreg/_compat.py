@@ -1,0 +1,192 @@
+"""The one place where keras_normreg touches private Keras and keras-tuner internals.
+
+Everything here is a thin, named accessor for something Keras or keras-tuner does not export
+publicly. The rest of the package calls these functions instead of reaching into ``keras.src``,
+``keras_tuner.src`` or underscore attributes, so a Keras / keras-tuner release that moves one of
+them breaks one function here (and its test in ``tests/test_compat.py``), not a dozen call sites.
+
+The versions this module was written and tested against are :data:`KERAS_TESTED` and
+:data:`KERAS_TUNER_TESTED` (the same bounds as ``pyproject.toml``); :func:`check_versions`
+says loudly when the installed versions are outside them. keras-tuner is imported lazily: the
+blocks (layers, optimizers, ...) do not need it.
+"""
+
+from __future__ import annotations
+
+import keras
+
+__all__ = [
+    "KERAS_TESTED",
+    "KERAS_TUNER_TESTED",
+    "check_versions",
+    "flatten_layers",
+    "graph_nodes_by_depth",
+    "hyperband_budget",
+    "kt_display_class",
+    "kt_distribute",
+    "kt_silence_conditions",
+    "kt_trial_status",
+    "no_automatic_dependency_tracking",
+    "optimizer_iterations",
+    "optimizer_learning_rate_attr",
+    "optimizer_variable_key",
+    "oracle_display",
+    "oracle_servicer",
+    "set_oracle_display",
+    "tuner_checkpoint_path",
+    "version_in_range",
+]
+
+#: (lowest, first excluded) versions of Keras this package is tested with (pyproject.toml).
+KERAS_TESTED = ("3.5", "3.16")
+#: (lowest, first excluded) versions of keras-tuner this package is tested with.
+KERAS_TUNER_TESTED = ("1.4", "1.5")
+
+
+def _version_tuple(text: str) -> tuple[int, ...]:
+    parts = []
+    for piece in str(text).split("."):
+        digits = ""
+        for ch in piece:
+            if not ch.isdigit():
+                break
+            digits += ch
+        if not digits:
+            break
+        parts.append(int(digits))
+    return tuple(parts)
+
+
+def version_in_range(version: str, bounds: tuple[str, str]) -> bool:
+    """``bounds[0] <= version < bounds[1]``, comparing numeric release parts."""
+    low, high = (_version_tuple(b) for b in bounds)
+    v = _version_tuple(version)
+    return low <= v < high
+
+
+def check_versions(keras_version: str | None = None, keras_tuner_version: str | None = None):
+    """Raise ``RuntimeError`` naming the package and version when it is outside the tested range.
+
+    With no arguments it checks the installed Keras (and keras-tuner, if installed).
+    """
+    if keras_version is None:
+        keras_version = keras.__version__
+    if not version_in_range(keras_version, KERAS_TESTED):
+        raise RuntimeError(
+            f"keras_normreg's private-API accessors (keras_normreg/_compat.py) are tested with "
+            f"keras>={KERAS_TESTED[0]},<{KERAS_TESTED[1]}. Received: keras=={keras_version}")
+    if keras_tuner_version is None:
+        try:
+            import keras_tuner
+        except ImportError:
+            return
+        keras_tuner_version = keras_tuner.__version__
+    if not version_in_range(keras_tuner_version, KERAS_TUNER_TESTED):
+        raise RuntimeError(
+            f"keras_normreg's private-API accessors (keras_normreg/_compat.py) are tested with "
+            f"keras-tuner>={KERAS_TUNER_TESTED[0]},<{KERAS_TUNER_TESTED[1]}. "
+            f"Received: keras-tuner=={keras_tuner_version}")
+
+
+# ----------------------------------------------------------------------------------- Keras
+def _dependency_tracking_decorator():
+    from keras.src.utils.tracking import no_automatic_dependency_tracking as decorator
+
+    return decorator
+
+
+#: Decorator: attributes set inside the method are not tracked by Keras (``keras.src.utils``).
+no_automatic_dependency_tracking = _dependency_tracking_decorator()
+
+
+def optimizer_variable_key(optimizer: keras.optimizers.Optimizer, variable) -> str:
+    """The key Keras optimizers index their per-variable state with (``_var_key``)."""
+    return optimizer._var_key(variable)
+
+
+def optimizer_iterations(optimizer: keras.optimizers.Optimizer):
+    """The optimizer's step counter variable (``_iterations``; ``iterations`` may be a copy)."""
+    return optimizer._iterations
+
+
+def optimizer_learning_rate_attr(optimizer: keras.optimizers.Optimizer):
+    """What the optimizer was given as learning rate: a float-valued Variable, a schedule or a
+    callable (``_learning_rate``; the public ``learning_rate`` evaluates schedules)."""
+    return optimizer._learning_rate
+
+
+def flatten_layers(model, include_self: bool = False):
+    """Every layer inside ``model``, nested ones included (``_flatten_layers``)."""
+    return list(model._flatten_layers(include_self=include_self, recursive=True))
+
+
+def graph_nodes_by_depth(model):
+    """``{depth: [node, ...]}`` of a functional/Sequential model, or None for a subclassed one."""
+    return getattr(model, "_nodes_by_depth", None)
+
+
+# ----------------------------------------------------------------------------- keras-tuner
+def kt_trial_status():
+    """keras-tuner's ``TrialStatus`` enum-like class."""
+    from keras_tuner.src.engine import trial as kt_trial
+
+    return kt_trial.TrialStatus
+
+
+def kt_distribute():
+    """keras-tuner's distribution helpers (``has_chief_oracle``, ``is_chief_oracle``)."""
+    from keras_tuner.src.distribute import utils as kt_dist
+
+    return kt_dist
+
+
+def kt_display_class():
+    """The base class of keras-tuner's per-trial progress display (``oracle.Display``)."""
+    from keras_tuner.src.engine import oracle as kt_oracle
+
+    return kt_oracle.Display
+
+
+def kt_silence_conditions():
+    """keras-tuner prints a line for every conditional-scope check; replace its ``print``."""
+    from keras_tuner.src.engine import conditions as kt_conditions
+
+    kt_conditions.print = lambda *args, **kwargs: None
+
+
+def oracle_display(oracle):
+    """The oracle's progress display object (``_display``)."""
+    return oracle._display
+
+
+def set_oracle_display(oracle, display) -> None:
+    oracle._display = display
+
+
+def hyperband_budget(oracle) -> int:
+    """Trials of one Hyperband iteration: the sum of its bracket/round sizes."""
+    total = 0
+    for bracket in range(oracle._get_num_brackets()):
+        for rnd in range(oracle._get_num_rounds(bracket)):
+            total += oracle._get_size(bracket, rnd)
+    return total
+
+
+def tuner_checkpoint_path(tuner, trial_id: str) -> str:
+    """Where a trial's best weights are written (``_get_checkpoint_fname``)."""
+    return tuner._get_checkpoint_fname(trial_id)
+
+
+def oracle_servicer(oracle):
+    """keras-tuner's gRPC oracle service for ``oracle``.
+
+    Returns ``(servicer, add_to_server, exit_chief)``: the servicer (``stop_triggered`` says a
+    worker was told to stop), ``add_to_server(servicer, grpc_server)`` and
+    ``exit_chief(oracle) -> bool`` (True once no trial runs and every worker was told to stop).
+    """
+    from keras_tuner.src import protos
+    from keras_tuner.src.distribute import oracle_chief
+
+    servicer = oracle_chief.OracleServicer(oracle)
+    return (servicer, protos.get_service_grpc().add_OracleServicer_to_server,
+            oracle_chief.exit_chief)
