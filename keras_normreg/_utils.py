@@ -21,6 +21,19 @@ def received(name: str, value) -> str:
     return f"Received: {name}={value!r}"
 
 
+def variable_name(variable) -> str:
+    """The short name of a variable (``"kernel"`` for ``"block1/conv/kernel:0"``)."""
+    return str(getattr(variable, "name", "")).split(":")[0].split("/")[-1]
+
+
+def variable_path(variable) -> str:
+    """Keras 3 ``variable.path`` (``"<layer path>/<name>"``), or the name without ``:0``."""
+    path = getattr(variable, "path", None)
+    if path is None:
+        path = str(getattr(variable, "name", "")).split(":")[0]
+    return path
+
+
 def check_number(name: str, value, *, low=None, high=None, low_inclusive=True,
                  high_inclusive=True, integer=False, allow_none=False):
     """Validate a scalar argument and return it; raise ValueError naming the argument otherwise."""

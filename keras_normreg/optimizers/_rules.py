@@ -26,7 +26,7 @@ import fnmatch
 import re
 from collections.abc import Iterable
 
-from keras_normreg._utils import received
+from keras_normreg._utils import received, variable_name, variable_path
 
 KEYWORDS = ("bias", "normalization", "1d")
 _ALIASES = {"norm": "normalization"}
@@ -91,18 +91,6 @@ def parse_rules(name: str, rules, *, allow_none: bool = False):
         if rule not in out:
             out.append(rule)
     return tuple(out)
-
-
-def variable_path(variable) -> str:
-    """``variable.path`` (Keras 3), falling back to the name for raw backend variables."""
-    path = getattr(variable, "path", None)
-    if path is None:
-        path = str(getattr(variable, "name", "")).split(":")[0]
-    return path
-
-
-def variable_name(variable) -> str:
-    return str(getattr(variable, "name", "")).split(":")[0].split("/")[-1]
 
 
 def _is_normalization(variable) -> bool:
