@@ -266,41 +266,40 @@ class WeightNormalization(keras.layers.Wrapper):
         count = ops.cast(ops.size(t) // ops.shape(t)[axis], "float32")
         return ops.stack([total, ops.sum(ops.square(t), axis=axes), ops.ones_like(total) * count])
 
-    def _assign_from_moments(self, sums):
-        mean = sums[0] / sums[2]
-        variance = ops.maximum(sums[1] / sums[2] - ops.square(mean), 0.0)
+    def _initial_values(self, sums):
+        """The data-init ``(g, bias)`` from the moment sums (either may be None: unchanged)."""
+        count = ops.maximum(sums[2], 1.0)  # zeros once initialized: keep the maths finite
+        mean = sums[0] / count
+        variance = ops.maximum(sums[1] / count - ops.square(mean), 0.0)
+        g = None
         if self.fixed_g is None:
             gain = 1.0 / ops.sqrt(variance + DATA_INIT_EPSILON)
-            self.g.assign(ops.cast(ops.reshape(gain, tuple(self.g.shape)), self.g.dtype))
+            g = ops.cast(ops.reshape(gain, tuple(self.g.shape)), self.g.dtype)
         else:
             gain = ops.reshape(ops.cast(self.g, "float32"), (-1,))
-        if self.bias is not None:
-            self.bias.assign(ops.cast(-mean * gain, self.bias.dtype))
-        self.initialized.assign(True)
-        return ops.convert_to_tensor(True)
+        bias = None if self.bias is None else ops.cast(-mean * gain, self.bias.dtype)
+        return g, bias
 
     def _maybe_initialize(self, x):
         """Data-dependent init on the first training call (a no-op afterwards).
 
-        Single replica: one ``cond`` computes the moments and assigns. Several replicas: a
-        collective cannot sit inside a ``cond``, so the first ``cond`` yields the local moment
-        sums (zeros once initialized), the (3 x units) sums are all-reduced unconditionally, and
-        a second ``cond`` assigns.
+        Written without side effects inside a ``cond`` (JAX traces both branches; a
+        collective cannot sit inside a ``cond`` under ``tf.distribute``): one ``cond`` yields
+        the local moment sums (zeros once initialized, so later steps skip the pass over the
+        batch), the (3 x units) sums are all-reduced across replicas (TensorFlow, several
+        replicas), and ``g`` / ``bias`` are assigned ``where(initialized, old, new)``.
         """
         done = self.initialized.value
-        ctx = sync_replica_context()
-        if ctx is None:
-            ops.cond(done, lambda: ops.convert_to_tensor(True),
-                     lambda: self._assign_from_moments(self._local_moment_sums(x)))
-            return
-        units = 1
-        for d in self.g.shape:
-            units *= d
+        units = math.prod(self.g.shape)
         local = ops.cond(done, lambda: ops.zeros((3, units), "float32"),
                          lambda: self._local_moment_sums(x))
-        sums = all_reduce_sum(ctx, local)
-        ops.cond(done, lambda: ops.convert_to_tensor(True),
-                 lambda: self._assign_from_moments(sums))
+        sums = all_reduce_sum(sync_replica_context(), local)
+        g, bias = self._initial_values(sums)
+        if g is not None:
+            self.g.assign(ops.where(done, self.g.value, g))
+        if bias is not None:
+            self.bias.assign(ops.where(done, self.bias.value, bias))
+        self.initialized.assign(ops.ones_like(done))
 
     def call(self, inputs, training=None):
         if self.data_init and training:
