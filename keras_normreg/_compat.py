@@ -190,3 +190,20 @@ def oracle_servicer(oracle):
     servicer = oracle_chief.OracleServicer(oracle)
     return (servicer, protos.get_service_grpc().add_OracleServicer_to_server,
             oracle_chief.exit_chief)
+
+
+# ------------------------------------------------------------------------------------------
+# Stateless calls (added for the layers on the JAX backend, branch h5-layers-backends).
+# JAX's trainer runs every step inside a keras.StatelessScope and keeps only the assignments
+# to NON-trainable variables; a layer that must assign a trainable one (WeightNormalization's
+# data init) checks these to fail loudly instead of silently losing the assignment.
+def in_stateless_scope() -> bool:
+    """Whether a ``keras.StatelessScope`` is active (``stateless_scope.in_stateless_scope``)."""
+    from keras.src.backend.common import stateless_scope
+
+    return stateless_scope.in_stateless_scope()
+
+
+def stored_value(variable):
+    """A variable's own value, ignoring any StatelessScope mapping (``variable._value``)."""
+    return variable._value

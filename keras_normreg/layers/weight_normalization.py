@@ -7,6 +7,7 @@ import math
 import keras
 from keras import ops
 
+from keras_normreg._compat import in_stateless_scope, stored_value
 from keras_normreg._kernels import column_norms
 from keras_normreg._utils import check_bool, check_number, received, register
 from keras_normreg.layers._base import all_reduce_sum, sync_replica_context
@@ -77,7 +78,14 @@ class WeightNormalization(keras.layers.Wrapper):
     variance per unit. With ``fixed_g`` only the bias is set (``-mu * fixed_g``, zero mean;
     the variance cannot be changed because the output is invariant to ``||v||``); without a
     bias only ``g`` is set. Under ``tf.distribute`` with several replicas the statistics are
-    all-reduced, so every replica initializes identically (global-batch statistics).
+    all-reduced, so every replica initializes identically (global-batch statistics); under
+    JAX's ``keras.distribution.DataParallel`` the layer sees the global batch already.
+    **JAX**: the trainer keeps no assignment to trainable variables made inside a train step,
+    so call the model once in training mode before ``fit`` (``model(x_batch,
+    training=True)``, eager). A ``stateless_call`` in training mode on an uninitialized
+    wrapper raises a ValueError saying so; inside ``fit`` JAX has detached the variable
+    values, so the check cannot see them and the init would be lost silently.
+    TensorFlow and torch initialize inside ``fit``.
 
     ``fixed_g=c`` ("bounded weight norm", Hoffer et al. 2018): ``g`` is a non-trainable
     constant ``c`` for every unit, so ``||w|| = c`` per unit at all times.
@@ -301,8 +309,29 @@ class WeightNormalization(keras.layers.Wrapper):
             self.bias.assign(ops.where(done, self.bias.value, bias))
         self.initialized.assign(ops.ones_like(done))
 
+    def _check_can_initialize(self):
+        """JAX: refuse to data-initialize inside a stateless (trainer) step, which would lose
+        the assignments to the trainable ``g`` / ``bias`` and keep ``initialized=True``."""
+        if keras.backend.backend() != "jax" or not in_stateless_scope():
+            return
+        value = stored_value(self.initialized)
+        if value is None:  # purged by JAX's fit while its step runs: the state is unknown here
+            return
+        try:
+            done = bool(ops.convert_to_numpy(value))
+        except Exception:  # a traced value: initialized inside the same trace, nothing to say
+            return
+        if not done:
+            raise ValueError(
+                "WeightNormalization(data_init=True) cannot initialize inside a JAX train step: "
+                "JAX's trainer keeps no assignment to trainable variables (g, bias). Call the "
+                "model once in training mode on a batch before fit, e.g. "
+                "`model(x_batch, training=True)`. Received: data_init=True"
+            )
+
     def call(self, inputs, training=None):
         if self.data_init and training:
+            self._check_can_initialize()
             self._maybe_initialize(inputs)
         x = inputs
         if self._scale_outputs(x):
