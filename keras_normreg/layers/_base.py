@@ -221,7 +221,10 @@ class DispersionBatchNormalization(keras.layers.Layer):
         return mean, self._dispersion(x, mean, count, ctx)
 
     def call(self, inputs, training=None):
-        compute_dtype = keras.backend.result_type(inputs.dtype, "float32")
+        # float64 stays float64, anything else (float16/bfloat16/float32) computes in float32.
+        # Not keras.backend.result_type(dtype, "float32"): on torch it gives float32 for float64.
+        input_dtype = keras.backend.standardize_dtype(inputs.dtype)
+        compute_dtype = "float64" if input_dtype == "float64" else "float32"
         x = ops.cast(inputs, compute_dtype)
         if training and self.trainable:
             mean, sigma = self.batch_statistics(x)
