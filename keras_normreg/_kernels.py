@@ -4,8 +4,9 @@ Weight normalization and the SGDP/AdamP projection need per-output-unit sums ove
 ``(fan, units)`` view of a kernel. On TensorFlow ``reduce_sum(x, axis=0)`` reduces along the
 strided axis and measured ~2x slower on CPU than a matrix-vector product with a vector of
 ones, which BLAS runs at memory speed (1024x1024 float32 on 2 cores: 0.50 ms vs 0.26 ms
-including the square); the same ``ones @ x`` form is used on every backend (one code path,
-and a matmul is never slower than a strided reduction elsewhere either).
+including the square), so TensorFlow keeps the ``ones @ x`` form. JAX and torch use
+``sum(x, axis=0)``: Keras' ``ops.matmul`` there promotes like JAX without x64 and returns
+float32 for float64 operands (Keras 3.15), which would break float64 weights.
 The column norm also gets its gradient written out (one pass, ``v * dn / n``) instead of the
 autodiff chain through ``sum`` and ``square`` (a materialized broadcast and two passes), with
 ``keras.ops.custom_gradient`` (``tf.custom_gradient`` / ``jax.custom_gradient`` / a
@@ -14,12 +15,15 @@ autodiff chain through ``sum`` and ``square`` (a materialized broadcast and two 
 
 from __future__ import annotations
 
+import keras
 from keras import ops
 
 
 def column_sums(x):
-    """Sums over axis 0 of a rank-2 tensor, shape ``(columns,)`` (``ones @ x``)."""
+    """Sums over axis 0 of a rank-2 tensor, shape ``(columns,)`` (``ones @ x`` on TensorFlow)."""
     x = ops.convert_to_tensor(x)
+    if keras.backend.backend() != "tensorflow":
+        return ops.sum(x, axis=0)
     ones = ops.ones((1, ops.shape(x)[0]), dtype=x.dtype)
     return ops.reshape(ops.matmul(ones, x), (-1,))
 
@@ -27,7 +31,8 @@ def column_sums(x):
 @ops.custom_gradient
 def _column_norms(v, floor):
     squares = column_sums(ops.square(v))
-    norms = ops.sqrt(ops.maximum(squares, floor))
+    # where, not ops.maximum: Keras' maximum returns float32 for float64 on JAX / torch.
+    norms = ops.sqrt(ops.where(squares > floor, squares, floor))
 
     def grad(*args, upstream=None):
         # TensorFlow and JAX pass the upstream gradient positionally, torch as `upstream=`.

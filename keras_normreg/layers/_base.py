@@ -30,6 +30,8 @@ __all__ = [
     "all_reduce_sum",
     "channel_count",
     "constant",
+    "maximum",
+    "minimum",
     "sync_replica_context",
 ]
 
@@ -38,6 +40,17 @@ def constant(value, dtype):
     """A Python number as a tensor of ``dtype``, converted directly: ``ops.cast(0.9, "float64")``
     goes through float32 on TensorFlow (0.8999999761581421), this gives 0.9 exactly."""
     return ops.convert_to_tensor(value, dtype=dtype)
+
+
+def maximum(a, b):
+    """Elementwise max keeping the dtype of same-dtype operands: ``ops.maximum`` follows Keras'
+    promotion, which returns float32 for float64 on JAX and torch (Keras 3.15)."""
+    return ops.where(a >= b, a, b)
+
+
+def minimum(a, b):
+    """Elementwise min keeping the dtype (see :func:`maximum`)."""
+    return ops.where(a <= b, a, b)
 
 
 def channel_count(x, axis):

@@ -7,7 +7,13 @@ import math
 from keras import ops
 
 from keras_normreg._utils import check_number, register
-from keras_normreg.layers._base import DispersionBatchNormalization, all_gather, constant
+from keras_normreg.layers._base import (
+    DispersionBatchNormalization,
+    all_gather,
+    constant,
+    maximum,
+    minimum,
+)
 
 # Two-stage selection (see TopKBatchNormalization._local_top_chunked): the largest chunk size
 # used, and the smallest worth the second stage (below it the direct top-k is used).
@@ -24,7 +30,7 @@ def topk_scale(n):
     numerator = 0.5 * (1.0 + math.sqrt(math.pi * math.log(4.0)))
     if isinstance(n, (int, float)):
         return numerator / math.sqrt(2.0 * math.log(max(float(n), 2.0)))
-    n = ops.maximum(n, ops.cast(2.0, n.dtype))
+    n = maximum(n, constant(2.0, n.dtype))
     return constant(numerator, n.dtype) / ops.sqrt(2.0 * ops.log(n))
 
 
@@ -85,7 +91,7 @@ class TopKBatchNormalization(DispersionBatchNormalization):
             top = self._local_top_chunked(x, mean, chunk)
         if ctx is not None:
             top, _ = ops.top_k(all_gather(ctx, top, axis=1), self.k)
-        k_eff = ops.minimum(ops.cast(self.k, count.dtype), count)
+        k_eff = minimum(constant(self.k, count.dtype), count)
         keep = ops.cast(ops.arange(self.k, dtype=count.dtype) < k_eff, top.dtype)
         mean_top = ops.sum(top * keep, axis=1) / k_eff
         return topk_scale(count) * mean_top
@@ -148,7 +154,7 @@ class TopKBatchNormalization(DispersionBatchNormalization):
         """
         channels = x.shape[-1]
         blocks = ops.reshape(x, (-1, chunk, channels))
-        score = ops.maximum(ops.max(blocks, axis=1) - mean, mean - ops.min(blocks, axis=1))
+        score = maximum(ops.max(blocks, axis=1) - mean, mean - ops.min(blocks, axis=1))
         score = ops.stop_gradient(ops.transpose(score))  # (channels, chunks): selection only
         n_chunks = score.shape[1]
         if n_chunks is not None:
