@@ -16,15 +16,16 @@ import os
 import platform
 import tempfile
 import time
-from typing import Any
 
 import keras
 import numpy as np
 import tensorflow as tf
 
 from keras_normreg import config as nr_config
+from keras_normreg import constraints as nr_constraints
 from keras_normreg import data as nr_data
 from keras_normreg import distribute, zoo
+from keras_normreg import optimizers as nr_optimizers
 from keras_normreg.data.pipelines import load_epochs
 
 __all__ = [
@@ -88,47 +89,10 @@ def build_optimizer(cfg: dict, steps_per_epoch: int, model: keras.Model | None =
     use the decoupled family for decay); ``sgdw``/``adamw`` are
     :class:`keras_normreg.optimizers.DecoupledWeightDecay` around SGD/Adam with additive
     exclusion rules; ``sgdp``/``adamp`` project out the radial update of scale-invariant weights.
+    Each name is built by its entry of :data:`keras_normreg.optimizers.RECIPES`.
     """
-    o = cfg["optimizer"]
     lr = build_schedule(cfg, steps_per_epoch)
-    common: dict[str, Any] = {}
-    if o["clipnorm"] is not None:
-        common["clipnorm"] = o["clipnorm"]
-    name = o["name"]
-    if name in ("sgd", "adam", "rmsprop", "lion") and o["weight_decay"]:
-        raise ValueError(
-            f"optimizer.name={name!r} is a plain Keras optimizer: use 'sgdw' or 'adamw' for "
-            f"weight decay (or 'regularization' for a coupled L2 penalty). "
-            f"Received: optimizer.weight_decay={o['weight_decay']!r}")
-    if name == "sgd":
-        return keras.optimizers.SGD(lr, momentum=o["momentum"], nesterov=o["nesterov"], **common)
-    if name == "adam":
-        return keras.optimizers.Adam(lr, beta_1=o["momentum"], **common)
-    if name == "rmsprop":
-        return keras.optimizers.RMSprop(lr, momentum=o["momentum"], **common)
-    if name == "lion":
-        return keras.optimizers.Lion(lr, beta_1=o["momentum"], **common)
-
-    from keras_normreg import optimizers as nr_opt
-
-    if name in ("sgdp", "adamp"):
-        if name == "sgdp":
-            return nr_opt.SGDP(lr, momentum=o["momentum"], nesterov=o["nesterov"],
-                               weight_decay=o["weight_decay"], **common)
-        return nr_opt.AdamP(lr, beta_1=o["momentum"], weight_decay=o["weight_decay"], **common)
-    inner = (keras.optimizers.SGD(lr, momentum=o["momentum"], nesterov=o["nesterov"], **common)
-             if name == "sgdw" else keras.optimizers.Adam(lr, beta_1=o["momentum"], **common))
-    si = None if o["scale_invariant"] == "none" else o["scale_invariant"]
-    opt = nr_opt.DecoupledWeightDecay(
-        inner, weight_decay=o["weight_decay"], semantics=o["decay_semantics"],
-        max_learning_rate=o["learning_rate"], base_learning_rate=o["learning_rate"],
-        exclude=tuple(o["exclude"]), scale_invariant=si)
-    if si is not None:
-        if model is None:
-            raise ValueError("optimizer.scale_invariant needs the model to find the "
-                             "scale-invariant weights. Received: model=None")
-        opt.bind(model)
-    return opt
+    return nr_optimizers.from_recipe(cfg["optimizer"], lr, model)
 
 
 def build_model(cfg: dict, input_shape=None, num_classes=None) -> keras.Model:
@@ -143,14 +107,7 @@ def build_model(cfg: dict, input_shape=None, num_classes=None) -> keras.Model:
         spec["targets"] = tuple(reg["targets"])
         spec["skip_scale_invariant"] = "auto" if reg["skip_scale_invariant"] else False
         regularization = spec
-    constraint = None
-    if m["constraint"] != "none":
-        from keras_normreg import constraints
-
-        value = m["constraint_value"]
-        constraint = {"unit_norm": lambda: constraints.UnitNorm(),
-                      "max_norm": lambda: constraints.MaxNorm(value),
-                      "fixed_norm": lambda: constraints.FixedNorm(value)}[m["constraint"]]()
+    constraint = nr_constraints.from_value(m["constraint"], m["constraint_value"])
     overrides = dict(m["overrides"])
     if m["dropout"]:
         overrides.setdefault("dropout", m["dropout"])
