@@ -81,8 +81,8 @@ class Field:
             at each validation, so a choice registered in a family's table later is accepted).
         check: extra validation, ``check(value) -> error message or None``.
         item_type: for lists, the type of each element.
-        doc: a one-line description of the key (shown in the error for a missing required key
-            and in ``keras-normreg train --help``).
+        doc: a one-line description of the key (documentation; also quoted in the error for a
+            missing required key).
     """
 
     type: Any
