@@ -18,6 +18,7 @@ from __future__ import annotations
 import contextlib
 import datetime
 import hashlib
+import importlib.metadata
 import json
 import os
 import platform
@@ -26,7 +27,6 @@ from pathlib import Path
 
 import keras
 import numpy as np
-import tensorflow as tf
 
 from keras_normreg import config as nr_config
 from keras_normreg import data as nr_data
@@ -83,6 +83,11 @@ def file_sha256(path: str | os.PathLike) -> str:
     return h.hexdigest()
 
 
+def _to_numpy(value):
+    """A NumPy array from a NumPy array or a backend tensor (tf.data yields TF tensors)."""
+    return value.numpy() if hasattr(value, "numpy") else np.asarray(value)
+
+
 def evaluate_model(model: keras.Model, dataset) -> dict:
     """Exact test metrics of a classifier with logits over a dataset of ``(x, y)`` batches.
 
@@ -94,13 +99,16 @@ def evaluate_model(model: keras.Model, dataset) -> dict:
     total = 0
     loss_sum = 0.0
     for x, y in dataset:
-        logits = model(x, training=False)
-        logits = tf.cast(logits, tf.float32)
-        y = tf.cast(y, tf.int64)
-        correct += int(tf.reduce_sum(tf.cast(tf.argmax(logits, -1) == y, tf.int64)))
-        total += int(tf.shape(y)[0])
-        loss_sum += float(tf.reduce_sum(
-            tf.nn.sparse_softmax_cross_entropy_with_logits(labels=y, logits=logits)))
+        logits = keras.ops.convert_to_numpy(model(_to_numpy(x), training=False))
+        logits = logits.astype(np.float32)
+        y = _to_numpy(y).astype(np.int64).reshape(-1)
+        correct += int(np.sum(np.argmax(logits, -1) == y))
+        total += int(y.shape[0])
+        # log-sum-exp in float32, shifted by the row maximum (as TensorFlow's kernel does)
+        shifted = logits - logits.max(-1, keepdims=True)
+        log_norm = np.log(np.sum(np.exp(shifted), -1, dtype=np.float32))
+        loss_sum += float(np.sum(log_norm - shifted[np.arange(y.shape[0]), y],
+                                 dtype=np.float64))
     if total == 0:
         raise ValueError(f"Argument `dataset` must yield at least one example to evaluate. "
                          f"{received('dataset', dataset)}")
@@ -109,15 +117,49 @@ def evaluate_model(model: keras.Model, dataset) -> dict:
 
 
 # -- writing an entry -------------------------------------------------------------------------
-def _hardware(strategy) -> dict:
-    gpus = tf.config.list_physical_devices("GPU")
+def _accelerators() -> list[str]:
+    """Names of the accelerators the current Keras backend sees (empty on a CPU-only machine)."""
+    backend = keras.backend.backend()
     names = []
-    for g in gpus:
-        with contextlib.suppress(Exception):
-            names.append(tf.config.experimental.get_device_details(g).get("device_name", g.name))
+    with contextlib.suppress(Exception):
+        if backend == "tensorflow":
+            import tensorflow as tf
+
+            for g in tf.config.list_physical_devices("GPU"):
+                details = tf.config.experimental.get_device_details(g)
+                names.append(details.get("device_name", g.name))
+        elif backend == "jax":
+            import jax
+
+            names = [d.device_kind for d in jax.devices() if d.platform != "cpu"]
+        elif backend == "torch":
+            import torch
+
+            names = [torch.cuda.get_device_name(i) for i in range(torch.cuda.device_count())]
+    return names
+
+
+def _versions() -> dict:
+    """Versions of the packages that produced an entry: Keras, its backend, ours, Python."""
+    out = {"keras": keras.__version__, "keras_normreg": __version__,
+           "python": platform.python_version()}
+    backend = keras.backend.backend()
+    dist = {"tensorflow": ("tensorflow", "tensorflow-cpu"), "jax": ("jax",),
+            "torch": ("torch",)}.get(backend, ())
+    for name in dist:
+        with contextlib.suppress(importlib.metadata.PackageNotFoundError):
+            out[backend] = importlib.metadata.version(name)
+            break
+    return out
+
+
+def _hardware(strategy) -> dict:
+    replicas = getattr(strategy, "num_replicas_in_sync", 1) if strategy is not None else 1
     return {"platform": platform.platform(), "machine": platform.machine(),
-            "cpu_count": os.cpu_count(), "gpus": names,
-            "strategy": type(strategy).__name__, "replicas": strategy.num_replicas_in_sync}
+            "cpu_count": os.cpu_count(), "gpus": _accelerators(),
+            "backend": keras.backend.backend(),
+            "strategy": type(strategy).__name__ if strategy is not None else "none",
+            "replicas": replicas}
 
 
 def save_entry(model, cfg, metrics, seconds, strategy, out_dir, command=None,
@@ -156,8 +198,8 @@ def save_entry(model, cfg, metrics, seconds, strategy, out_dir, command=None,
         "trainable_parameters": int(sum(int(np.prod(v.shape)) for v in model.trainable_weights)),
         "model_file": MODEL_FILE,
         "sha256": file_sha256(model_path),
-        "versions": {"tensorflow": tf.__version__, "keras": keras.__version__,
-                     "keras_normreg": __version__, "python": platform.python_version()},
+        "versions": _versions(),
+        "backend": keras.backend.backend(),
         "training_seconds": round(seconds, 2),
         "epochs": cfg["train"]["epochs"],
         "history": {k: [float(v) for v in vals] for k, vals in (history or {}).items()},
