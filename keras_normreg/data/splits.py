@@ -9,7 +9,8 @@ The grammar and the arithmetic are tfds' own (``tensorflow_datasets.core.splits`
   (tfds' default ``"closest"`` rounding: Python's ``round``, halves to even), so ``train[:90%]``
   and ``train[90%:]`` of 1437 examples cut at 1293;
 - an absolute bound must satisfy ``|bound| <= n``; negative bounds count from the end; the
-  resulting ``[from:to]`` is then a Python slice.
+  resulting ``[from:to]`` is then a Python slice, which must not be empty (tfds raises
+  "corresponds to no data" for ``train[10:10]`` and fails to read ``train[50:10]``).
 
 Shard slices (``train[2shard]``) and sliced ``all`` are not supported (they mean nothing for
 in-memory arrays; tfds rejects the latter too).
@@ -104,8 +105,12 @@ def _bounds(split, part: str, selector: str | None, num_examples: int) -> tuple[
     stop = num_examples if bounds[1] is None else bounds[1]
     if abs(start) > num_examples or abs(stop) > num_examples:
         raise _bad(split, f"slice {part!r} does not fit a split of {num_examples} examples")
-    return (num_examples + start if start < 0 else start,
-            num_examples + stop if stop < 0 else stop)
+    start = num_examples + start if start < 0 else start
+    stop = num_examples + stop if stop < 0 else stop
+    if start >= stop:  # tfds fails on these when it reads
+        raise _bad(split, f"slice {part!r} selects no examples of a split of {num_examples} "
+                          f"(it resolves to [{start}:{stop}])")
+    return start, stop
 
 
 def resolve(split, sizes: dict[str, int]) -> list[tuple[str, int, int]]:
