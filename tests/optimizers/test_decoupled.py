@@ -699,5 +699,13 @@ def test_float64_update_matches_numpy_to_machine_precision(semantics):
     assert variables["bias"].dtype == "float64"
 
 
+def test_sphere_epsilon_reaches_float64_exactly():
+    from keras_normreg.optimizers import _sphere
+
+    zero = ops.zeros((3, 2), dtype="float64")
+    floor = ops.convert_to_numpy(_sphere.norms(zero, "unit", 1e-12))
+    assert floor.dtype == np.float64 and (floor == 1e-12).all()
+
+
 if __name__ == "__main__":  # pragma: no cover
     sys.exit(pytest.main([os.path.abspath(__file__), "-q"]))
