@@ -54,6 +54,12 @@ keras.applications ResNet50, DenseNet121, EfficientNetB0 and MobileNetV3Small: w
 set to 1e-12, scaling any kernel found invariant by 3 changes the training-mode output by < 1e-5
 (relative), while the others change it by > 1e-2.
 
+Result: one frozen :class:`ScaleInvariance` per analysed weight, with the verdict
+(``invariant``), the layers that remove the scale (``normalizers``) and those passed on the way
+(``via``), the ``granularity`` of the invariance (per output unit, whole tensor or given axes:
+what sphere mode retracts over) and a ``reason`` for humans. Code reads the fields; the reason
+text is for people and may change.
+
 Limits: functional models and Sequential models, nested in each other to any depth, are handled;
 subclassed models have no graph to read (every weight is reported as not invariant, with that
 reason); weights inside wrappers other than WeightNormalization (TimeDistributed,
