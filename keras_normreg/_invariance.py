@@ -652,12 +652,6 @@ def verdicts(model, variables=None) -> dict[int, ScaleInvariance]:
     return result
 
 
-def analyze(model, variables=None) -> dict[int, tuple[bool, str]]:
-    """``{id(variable): (invariant, reason)}``: the tuple view of :func:`verdicts` (kept for
-    ``regularizers.apply``; new code reads the :class:`ScaleInvariance` fields)."""
-    return {k: (v.invariant, v.reason) for k, v in verdicts(model, variables).items()}
-
-
 def explain_scale_invariance(model) -> dict[str, ScaleInvariance]:
     """``{variable path: ScaleInvariance}`` for every analysed weight of a built model."""
     return {v.path: v for v in verdicts(model).values()}

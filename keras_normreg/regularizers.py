@@ -249,7 +249,7 @@ def apply(model, regularizer, targets=("kernel",), include=None, exclude=None,
                 "skip_scale_invariant=False to silence this, or exclude= the invariant kernels.",
                 stacklevel=2,
             )
-        analysis = _invariance.analyze(model, variables=[v for _, v in chosen])
+        analysis = _invariance.verdicts(model, variables=[v for _, v in chosen])
 
     report = RegularizationReport()
     for layer, variable in chosen:
@@ -257,9 +257,9 @@ def apply(model, regularizer, targets=("kernel",), include=None, exclude=None,
         if not variable.trainable or not layer.trainable:
             report.append(Entry(path, False, "not trainable (frozen): left alone"))
             continue
-        invariant, why = analysis.get(id(variable), (False, None))
-        if invariant:
-            report.append(Entry(path, False, f"skipped, scale-invariant: {why}"))
+        verdict = analysis.get(id(variable))
+        if verdict is not None and verdict.invariant:
+            report.append(Entry(path, False, f"skipped, scale-invariant: {verdict.reason}"))
             continue
         where = _targeting.attribute_name(layer, variable, "regularizer")
         if where is not None:
@@ -269,8 +269,8 @@ def apply(model, regularizer, targets=("kernel",), include=None, exclude=None,
             reason = "regularizer removed"
         else:
             reason = f"{regularizer!r}"
-            if why:
-                reason += f"; {why}"
+            if verdict is not None and verdict.reason:
+                reason += f"; {verdict.reason}"
         if where is None:
             reason += (f" (set on the variable only: {type(layer).__name__} has no "
                        "regularizer attribute for it, so it is not saved in the model config)")

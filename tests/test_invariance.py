@@ -386,12 +386,10 @@ def test_weight_normalization_direction_fields():
     assert v.granularity == (0, 1, 2)  # the conv kernel's norm axes: one norm per filter
 
 
-def test_analyze_is_the_tuple_view_of_verdicts():
+def test_verdicts_of_selected_variables():
     inp = keras.Input((6,))
     x = L.Dense(4, use_bias=False, name="d")(inp)
     model = keras.Model(inp, L.BatchNormalization(name="bn")(x))
     structured = _invariance.verdicts(model)
-    assert _invariance.analyze(model) == {
-        k: (v.invariant, v.reason) for k, v in structured.items()}
     kernel = model.get_layer("d").kernel
     assert _invariance.verdicts(model, variables=[kernel]) == {id(kernel): structured[id(kernel)]}
