@@ -285,7 +285,7 @@ def _write_epochs_csv(path, per_epoch_all):
 
 
 def _plot(out_dir, per_epoch_all, results):
-    styles, figures, colors = {}, {}, {}
+    styles, colors = {}, {}
     for i, (run, _, _) in enumerate(per_epoch_all.values()):
         label = _label(run)
         colors[run["name"]] = f"C{i % 10}"
@@ -308,12 +308,9 @@ def _plot(out_dir, per_epoch_all, results):
             out.append((path, lines))
         return out
 
-    base = os.path.basename(out_dir)
-    figures["norm"] = f"{base}/norm.png"
     plots.line_grid(os.path.join(out_dir, "norm.png"), panels("unit_norm"),
                     ylabel="RMS unit norm ‖w_j‖", logy=True, styles=styles,
                     title="Weight norm per output unit (epoch mean)")
-    figures["effective_lr"] = f"{base}/effective_lr.png"
     plots.line_grid(os.path.join(out_dir, "effective_lr.png"), panels("rms_effective_lr"),
                     ylabel="η/‖w_j‖² (RMS unit norm)", logy=True, styles=styles,
                     title="Effective learning rate per output unit (epoch mean)")
@@ -328,17 +325,14 @@ def _plot(out_dir, per_epoch_all, results):
             for _, lines in ang_panels:
                 e = next(iter(lines.values()))[0]
                 lines[lab] = (e, np.full(len(e), entry["predicted_angular_update"]))
-    figures["angular_update"] = f"{base}/angular_update.png"
     plots.line_grid(os.path.join(out_dir, "angular_update.png"), ang_panels,
                     ylabel="angle per step (rad)", logy=True, styles=ang_styles,
                     title="Angular update per step (epoch mean) vs the equilibrium prediction")
     acc = {}
     for _, (run, _, hist) in per_epoch_all.items():
         acc[_label(run)] = (np.arange(1, len(hist["val_accuracy"]) + 1), hist["val_accuracy"])
-    figures["accuracy"] = f"{base}/accuracy.png"
     plots.line_grid(os.path.join(out_dir, "accuracy.png"), [("MNIST-1D test accuracy", acc)],
                     ylabel="test accuracy", ncols=1, styles=styles)
-    return figures
 
 
 def _relaxation_steps(lr, l2, momentum):
