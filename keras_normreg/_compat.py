@@ -190,3 +190,16 @@ def oracle_servicer(oracle):
     servicer = oracle_chief.OracleServicer(oracle)
     return (servicer, protos.get_service_grpc().add_OracleServicer_to_server,
             oracle_chief.exit_chief)
+
+
+# ------------------------------------------------- added for the structured contracts (h3)
+def sequential_functional(model):
+    """The functional graph a built ``keras.Sequential`` keeps (``_functional``), or None when
+    it was built without an input shape (no symbolic graph)."""
+    return getattr(model, "_functional", None)
+
+
+def optimizer_uses_weight_decay(optimizer: keras.optimizers.Optimizer, variable) -> bool:
+    """Whether a Keras optimizer's own ``weight_decay`` applies to ``variable``
+    (``_use_weight_decay``: ``exclude_from_weight_decay`` not matching it)."""
+    return bool(optimizer._use_weight_decay(variable))

@@ -33,6 +33,8 @@ import keras_tuner as kt
 
 from keras_normreg import _compat
 from keras_normreg import config as nr_config
+from keras_normreg import data as nr_data
+from keras_normreg import distribute, saving
 from keras_normreg.tuning import launcher, report
 from keras_normreg.tuning import space as nr_space
 from keras_normreg.tuning import spec as nr_spec
@@ -250,8 +252,6 @@ def budget(spec: Mapping, oracle=None) -> int | None:
 
 
 def _strategy(spec):
-    from keras_normreg import distribute
-
     strategy = distribute.resolve_strategy(spec["strategy"])
     import tensorflow as tf
 
@@ -325,9 +325,6 @@ def export_best(tuner, spec: Mapping, *, command: str | None = None, out=None) -
     The weights are those of the trial's best epoch (by the objective). Returns
     ``{"path", "trial_id", "metrics"}`` or None when there is nothing to export.
     """
-    from keras_normreg import data as nr_data
-    from keras_normreg import train as nr_train
-
     out = out or sys.stdout
     best = [t for t in tuner.oracle.get_best_trials(1) if t.status == "COMPLETED"]
     if not best:
@@ -358,7 +355,7 @@ def export_best(tuner, spec: Mapping, *, command: str | None = None, out=None) -
     d = cfg["data"]
     test = nr_data.load(d["dataset"], d["test_split"], d["batch_size"], data_dir=d["data_dir"],
                         download=d["download"], autotune=d["autotune"])
-    metrics = nr_train.evaluate_model(model, test)
+    metrics = saving.evaluate_model(model, test)
     result_path = os.path.join(trial_dir, RESULT_FILE)
     result = _read_json(result_path) if os.path.isfile(result_path) else {}
     runs = result.get("executions") or [{}]
@@ -366,20 +363,15 @@ def export_best(tuner, spec: Mapping, *, command: str | None = None, out=None) -
 
     strategy = tuner.distribution_strategy or tf.distribute.get_strategy()
     out_dir = os.path.join(spec["output"]["export_dir"], name)
-    nr_train.save_entry(model, cfg, metrics, result.get("seconds", 0.0), strategy, out_dir,
-                        command=command, history=runs[-1].get("history", {}))
-    card_path = os.path.join(out_dir, "card.json")
-    card = _read_json(card_path)
-    card["tuning"] = {
+    tuning = {
         "study": spec["name"], "trial_id": trial.trial_id, "objective": obj,
         "score": trial.score, "best_epoch": trial.best_step,
         "weights": "best epoch of the trial by the objective",
         "point": nr_space.decode(trial.hyperparameters.values),
         "study_dir": tuner.project_dir,
     }
-    with open(card_path, "w", encoding="utf-8") as f:
-        json.dump(card, f, indent=2, sort_keys=True)
-        f.write("\n")
+    saving.save_entry(model, cfg, metrics, result.get("seconds", 0.0), strategy, out_dir,
+                      command=command, history=runs[-1].get("history", {}), tuning=tuning)
     return {"path": out_dir, "trial_id": trial.trial_id, "metrics": metrics}
 
 
