@@ -31,10 +31,9 @@ from collections.abc import Mapping
 
 import keras_tuner as kt
 
-from keras_normreg import _compat
+from keras_normreg import _compat, distribute, saving
 from keras_normreg import config as nr_config
 from keras_normreg import data as nr_data
-from keras_normreg import distribute, saving
 from keras_normreg.tuning import launcher, report
 from keras_normreg.tuning import space as nr_space
 from keras_normreg.tuning import spec as nr_spec
