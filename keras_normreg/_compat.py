@@ -29,9 +29,11 @@ __all__ = [
     "no_automatic_dependency_tracking",
     "optimizer_iterations",
     "optimizer_learning_rate_attr",
+    "optimizer_uses_weight_decay",
     "optimizer_variable_key",
     "oracle_display",
     "oracle_servicer",
+    "sequential_functional",
     "set_oracle_display",
     "tuner_checkpoint_path",
     "version_in_range",
@@ -192,7 +194,7 @@ def oracle_servicer(oracle):
             oracle_chief.exit_chief)
 
 
-# ------------------------------------------------- added for the structured contracts (h3)
+# ------------------------------------------------------------------------- Keras (more)
 def sequential_functional(model):
     """The functional graph a built ``keras.Sequential`` keeps (``_functional``), or None when
     it was built without an input shape (no symbolic graph)."""

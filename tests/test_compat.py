@@ -253,3 +253,20 @@ def test_oracle_servicer(tmp_path):
     server = grpc.server(futures.ThreadPoolExecutor(max_workers=1))
     add_to_server(servicer, server)  # registers without error
     server.stop(grace=None)
+
+
+def test_sequential_functional():
+    built = keras.Sequential([keras.Input((3,)), keras.layers.Dense(2)])
+    graph = _compat.sequential_functional(built)
+    assert isinstance(graph, keras.Model) and graph.outputs
+    unbuilt = keras.Sequential([keras.layers.Dense(2)])
+    assert _compat.sequential_functional(unbuilt) is None
+
+
+def test_optimizer_uses_weight_decay():
+    opt = keras.optimizers.AdamW(1e-3, weight_decay=0.1)
+    kernel = keras.Variable(np.ones((2, 2), "float32"), name="kernel")
+    bias = keras.Variable(np.ones((2,), "float32"), name="bias")
+    opt.exclude_from_weight_decay(var_names=["bias"])
+    assert _compat.optimizer_uses_weight_decay(opt, kernel) is True
+    assert _compat.optimizer_uses_weight_decay(opt, bias) is False
