@@ -240,10 +240,26 @@ def _cmd_demo(args) -> int:
     return 0 if result["done"] else 1
 
 
-def _cmd_study(args) -> int:
-    from keras_normreg.diagnostics import study
+def _source_root() -> str:
+    """The checkout this package runs from: the parent of the ``keras_normreg`` folder."""
+    return os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 
-    return study.cli(args)
+
+def _cmd_study(args) -> int:
+    # The studies are experiments of the source checkout (experiments/), not of the package.
+    root = _source_root()
+    if not os.path.isfile(os.path.join(root, "experiments", "l2_vs_bn.py")):
+        print(f"keras-normreg study: error: the studies run from a source checkout (no "
+              f"experiments/ next to the installed package in {root}); clone the repository, "
+              f"`pip install -e .` in it and run `keras-normreg study {args.which}` there.",
+              file=sys.stderr)
+        return 2
+    if root not in sys.path:
+        sys.path.insert(0, root)
+    import importlib
+
+    study = importlib.import_module("experiments.l2_vs_bn")
+    return study.cli(epochs=args.epochs, out=args.out, which=args.which)
 
 
 COMMANDS = {

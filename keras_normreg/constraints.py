@@ -48,7 +48,7 @@ from __future__ import annotations
 import keras
 from keras import ops
 
-from keras_normreg import _targeting
+from keras_normreg import _targeting, selectors
 from keras_normreg._utils import check_choice, check_number, get_from_table, received, register
 
 LAYER_KINDS = ("dense", "conv", "conv_transpose", "depthwise", "embedding")
@@ -318,10 +318,12 @@ def _for_layer(constraint, layer, variable):
 def attach(model_or_layer, constraint, targets=("kernel",), include=None, exclude=None):
     """Attach ``constraint`` to the selected weights of a built model or layer.
 
-    For every trainable variable whose role is in ``targets`` (see
-    :mod:`keras_normreg._targeting`: ``"kernel"``, ``"bias"``, ``"gamma"``, ``"beta"``,
-    ``"embeddings"``, ``"depthwise_kernel"``, ``"all"``) and that passes ``include`` /
-    ``exclude`` (layer classes, class names, or globs on ``variable.path``):
+    For every trainable variable that ``targets`` picks and that passes ``include`` /
+    ``exclude`` (all three are selectors of :mod:`keras_normreg.selectors`: roles
+    ``"kernel"``, ``"depthwise_kernel"``, ``"bias"``, ``"gamma"``, ``"beta"``, ``"embeddings"``,
+    ``"all"``; keywords ``"normalization"``, ``"1d"``; layer classes or class names;
+    ``"glob:<pattern>"`` / ``"regex:<pattern>"`` on ``variable.path``; in include/exclude a
+    bare glob is still matched against the path and the layer name):
 
     1. a per-layer copy of the constraint gets ``layer_kind`` from the layer's type (Dense ->
        ``"dense"``, Conv -> ``"conv"``, DepthwiseConv -> ``"depthwise"``, Conv*Transpose ->
@@ -340,13 +342,13 @@ def attach(model_or_layer, constraint, targets=("kernel",), include=None, exclud
     """
     _targeting.check_built(model_or_layer, "constraints.attach")
     constraint = get(constraint)
-    targets = _targeting.normalize_targets(targets)
-    include = _targeting.normalize_selectors(include, "include")
-    exclude = _targeting.normalize_selectors(exclude, "exclude")
+    targets = selectors.parse_targets(targets)
+    include = selectors.parse_filter(include, "include")
+    exclude = selectors.parse_filter(exclude, "exclude")
     pairs = _targeting.layer_variables(model_or_layer)
-    chosen = _targeting.select(pairs, targets, include, exclude, name_prefix="constraints.attach: ")
+    chosen = selectors.select(pairs, targets, include, exclude, name_prefix="constraints.attach: ")
     if not chosen:
-        what = _targeting.describe_targets(targets)
+        what = selectors.describe(targets)
         extra = " matching include/exclude" if include is not None or exclude is not None else ""
         raise ValueError(
             f"constraint targets {what} but the model has no layer with a "
