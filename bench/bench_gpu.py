@@ -45,8 +45,14 @@ import os
 import sys
 import time
 
+#: --quick: XLA without LLVM's expensive passes (40% less compile time on a CPU; the steps run
+#: slower, which --quick does not measure). Set only when run as a script, before JAX starts.
+QUICK_XLA_FLAGS = "--xla_backend_optimization_level=0 --xla_llvm_disable_expensive_passes=true"
+
 if __name__ == "__main__":  # the GPU machine has no TensorFlow: Keras' default backend would fail
     os.environ.setdefault("KERAS_BACKEND", "jax")
+    if "--quick" in sys.argv[1:]:
+        os.environ.setdefault("XLA_FLAGS", QUICK_XLA_FLAGS)
 
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
 sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
@@ -56,10 +62,9 @@ import _timing  # noqa: E402
 SECTIONS = ("norms", "optimizers", "weightnorm", "torch")
 NORMS = ("batch", "none", "l1_batch", "topk_batch", "weight")
 BASELINE_NORM = "batch"
-TITLE = "GPU benchmark (Keras on JAX, PyTorch reference)"
+TITLE = "GPU benchmark: keras_normreg on Keras/{backend} vs plain Keras, PyTorch reference"
 #: ResNet-20 at full size: trainable parameters, derived by hand in tests/test_bench_gpu.py.
 RESNET20_TRAINABLE = 269_722
-QUICK_XLA_FLAGS = "--xla_backend_optimization_level=0 --xla_llvm_disable_expensive_passes=true"
 
 
 # ---------------------------------------------------------------------- the PyTorch reference
@@ -539,14 +544,10 @@ def parse(argv):
 def main(argv=None):
     argv = sys.argv[1:] if argv is None else list(argv)
     args, picked = parse(argv)
-    if args.quick and "XLA_FLAGS" not in os.environ:
-        # Smoke mode: XLA compiles without LLVM's expensive passes (40% less compile time on a
-        # CPU; the steps run slower, which --quick does not measure). Before JAX starts.
-        os.environ["XLA_FLAGS"] = QUICK_XLA_FLAGS
     import keras
 
     info = _timing.device_info()
-    cmd = _timing.command([__file__, *argv])
+    cmd = f"KERAS_BACKEND={info['backend']} " + _timing.command([__file__, *argv])
     print(f"device: {info['device']}", flush=True)
     print(f"backend: {info['backend']}, keras {info['keras']}"
           + (f", jax {info['jax']} {info['jax_devices']}" if "jax" in info else "")
@@ -570,7 +571,8 @@ def main(argv=None):
     elapsed = time.perf_counter() - t0
 
     all_rows = [r for s in bench.sections.values() for r in s["rows"]]
-    print(f"\n## {TITLE}\n")
+    title = TITLE.format(backend=info["backend"])
+    print(f"\n## {title}\n")
     print(f"device: {info['device']}; machine: {info['machine']}")
     print(f"command: {cmd}")
     print(f"policy {args.policy}; repeats={args.repeats} x steps={args.steps} per arm (warm-up "
@@ -586,14 +588,14 @@ def main(argv=None):
         print(f"parameters (total, trainable): zoo {s['params']['zoo']}, torch "
               f"{s['params']['torch']} -> "
               f"{'same' if s['params']['same_trainable'] else 'DIFFERENT'} trainable")
-        print(f"zoo-JAX / PyTorch throughput: {s['throughput_ratio_zoo_over_torch']:.3f} "
+        print(f"zoo-{info['backend']} / PyTorch throughput: {s['throughput_ratio_zoo_over_torch']:.3f} "
               f"(torch.compile backend {s['compile_backend']}, bf16 autocast, channels_last)")
     for key, msg in bench.errors.items():
         print(f"ERROR {key}: {msg}")
     print(f"total {elapsed:.0f} s")
     if args.json:
         payload = {
-            "title": TITLE, "command": cmd, "device": info["device"], "info": info,
+            "title": title, "command": cmd, "device": info["device"], "info": info,
             "policy": args.policy, "repeats": args.repeats, "steps": args.steps,
             "warmup": args.warmup, "quick": args.quick, "seconds": elapsed,
             "sections": {name: {**{k: v for k, v in s.items() if k != "rows"},
