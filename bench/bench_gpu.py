@@ -34,6 +34,11 @@ steps are not timed. The timing is bench/_timing.py's: arms alternate within eac
 are per repeat and the median is reported. Throughput ratio = arm img/s / baseline img/s
 (= 1 / the step-time ratio of the table; > 1: the arm is faster).
 
+The zoo ResNet-20 (BN) arm of ``norms`` is reused by ``torch`` (one compile fewer). ``--quick``:
+8x8 images, ResNet-8 of width 4, batch 8, a 2x16 MLP, Dense(16) at batch 4 and 16, 1 repeat of 1
+step; ``optimizers`` on the MLP only; XLA without LLVM's expensive passes; on a CPU,
+``torch.compile(backend="aot_eager")`` (inductor's C++ code generation takes minutes on 2 cores).
+
 An arm that cannot be built or run is reported under ``errors`` (in the JSON too) and the run
 goes on; the exit status is then 1.
 """
