@@ -447,6 +447,7 @@ class Bench:
                                                    compile_backend)
             counts["torch"] = torch_param_counts(model)
             counts["torch_device"] = str(device)
+            sync(step())  # torch.compile compiles on the first call: here, like the Keras arms
             return step, sync
 
         zoo_arm, torch_arm = "zoo ResNet-20 (Keras/JAX)", "PyTorch ResNet-20"
@@ -585,7 +586,8 @@ def main(argv=None):
           "over repeats; throughput ratio = 1 / ratio\n")
     if all_rows:
         print(_timing.format_table(all_rows))
-    print(f"\nnorms baseline: norm={BASELINE_NORM!r} = keras.layers.BatchNormalization")
+    if "norms" in bench.sections:
+        print(f"\nnorms baseline: norm={BASELINE_NORM!r} = keras.layers.BatchNormalization")
     for name, section in bench.sections.items():
         print("\n".join(_throughput_lines(name, section)))
     if "torch" in bench.sections:
