@@ -9,8 +9,6 @@ from keras_normreg._backend import check_backend as _check_backend
 
 _check_backend()
 
-__version__ = "0.1.0"
-
 # Imported for their registrations (keras.saving / tfds) as much as for the namespace.
 from keras_normreg import (  # noqa: E402
     constraints,
@@ -21,5 +19,6 @@ from keras_normreg import (  # noqa: E402
     regularizers,
     zoo,
 )
+from keras_normreg._version import __version__  # noqa: E402
 
 __all__ = ["constraints", "data", "diagnostics", "layers", "optimizers", "regularizers", "zoo", "__version__"]

@@ -22,6 +22,7 @@ __all__ = [
     "flatten_layers",
     "graph_nodes_by_depth",
     "hyperband_budget",
+    "in_stateless_scope",
     "kt_display_class",
     "kt_distribute",
     "kt_silence_conditions",
@@ -29,10 +30,13 @@ __all__ = [
     "no_automatic_dependency_tracking",
     "optimizer_iterations",
     "optimizer_learning_rate_attr",
+    "optimizer_uses_weight_decay",
     "optimizer_variable_key",
     "oracle_display",
     "oracle_servicer",
+    "sequential_functional",
     "set_oracle_display",
+    "stored_value",
     "tuner_checkpoint_path",
     "version_in_range",
 ]
@@ -190,6 +194,19 @@ def oracle_servicer(oracle):
     servicer = oracle_chief.OracleServicer(oracle)
     return (servicer, protos.get_service_grpc().add_OracleServicer_to_server,
             oracle_chief.exit_chief)
+
+
+# ------------------------------------------------------------------------- Keras (more)
+def sequential_functional(model):
+    """The functional graph a built ``keras.Sequential`` keeps (``_functional``), or None when
+    it was built without an input shape (no symbolic graph)."""
+    return getattr(model, "_functional", None)
+
+
+def optimizer_uses_weight_decay(optimizer: keras.optimizers.Optimizer, variable) -> bool:
+    """Whether a Keras optimizer's own ``weight_decay`` applies to ``variable``
+    (``_use_weight_decay``: ``exclude_from_weight_decay`` not matching it)."""
+    return bool(optimizer._use_weight_decay(variable))
 
 
 # ------------------------------------------------------------------------------------------

@@ -54,6 +54,12 @@ keras.applications ResNet50, DenseNet121, EfficientNetB0 and MobileNetV3Small: w
 set to 1e-12, scaling any kernel found invariant by 3 changes the training-mode output by < 1e-5
 (relative), while the others change it by > 1e-2.
 
+Result: one frozen :class:`ScaleInvariance` per analysed weight, with the verdict
+(``invariant``), the layers that remove the scale (``normalizers``) and those passed on the way
+(``via``), the ``granularity`` of the invariance (per output unit, whole tensor or given axes:
+what sphere mode retracts over) and a ``reason`` for humans. Code reads the fields; the reason
+text is for people and may change.
+
 Limits: functional models and Sequential models, nested in each other to any depth, are handled;
 subclassed models have no graph to read (every weight is reported as not invariant, with that
 reason); weights inside wrappers other than WeightNormalization (TimeDistributed,
@@ -67,7 +73,42 @@ from dataclasses import dataclass
 
 import keras
 
-from keras_normreg import _targeting
+from keras_normreg import _compat, _targeting
+from keras_normreg._utils import variable_name
+
+# --------------------------------------------------------------------------- verdict
+
+
+@dataclass(frozen=True)
+class ScaleInvariance:
+    """The analysis of one weight (what :func:`find_scale_invariant` and friends return).
+
+    Attributes:
+        path: the variable path (``"block1/conv/kernel"``).
+        invariant: whether the model's function is proved invariant to rescaling the weight.
+        reason: the explanation for humans: ``"<path> -> <norm> (via <layer>, ...), <norm>"``
+            when invariant, ``"not scale-invariant: ..."`` otherwise. Read the fields below
+            instead of parsing it.
+        normalizers: names of the layers that remove the scale, in the order met (the
+            normalization layers; a WeightNormalization wrapper for its direction ``v``).
+            Empty when not invariant.
+        via: for each of ``normalizers``, the names of the layers (or raw ops) passed between
+            the weight's layer and it.
+        granularity: over which axes the function is invariant to rescaling (the sphere-mode
+            retraction granularity of :mod:`keras_normreg.optimizers._sphere`): ``"unit"``
+            (each output unit, the last axis of a Keras kernel, on its own: a Dense/Conv kernel
+            reaching only per-channel batch/group normalizations through channel-wise layers),
+            ``"tensor"`` (the whole tensor: always the case when invariant) or a tuple of axes
+            (a WeightNormalization ``v``: its norm axes). None when not invariant.
+    """
+
+    path: str
+    invariant: bool
+    reason: str
+    normalizers: tuple[str, ...] = ()
+    via: tuple[tuple[str, ...], ...] = ()
+    granularity: str | tuple[int, ...] | None = None
+
 
 # --------------------------------------------------------------------------- states
 
@@ -217,7 +258,7 @@ def _start_state(target, in_states, out_tensor):
     if any(s.kind != "none" for s in in_states):
         return _broken(f"{layer.name} is called on a tensor that already depends on {target.name}")
     rank = _rank(out_tensor)
-    var_name = variable.name.split("/")[-1]
+    var_name = variable_name(variable)
     kind = _targeting.normalization_kind(layer)
     if kind is not None:
         if var_name != "gamma":
@@ -448,14 +489,14 @@ def _single_input_op_raw(op, node, s, name):
 def is_graph_model(op):
     """True for a Sequential or functional model (one whose graph can be walked)."""
     return isinstance(op, keras.Sequential) or (
-        isinstance(op, keras.Model) and hasattr(op, "_nodes_by_depth")
+        isinstance(op, keras.Model) and _compat.graph_nodes_by_depth(op) is not None
     )
 
 
 def _run_model(model, in_states, target, cache):
     """Propagate states through a Sequential or functional model; return the output states."""
     if isinstance(model, keras.Sequential):
-        functional = getattr(model, "_functional", None)
+        functional = _compat.sequential_functional(model)
         if functional is None:
             return [_broken(
                 f"Sequential {model.name!r} has no symbolic graph (build it with an input shape)"
@@ -464,8 +505,9 @@ def _run_model(model, in_states, target, cache):
     states = {}
     for tensor, state in zip(keras.tree.flatten(model.inputs), in_states, strict=False):
         states[id(tensor)] = state
-    for depth in sorted(model._nodes_by_depth.keys(), reverse=True):
-        for node in model._nodes_by_depth[depth]:
+    nodes_by_depth = _compat.graph_nodes_by_depth(model)
+    for depth in sorted(nodes_by_depth.keys(), reverse=True):
+        for node in nodes_by_depth[depth]:
             if node.operation is None or node.is_input:
                 continue
             in_tensors = list(node.input_tensors)
@@ -477,23 +519,85 @@ def _run_model(model, in_states, target, cache):
     return [states.get(id(t), _NONE) for t in keras.tree.flatten(model.outputs)]
 
 
-def _verdict(target, out_states):
+def _verdict(target, out_states, layers):
     name = target.name
     scaled = [s for s in out_states if s.kind == "scaled"]
     broken = [s for s in out_states if s.kind == "broken"]
     inv = [s for s in out_states if s.kind == "inv"]
     if broken:
-        return False, f"not scale-invariant: {broken[0].reason}"
+        return ScaleInvariance(name, False, f"not scale-invariant: {broken[0].reason}")
     if scaled:
         via = f" (via {', '.join(scaled[0].via)})" if scaled[0].via else ""
-        return False, (f"not scale-invariant: {name} reaches the model output without "
-                       f"normalization{via}")
+        return ScaleInvariance(name, False, f"not scale-invariant: {name} reaches the model "
+                                            f"output without normalization{via}")
     if not inv:
-        return False, f"not scale-invariant: {name} does not reach any model output"
-    parts = []
-    for norm, via in _merge_norms(inv):
-        parts.append(f"{norm} (via {', '.join(via)})" if via else norm)
-    return True, f"{name} -> {', '.join(parts)}"
+        return ScaleInvariance(
+            name, False, f"not scale-invariant: {name} does not reach any model output")
+    norms = _merge_norms(inv)
+    parts = [f"{norm} (via {', '.join(via)})" if via else norm for norm, via in norms]
+    normalizers = tuple(norm for norm, _ in norms)
+    vias = tuple(tuple(via) for _, via in norms)
+    granularity = _granularity(target.layer, target.variable, normalizers, vias, layers)
+    return ScaleInvariance(name, True, f"{name} -> {', '.join(parts)}", normalizers, vias,
+                           granularity)
+
+
+# --------------------------------------------------------------------------- granularity
+
+# Layers that act on each channel separately (so a per-channel rescaling passes through them
+# as a per-channel rescaling, for positive factors).
+_CHANNELWISE = tuple(
+    getattr(L, n) for n in (
+        "Activation", "ReLU", "LeakyReLU", "PReLU", "Identity", "Dropout", "SpatialDropout1D",
+        "SpatialDropout2D", "SpatialDropout3D", "GaussianDropout", "GaussianNoise",
+        "ActivityRegularization", "MaxPooling1D", "MaxPooling2D", "MaxPooling3D",
+        "AveragePooling1D", "AveragePooling2D", "AveragePooling3D", "GlobalMaxPooling1D",
+        "GlobalMaxPooling2D", "GlobalMaxPooling3D", "GlobalAveragePooling1D",
+        "GlobalAveragePooling2D", "GlobalAveragePooling3D", "ZeroPadding1D", "ZeroPadding2D",
+        "ZeroPadding3D", "Cropping1D", "Cropping2D", "Cropping3D", "UpSampling1D",
+        "UpSampling2D", "UpSampling3D", "Flatten",
+    ) if hasattr(L, n)
+)
+_UNIT_LAST_KERNELS = (L.Dense, L.Conv1D, L.Conv2D, L.Conv3D)
+_CONV_TRANSPOSE = (L.Conv1DTranspose, L.Conv2DTranspose, L.Conv3DTranspose)
+
+
+def _per_channel_norm(layer):
+    """A normalization that normalizes each channel (last axis) on its own."""
+    kind = _targeting.normalization_kind(layer)
+    try:
+        rank = len(layer.input.shape)
+    except (AttributeError, ValueError):
+        return False
+    if kind == "batch":
+        axis = getattr(layer, "axis", -1)
+        axes = axis if isinstance(axis, (list, tuple)) else [axis]
+        return [a % rank for a in axes] == [rank - 1]
+    if kind == "group":
+        channels = layer.input.shape[-1]
+        return (layer.axis % rank == rank - 1) and (
+            layer.groups == -1 or (channels is not None and layer.groups == channels)
+        )
+    return False
+
+
+def _granularity(layer, variable, normalizers, vias, layers):
+    """``"unit"`` where rescaling each output unit (last axis) separately is certainly
+    harmless: a Dense/Conv kernel whose output reaches only per-channel normalizations through
+    channel-wise layers only; else ``"tensor"`` (invariance to rescaling the whole tensor)."""
+    if variable_name(variable) != "kernel" or len(variable.shape) < 2:
+        return "tensor"
+    if not isinstance(layer, _UNIT_LAST_KERNELS) or isinstance(layer, _CONV_TRANSPOSE):
+        return "tensor"
+    if getattr(layer, "groups", 1) not in (1, None):
+        return "tensor"
+    for norm, via in zip(normalizers, vias, strict=True):
+        norm_layer = layers.get(norm)
+        if norm_layer is None or not _per_channel_norm(norm_layer):
+            return "tensor"
+        if not all(isinstance(layers.get(name), _CHANNELWISE) for name in via):
+            return "tensor"
+    return "unit" if normalizers else "tensor"
 
 
 # --------------------------------------------------------------------------- public
@@ -510,8 +614,8 @@ def candidate_variables(model):
     return out
 
 
-def analyze(model, variables=None):
-    """``{id(variable): (invariant: bool, reason: str)}`` for the candidate variables.
+def verdicts(model, variables=None) -> dict[int, ScaleInvariance]:
+    """``{id(variable): ScaleInvariance}`` for the candidate variables of a built model.
 
     ``variables`` limits the analysis to those (others get no entry).
     """
@@ -521,38 +625,44 @@ def analyze(model, variables=None):
     result = {}
     cache = {}
     graph = is_graph_model(model)
+    layers = None
     for layer, variable in pairs:
         path = variable.path
-        var_name = variable.name.split("/")[-1]
-        if _targeting.is_weight_normalization(layer) and var_name == "v":
-            result[id(variable)] = (
-                True, f"{path}: weight normalization: output depends on v/||v||"
-            )
+        if _targeting.is_weight_normalization(layer) and variable_name(variable) == "v":
+            axes = getattr(layer, "_norm_axes", None)  # our WeightNormalization's norm axes
+            granularity = ("tensor" if axes is None or not len(axes)
+                           else tuple(int(a) for a in axes))
+            result[id(variable)] = ScaleInvariance(
+                path, True, f"{path}: weight normalization: output depends on v/||v||",
+                (layer.name,), ((),), granularity)
             continue
         if not graph:
-            result[id(variable)] = (
-                False,
+            result[id(variable)] = ScaleInvariance(
+                path, False,
                 f"not scale-invariant: {type(model).__name__} is not a functional or Sequential "
                 "model, so its graph cannot be analysed",
             )
             continue
+        if layers is None:
+            layers = {la.name: la for la in _compat.flatten_layers(model)}
         target = _Target(layer=layer, variable=variable, name=path)
         in_states = [_NONE] * len(keras.tree.flatten(model.inputs))
         out_states = _run_model(model, in_states, target, cache)
-        result[id(variable)] = _verdict(target, out_states)
+        result[id(variable)] = _verdict(target, out_states, layers)
     return result
 
 
-def explain_scale_invariance(model) -> dict[str, tuple[bool, str]]:
-    """``{variable path: (invariant, reason)}`` for every analysed weight of a built model."""
-    lookup = {id(v): v for _, v in candidate_variables(model)}
-    return {lookup[k].path: verdict for k, verdict in analyze(model).items()}
+def explain_scale_invariance(model) -> dict[str, ScaleInvariance]:
+    """``{variable path: ScaleInvariance}`` for every analysed weight of a built model."""
+    return {v.path: v for v in verdicts(model).values()}
 
 
-def find_scale_invariant(model) -> dict[str, str]:
-    """Map ``variable path -> reason`` for every weight the model's function is invariant to
-    rescaling (see the module docstring for the rules).
+def find_scale_invariant(model) -> dict[str, ScaleInvariance]:
+    """``{variable path: ScaleInvariance}`` for every weight the model's function is invariant
+    to rescaling (see the module docstring for the rules).
 
-    Example reason: ``"conv2d/kernel -> batch_normalization (via re_lu)"``.
+    Example: ``find_scale_invariant(model)["conv2d/kernel"].reason`` is
+    ``"conv2d/kernel -> batch_normalization (via re_lu)"``, with ``normalizers ==
+    ("batch_normalization",)``, ``via == (("re_lu",),)`` and ``granularity == "unit"``.
     """
-    return {path: why for path, (ok, why) in explain_scale_invariance(model).items() if ok}
+    return {path: v for path, v in explain_scale_invariance(model).items() if v.invariant}

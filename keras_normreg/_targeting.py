@@ -1,41 +1,40 @@
-"""Shared rules for *which* weights a constraint or a regularizer applies to.
+"""Layer kinds and variable roles: the machinery beneath :mod:`keras_normreg.selectors`.
 
-Used by :func:`keras_normreg.constraints.attach`, :func:`keras_normreg.regularizers.apply` and
-:mod:`keras_normreg._invariance`. Nothing here imports ``keras_normreg.layers``: our own
-normalization layers and the ``WeightNormalization`` wrapper are recognised by class name
-(duck typing), so this module works whether or not those layers are imported.
+Used by :mod:`keras_normreg.selectors` (which weights a selector picks), by
+:func:`keras_normreg.constraints.attach` / :func:`keras_normreg.regularizers.apply` (where a
+constraint or regularizer is stored) and by :mod:`keras_normreg._invariance`. Nothing here
+imports ``keras_normreg.layers``: our own normalization layers and the ``WeightNormalization``
+wrapper are recognised by class name (duck typing), so this module works whether or not those
+layers are imported.
 
-Vocabulary
-----------
+Roles
+-----
 Every trainable variable gets a *role* from its layer and its name:
 
 * ``"kernel"``: the main weight tensor of Dense / EinsumDense / Conv* / Conv*Transpose, the
-  pointwise kernel of SeparableConv*, recurrent kernels, and the direction ``v`` of a
-  ``WeightNormalization`` wrapper;
+  pointwise kernel of SeparableConv*, recurrent kernels (any name ending in ``_kernel``), and the
+  direction ``v`` of a ``WeightNormalization`` wrapper;
 * ``"depthwise_kernel"``: the kernel of DepthwiseConv* and the depthwise kernel of
   SeparableConv* (kept apart from ``"kernel"`` on purpose: depthwise filters are usually left
   unregularized, as in MobileNet);
-* ``"bias"``, ``"beta"``, ``"embeddings"``;
+* ``"bias"`` (also any name ending in ``_bias``), ``"beta"``, ``"embeddings"``;
 * ``"gamma"``: the scale of a normalization layer, and the gain ``g`` of ``WeightNormalization``;
-* ``"other"``: anything else (reachable only through the target ``"all"``).
+* ``"other"``: anything else (reachable only through the selector ``"all"``).
 
-A target list is any of those roles plus ``"all"`` (every trainable variable).
-
-Selectors (``include=`` / ``exclude=``) are a layer class (``isinstance``), a class name
-(``"Conv2D"`` matches any layer whose class or base class has that name) or a glob matched with
-:func:`fnmatch.fnmatchcase` against the variable path (``"block1_*/kernel"``) and the layer name.
+:func:`name_role` gives the role from the variable's name alone (what the optimizers see);
+:func:`variable_role` refines it with the owning layer (DepthwiseConv's ``kernel``,
+``WeightNormalization``'s ``v`` and ``g``).
 """
 
 from __future__ import annotations
 
-import fnmatch
-import warnings
-
 import keras
 
-from keras_normreg._utils import received
+from keras_normreg._utils import received, variable_name
 
-TARGETS = ("kernel", "bias", "gamma", "beta", "embeddings", "depthwise_kernel", "all")
+#: The roles a selector can name (``"all"``: every variable, whatever its role).
+ROLES = ("kernel", "depthwise_kernel", "bias", "gamma", "beta", "embeddings", "all")
+TARGETS = ROLES  # the name this tuple had when roles were only ``targets=``
 
 #: Class names of the batch-normalization family we recognise without importing them.
 BATCH_NORM_CLASS_NAMES = frozenset(
@@ -93,21 +92,36 @@ def inner_layer(layer):
     return inner if isinstance(inner, keras.layers.Layer) else None
 
 
+def name_role(variable) -> str:
+    """Role of ``variable`` from its name alone (no layer): see the module doc.
+
+    ``"kernel"`` for ``kernel`` / ``*_kernel`` (``depthwise_kernel`` excepted), ``"bias"`` for
+    ``bias`` / ``*_bias``, the name itself for ``depthwise_kernel`` / ``gamma`` / ``beta`` /
+    ``embeddings``, else ``"other"``.
+    """
+    name = variable_name(variable)
+    if name == "depthwise_kernel":
+        return "depthwise_kernel"
+    if name == "kernel" or name.endswith("_kernel"):
+        return "kernel"
+    if name == "bias" or name.endswith("_bias"):
+        return "bias"
+    if name in ("gamma", "beta", "embeddings"):
+        return name
+    return "other"
+
+
 def variable_role(layer, variable) -> str:
-    """Role of ``variable`` (owned by ``layer``) in the target vocabulary, see module doc."""
-    name = variable.name.split("/")[-1]
+    """Role of ``variable`` (owned by ``layer``): :func:`name_role` refined by the layer type."""
+    name = variable_name(variable)
     if is_weight_normalization(layer):
         if name == "v":
             return "depthwise_kernel" if isinstance(inner_layer(layer), _DEPTHWISE) else "kernel"
         if name == "g":
             return "gamma"
-    if name == "depthwise_kernel" or (name == "kernel" and isinstance(layer, _DEPTHWISE)):
+    if name == "kernel" and isinstance(layer, _DEPTHWISE):
         return "depthwise_kernel"
-    if name == "kernel" or name.endswith("_kernel"):
-        return "kernel"
-    if name in ("bias", "gamma", "beta", "embeddings"):
-        return name
-    return "other"
+    return name_role(variable)
 
 
 def layer_kind(layer, variable) -> str | None:
@@ -116,7 +130,7 @@ def layer_kind(layer, variable) -> str | None:
     None when the type says nothing (the constraint then infers from the rank).
     """
     role = variable_role(layer, variable)
-    name = variable.name.split("/")[-1]
+    name = variable_name(variable)
     rank = len(variable.shape)
     if is_weight_normalization(layer):
         inner = inner_layer(layer)
@@ -156,7 +170,7 @@ def attribute_name(layer, variable, suffix: str):
     ``v`` and ``bias`` are made from the (serialized) inner layer's ``kernel_*`` /
     ``depthwise_*`` / ``bias_*`` arguments, so the owner is the inner layer; ``g`` has none.
     """
-    name = variable.name.split("/")[-1]
+    name = variable_name(variable)
     owner = layer
     if is_weight_normalization(layer):
         inner = inner_layer(layer)
@@ -224,101 +238,6 @@ def check_built(model_or_layer, what: str):
             "build it with an input shape, or give it an `Input`. "
             + received("model", model_or_layer)
         )
-
-
-# --------------------------------------------------------------------------- targets
-
-
-def normalize_targets(targets, name: str = "targets") -> tuple[str, ...]:
-    if isinstance(targets, str):
-        targets = (targets,)
-    try:
-        targets = tuple(targets)
-    except TypeError:
-        raise ValueError(
-            f"Argument `{name}` must be a target name or a list of them, among {list(TARGETS)}. "
-            + received(name, targets)
-        ) from None
-    if not targets:
-        raise ValueError(f"Argument `{name}` must not be empty. " + received(name, targets))
-    for t in targets:
-        if t not in TARGETS:
-            raise ValueError(
-                f"Argument `{name}` has an unknown target {t!r}; valid targets are "
-                f"{list(TARGETS)}. " + received(name, targets)
-            )
-    return targets
-
-
-def role_selected(role: str, targets) -> bool:
-    return "all" in targets or role in targets
-
-
-def normalize_selectors(value, name: str):
-    """Validate include/exclude: None, one selector, or a list of selectors."""
-    if value is None:
-        return None
-    items = [value] if isinstance(value, (str, type)) else value
-    try:
-        items = list(items)
-    except TypeError:
-        items = [value]
-    for item in items:
-        ok = isinstance(item, str) and item or (
-            isinstance(item, type) and issubclass(item, keras.layers.Layer)
-        )
-        if not ok:
-            raise ValueError(
-                f"Argument `{name}` must hold layer classes, class names or globs on variable "
-                "paths (e.g. keras.layers.Dense, 'Conv2D', 'block1_*/kernel'). "
-                + received(name, value)
-            )
-    return items
-
-
-def selector_matches(item, layer, variable) -> bool:
-    if isinstance(item, type):
-        return isinstance(layer, item)
-    if item in class_names(layer):
-        return True
-    path = getattr(variable, "path", variable.name)
-    return fnmatch.fnmatchcase(path, item) or fnmatch.fnmatchcase(layer.name, item)
-
-
-def select(pairs, targets, include, exclude, *, name_prefix=""):
-    """Filter ``[(layer, variable)]`` by role, include and exclude.
-
-    Returns the selected pairs; warns about include/exclude entries that matched nothing
-    (a typo there would otherwise be silent).
-    """
-    used = set()
-    chosen = []
-    for layer, variable in pairs:
-        if not role_selected(variable_role(layer, variable), targets):
-            continue
-        if include is not None:
-            hits = [i for i, item in enumerate(include) if selector_matches(item, layer, variable)]
-            used.update(("include", i) for i in hits)
-            if not hits:
-                continue
-        if exclude is not None:
-            hits = [i for i, item in enumerate(exclude) if selector_matches(item, layer, variable)]
-            used.update(("exclude", i) for i in hits)
-            if hits:
-                continue
-        chosen.append((layer, variable))
-    for kind, items in (("include", include), ("exclude", exclude)):
-        for i, item in enumerate(items or ()):
-            if (kind, i) not in used:
-                warnings.warn(
-                    f"{name_prefix}`{kind}` entry {item!r} matched no targeted variable.",
-                    stacklevel=3,
-                )
-    return chosen
-
-
-def describe_targets(targets) -> str:
-    return " / ".join(repr(t) for t in targets)
 
 
 def reset_compiled_functions(model) -> None:

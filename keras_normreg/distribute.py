@@ -1,6 +1,7 @@
 """tf.distribute strategy resolution.
 
-``resolve_strategy(spec)`` with ``spec`` one of
+``resolve_strategy(spec)`` with ``spec`` one of :data:`STRATEGIES` (the one list of strategy
+choices: recipes, study specs and the CLI validate with :func:`check_strategy`)
 
 * ``"auto"``: TPU if a TPU cluster resolver finds one (tried when ``TPU_NAME`` or
   ``COLAB_TPU_ADDR`` is set or ``/dev/accel0`` exists, so CPU/GPU hosts pay nothing); MultiWorkerMirrored if ``TF_CONFIG`` names
@@ -35,21 +36,57 @@ with an uneven split (15 / 14) the gradient is ``(g_15 + g_14) / 2`` instead of
 iterator over the data to build the model, which advances ``reshuffle_each_iteration`` shuffles;
 ``train`` therefore feeds :func:`keras_normreg.data.pipelines.load_epochs` streams, whose epochs
 are seeded by their index.
+
+TensorFlow is imported on first use (:func:`_tf`), so the table and :func:`check_strategy`
+import without it.
 """
 
 from __future__ import annotations
 
+import functools
 import json
 import os
-
-import tensorflow as tf
+from typing import TYPE_CHECKING
 
 from keras_normreg._utils import received
 
-__all__ = ["MultiWorkerMirroredStrategy", "configure_logical_cpus", "distribute_batches",
-           "num_workers_in_tf_config", "resolve_strategy", "steps_per_epoch"]
+if TYPE_CHECKING:  # annotations only; the module imports TensorFlow on first use (_tf)
+    import tensorflow as tf
 
-SPECS = ("auto", "default", "mirrored", "multiworker", "tpu", "cpu:N")
+# MultiWorkerMirroredStrategy is made on first access (module __getattr__)
+__all__ = [
+    "MultiWorkerMirroredStrategy",  # noqa: F822
+    "STRATEGIES",
+    "STRATEGIES_HELP",
+    "check_strategy",
+    "configure_logical_cpus",
+    "distribute_batches",
+    "num_workers_in_tf_config",
+    "resolve_strategy",
+    "steps_per_epoch",
+]
+
+#: The strategy choices (see the module docstring); ``"cpu:N"`` stands for ``cpu:1``, ``cpu:2``...
+STRATEGIES = ("auto", "default", "mirrored", "multiworker", "tpu", "cpu:N")
+STRATEGIES_HELP = " | ".join(STRATEGIES)
+
+
+def check_strategy(value) -> str | None:
+    """None when ``value`` is a strategy choice, else the error message (``"must be one of
+    auto | default | ..."``, for a ``Config key '...' {message}`` error)."""
+    if isinstance(value, str):
+        if value in STRATEGIES and value != "cpu:N":
+            return None
+        if value.startswith("cpu:") and value[4:].isdigit() and int(value[4:]) >= 1:
+            return None
+    return f"must be one of {STRATEGIES_HELP}"
+
+
+def _tf():
+    """The ``tensorflow`` module, imported on first use (heavy; not needed by the table)."""
+    import tensorflow as tf
+
+    return tf
 
 
 def configure_logical_cpus(n: int) -> list:
@@ -60,6 +97,7 @@ def configure_logical_cpus(n: int) -> list:
     """
     if isinstance(n, bool) or not isinstance(n, int) or n < 1:
         raise ValueError(f"The number of logical CPUs must be a positive integer. {received('n', n)}")
+    tf = _tf()
     cpu = tf.config.list_physical_devices("CPU")[0]
     current = tf.config.get_logical_device_configuration(cpu)
     if current is None or len(current) != n:
@@ -89,32 +127,51 @@ def num_workers_in_tf_config() -> int:
     return sum(len(v) for k, v in cluster.items() if k in ("chief", "worker"))
 
 
-class MultiWorkerMirroredStrategy(tf.distribute.MultiWorkerMirroredStrategy):
-    """``tf.distribute.MultiWorkerMirroredStrategy`` whose ``reduce`` works for Keras 3's ``fit``.
+@functools.cache
+def _multiworker_class():
+    tf = _tf()
 
-    Keras 3 (3.15) calls ``strategy.reduce`` in two ways that TensorFlow's multi-worker strategy
-    rejects (keras-team/keras#20585, tensorflow/tensorflow#72388):
+    class MultiWorkerMirroredStrategy(tf.distribute.MultiWorkerMirroredStrategy):
+        """``tf.distribute.MultiWorkerMirroredStrategy`` whose ``reduce`` works for Keras 3's
+        ``fit``.
 
-    * on the whole first ``(x, y)`` batch at once, to build the model: ``reduce`` takes a single
-      value ("Attempt to convert a value (PerReplica ...) to a Tensor"); here a nest is reduced
-      leaf by leaf;
-    * on each step's scalar logs with ``axis=0`` ("Invalid reduction dimension 0 for input with 0
-      dimensions"); here a scalar is reduced across replicas only (``axis=None``), as Keras does
-      for single-worker strategies.
-    """
+        Keras 3 (3.15) calls ``strategy.reduce`` in two ways that TensorFlow's multi-worker
+        strategy rejects (keras-team/keras#20585, tensorflow/tensorflow#72388):
 
-    def reduce(self, reduce_op, value, axis=None):
-        if isinstance(value, (tuple, list, dict)):
-            parent = super()
-            return tf.nest.map_structure(lambda v: parent.reduce(reduce_op, v, axis), value)
-        if axis is not None:
-            local = self.experimental_local_results(value)
-            if local and getattr(local[0], "shape", None) is not None and local[0].shape.rank == 0:
-                axis = None
-        return super().reduce(reduce_op, value, axis)
+        * on the whole first ``(x, y)`` batch at once, to build the model: ``reduce`` takes a
+          single value ("Attempt to convert a value (PerReplica ...) to a Tensor"); here a nest
+          is reduced leaf by leaf;
+        * on each step's scalar logs with ``axis=0`` ("Invalid reduction dimension 0 for input
+          with 0 dimensions"); here a scalar is reduced across replicas only (``axis=None``), as
+          Keras does for single-worker strategies.
+
+        (Defined on first access, since it subclasses a TensorFlow class.)
+        """
+
+        def reduce(self, reduce_op, value, axis=None):
+            if isinstance(value, (tuple, list, dict)):
+                parent = super()
+                return tf.nest.map_structure(lambda v: parent.reduce(reduce_op, v, axis), value)
+            if axis is not None:
+                local = self.experimental_local_results(value)
+                if (local and getattr(local[0], "shape", None) is not None
+                        and local[0].shape.rank == 0):
+                    axis = None
+            return super().reduce(reduce_op, value, axis)
+
+    MultiWorkerMirroredStrategy.__qualname__ = "MultiWorkerMirroredStrategy"
+    return MultiWorkerMirroredStrategy
+
+
+def __getattr__(name):
+    # ``MultiWorkerMirroredStrategy`` subclasses a TensorFlow class: made on first access.
+    if name == "MultiWorkerMirroredStrategy":
+        return _multiworker_class()
+    raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
 
 
 def _find_tpu():
+    tf = _tf()
     try:
         resolver = tf.distribute.cluster_resolver.TPUClusterResolver()
         tf.config.experimental_connect_to_cluster(resolver)
@@ -127,7 +184,9 @@ def _find_tpu():
 def resolve_strategy(spec: str = "auto") -> tf.distribute.Strategy:
     """Return the tf.distribute strategy for ``spec`` (see the module docstring)."""
     if not isinstance(spec, str):
-        raise ValueError(f"Strategy must be one of {list(SPECS)}. {received('strategy', spec)}")
+        raise ValueError(f"Strategy must be one of {list(STRATEGIES)}. "
+                         f"{received('strategy', spec)}")
+    tf = _tf()
     if spec.startswith("cpu:"):
         n = spec[4:]
         if not n.isdigit() or int(n) < 1:
@@ -142,7 +201,7 @@ def resolve_strategy(spec: str = "auto") -> tf.distribute.Strategy:
         if num_workers_in_tf_config() < 1:
             raise ValueError("Strategy 'multiworker' needs TF_CONFIG naming the cluster and this "
                              "task. Received: TF_CONFIG=" + repr(os.environ.get("TF_CONFIG")))
-        return MultiWorkerMirroredStrategy()
+        return _multiworker_class()()
     if spec == "tpu":
         resolver = _find_tpu()
         if resolver is None:
@@ -156,15 +215,15 @@ def resolve_strategy(spec: str = "auto") -> tf.distribute.Strategy:
             if resolver is not None:
                 return tf.distribute.TPUStrategy(resolver)
         if num_workers_in_tf_config() > 1:
-            return MultiWorkerMirroredStrategy()
+            return _multiworker_class()()
         if len(tf.config.list_physical_devices("GPU")) > 1:
             return tf.distribute.MirroredStrategy()
         return tf.distribute.get_strategy()
-    raise ValueError(f"Strategy must be one of {list(SPECS)}. {received('strategy', spec)}")
+    raise ValueError(f"Strategy must be one of {list(STRATEGIES)}. {received('strategy', spec)}")
 
 
 def _first_tensor(element):
-    return tf.nest.flatten(element)[0]
+    return _tf().nest.flatten(element)[0]
 
 
 def steps_per_epoch(num_examples: int, batch_size: int, replicas: int = 1) -> int:
@@ -190,6 +249,7 @@ def distribute_batches(strategy: tf.distribute.Strategy, dataset: tf.data.Datase
     ``model.fit`` / ``strategy.run``. Its cardinality is unknown (Keras learns the number of
     steps during the first epoch).
     """
+    tf = _tf()
     if not isinstance(dataset, tf.data.Dataset):
         raise ValueError(f"Argument `dataset` must be a tf.data.Dataset of batches. "
                          f"{received('dataset', dataset)}")

@@ -33,7 +33,7 @@ from typing import NamedTuple
 import keras
 from keras import ops
 
-from keras_normreg import _targeting
+from keras_normreg import _targeting, selectors
 from keras_normreg._utils import check_number, get_from_table, received, register
 
 __all__ = ["L1", "L2", "ElasticNet", "get", "apply", "RegularizationReport", "REGULARIZERS"]
@@ -200,11 +200,13 @@ def apply(model, regularizer, targets=("kernel",), include=None, exclude=None,
             skips ``WeightNormalization`` directions.
         regularizer: anything :func:`get` accepts (``L2(1e-4)``, ``"l2"``, ``{"l2": 1e-4}``);
             None removes the regularizer from the selected weights.
-        targets: roles to regularize, any of ``"kernel"``, ``"bias"``, ``"gamma"``, ``"beta"``,
-            ``"embeddings"``, ``"depthwise_kernel"`` or ``"all"`` (see
-            :mod:`keras_normreg._targeting`).
-        include: only these: layer classes, class names (``"Conv2D"``) or globs on the variable
-            path (``"block1_*/kernel"``) or layer name.
+        targets: what to regularize, selectors of :mod:`keras_normreg.selectors` (a list is
+            their union): roles ``"kernel"``, ``"depthwise_kernel"``, ``"bias"``, ``"gamma"``,
+            ``"beta"``, ``"embeddings"``, ``"all"``; keywords ``"normalization"``, ``"1d"``;
+            layer classes or class names (``"Conv2D"``); ``"glob:<pattern>"`` /
+            ``"regex:<pattern>"`` on the variable path.
+        include: only these (the same selectors; a bare glob such as ``"block1_*/kernel"`` is
+            still matched against the variable path and the layer name).
         exclude: never these (same forms as ``include``).
         skip_scale_invariant: ``"auto"`` (default) leaves alone the weights that
             :func:`keras_normreg._invariance.find_scale_invariant` proves scale-invariant
@@ -223,15 +225,15 @@ def apply(model, regularizer, targets=("kernel",), include=None, exclude=None,
 
     _targeting.check_built(model, "regularizers.apply")
     regularizer = get(regularizer)
-    targets = _targeting.normalize_targets(targets)
-    include = _targeting.normalize_selectors(include, "include")
-    exclude = _targeting.normalize_selectors(exclude, "exclude")
+    targets = selectors.parse_targets(targets)
+    include = selectors.parse_filter(include, "include")
+    exclude = selectors.parse_filter(exclude, "exclude")
     skip = _check_skip(skip_scale_invariant)
 
     pairs = _targeting.layer_variables(model)
-    chosen = _targeting.select(pairs, targets, include, exclude, name_prefix="regularizers.apply: ")
+    chosen = selectors.select(pairs, targets, include, exclude, name_prefix="regularizers.apply: ")
     if not chosen:
-        what = _targeting.describe_targets(targets)
+        what = selectors.describe(targets)
         raise ValueError(
             f"regularizer targets {what} but the model has no weight of that kind"
             + (" matching include/exclude" if include is not None or exclude is not None else "")
@@ -247,7 +249,7 @@ def apply(model, regularizer, targets=("kernel",), include=None, exclude=None,
                 "skip_scale_invariant=False to silence this, or exclude= the invariant kernels.",
                 stacklevel=2,
             )
-        analysis = _invariance.analyze(model, variables=[v for _, v in chosen])
+        analysis = _invariance.verdicts(model, variables=[v for _, v in chosen])
 
     report = RegularizationReport()
     for layer, variable in chosen:
@@ -255,9 +257,9 @@ def apply(model, regularizer, targets=("kernel",), include=None, exclude=None,
         if not variable.trainable or not layer.trainable:
             report.append(Entry(path, False, "not trainable (frozen): left alone"))
             continue
-        invariant, why = analysis.get(id(variable), (False, None))
-        if invariant:
-            report.append(Entry(path, False, f"skipped, scale-invariant: {why}"))
+        verdict = analysis.get(id(variable))
+        if verdict is not None and verdict.invariant:
+            report.append(Entry(path, False, f"skipped, scale-invariant: {verdict.reason}"))
             continue
         where = _targeting.attribute_name(layer, variable, "regularizer")
         if where is not None:
@@ -267,8 +269,8 @@ def apply(model, regularizer, targets=("kernel",), include=None, exclude=None,
             reason = "regularizer removed"
         else:
             reason = f"{regularizer!r}"
-            if why:
-                reason += f"; {why}"
+            if verdict is not None and verdict.reason:
+                reason += f"; {verdict.reason}"
         if where is None:
             reason += (f" (set on the variable only: {type(layer).__name__} has no "
                        "regularizer attribute for it, so it is not saved in the model config)")

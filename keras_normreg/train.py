@@ -3,38 +3,43 @@
 recipe -> strategy -> data pipelines + zoo model (norm / regularization / constraint knobs) +
 optimizer and learning-rate schedule -> ``model.fit`` (BackupAndRestore, TerminateOnNaN,
 TensorBoard) -> test metrics -> ``saved_models/<name>/`` with ``model.keras``, ``card.json`` and the
-resolved ``recipe.toml``.
+resolved ``recipe.toml`` (:mod:`keras_normreg.saving`).
+
+:func:`prepare_data` (streams, steps, replica checks) and :func:`build_and_compile` (model,
+optimizer, compile) are the one data-and-compile path, shared with the tuner's trials
+(:class:`keras_normreg.tuning.hypermodel.NormRegHyperModel`).
 """
 
 from __future__ import annotations
 
-import contextlib
-import datetime
-import hashlib
 import json
 import os
-import platform
 import tempfile
 import time
-from typing import Any
+import types
 
 import keras
 import numpy as np
 import tensorflow as tf
 
-from keras_normreg import config as nr_config
+from keras_normreg import constraints as nr_constraints
 from keras_normreg import data as nr_data
 from keras_normreg import distribute, zoo
+from keras_normreg import optimizers as nr_optimizers
 from keras_normreg.data.pipelines import load_epochs
+from keras_normreg.saving import evaluate_model, file_sha256, save_entry
 
 __all__ = [
     "NaNLossError",
     "TrainResult",
+    "build_and_compile",
     "build_model",
     "build_optimizer",
     "build_schedule",
     "evaluate_model",
     "file_sha256",
+    "prepare_data",
+    "save_entry",
     "train",
 ]
 
@@ -88,47 +93,10 @@ def build_optimizer(cfg: dict, steps_per_epoch: int, model: keras.Model | None =
     use the decoupled family for decay); ``sgdw``/``adamw`` are
     :class:`keras_normreg.optimizers.DecoupledWeightDecay` around SGD/Adam with additive
     exclusion rules; ``sgdp``/``adamp`` project out the radial update of scale-invariant weights.
+    Each name is built by its entry of :data:`keras_normreg.optimizers.RECIPES`.
     """
-    o = cfg["optimizer"]
     lr = build_schedule(cfg, steps_per_epoch)
-    common: dict[str, Any] = {}
-    if o["clipnorm"] is not None:
-        common["clipnorm"] = o["clipnorm"]
-    name = o["name"]
-    if name in ("sgd", "adam", "rmsprop", "lion") and o["weight_decay"]:
-        raise ValueError(
-            f"optimizer.name={name!r} is a plain Keras optimizer: use 'sgdw' or 'adamw' for "
-            f"weight decay (or 'regularization' for a coupled L2 penalty). "
-            f"Received: optimizer.weight_decay={o['weight_decay']!r}")
-    if name == "sgd":
-        return keras.optimizers.SGD(lr, momentum=o["momentum"], nesterov=o["nesterov"], **common)
-    if name == "adam":
-        return keras.optimizers.Adam(lr, beta_1=o["momentum"], **common)
-    if name == "rmsprop":
-        return keras.optimizers.RMSprop(lr, momentum=o["momentum"], **common)
-    if name == "lion":
-        return keras.optimizers.Lion(lr, beta_1=o["momentum"], **common)
-
-    from keras_normreg import optimizers as nr_opt
-
-    if name in ("sgdp", "adamp"):
-        if name == "sgdp":
-            return nr_opt.SGDP(lr, momentum=o["momentum"], nesterov=o["nesterov"],
-                               weight_decay=o["weight_decay"], **common)
-        return nr_opt.AdamP(lr, beta_1=o["momentum"], weight_decay=o["weight_decay"], **common)
-    inner = (keras.optimizers.SGD(lr, momentum=o["momentum"], nesterov=o["nesterov"], **common)
-             if name == "sgdw" else keras.optimizers.Adam(lr, beta_1=o["momentum"], **common))
-    si = None if o["scale_invariant"] == "none" else o["scale_invariant"]
-    opt = nr_opt.DecoupledWeightDecay(
-        inner, weight_decay=o["weight_decay"], semantics=o["decay_semantics"],
-        max_learning_rate=o["learning_rate"], base_learning_rate=o["learning_rate"],
-        exclude=tuple(o["exclude"]), scale_invariant=si)
-    if si is not None:
-        if model is None:
-            raise ValueError("optimizer.scale_invariant needs the model to find the "
-                             "scale-invariant weights. Received: model=None")
-        opt.bind(model)
-    return opt
+    return nr_optimizers.from_recipe(cfg["optimizer"], lr, model)
 
 
 def build_model(cfg: dict, input_shape=None, num_classes=None) -> keras.Model:
@@ -143,14 +111,7 @@ def build_model(cfg: dict, input_shape=None, num_classes=None) -> keras.Model:
         spec["targets"] = tuple(reg["targets"])
         spec["skip_scale_invariant"] = "auto" if reg["skip_scale_invariant"] else False
         regularization = spec
-    constraint = None
-    if m["constraint"] != "none":
-        from keras_normreg import constraints
-
-        value = m["constraint_value"]
-        constraint = {"unit_norm": lambda: constraints.UnitNorm(),
-                      "max_norm": lambda: constraints.MaxNorm(value),
-                      "fixed_norm": lambda: constraints.FixedNorm(value)}[m["constraint"]]()
+    constraint = nr_constraints.from_value(m["constraint"], m["constraint_value"])
     overrides = dict(m["overrides"])
     if m["dropout"]:
         overrides.setdefault("dropout", m["dropout"])
@@ -166,9 +127,8 @@ class NaNLossError(RuntimeError):
 class _TerminateOnNaN(keras.callbacks.Callback):
     """Stop at the first non-finite batch loss and say what to try."""
 
-    def __init__(self, cfg):
+    def __init__(self):
         super().__init__()
-        self.cfg = cfg
         self.where = None
 
     def on_train_batch_end(self, batch, logs=None):
@@ -180,44 +140,6 @@ class _TerminateOnNaN(keras.callbacks.Callback):
 
 def _policy_for_mixed_precision() -> str:
     return "mixed_float16" if tf.config.list_physical_devices("GPU") else "mixed_bfloat16"
-
-
-def file_sha256(path: str) -> str:
-    h = hashlib.sha256()
-    with open(path, "rb") as f:
-        for chunk in iter(lambda: f.read(1 << 20), b""):
-            h.update(chunk)
-    return h.hexdigest()
-
-
-def evaluate_model(model: keras.Model, dataset) -> dict:
-    """Exact test metrics: accuracy as correct/total over the whole split, mean cross-entropy."""
-    correct = 0
-    total = 0
-    loss_sum = 0.0
-    for x, y in dataset:
-        logits = model(x, training=False)
-        logits = tf.cast(logits, tf.float32)
-        y = tf.cast(y, tf.int64)
-        correct += int(tf.reduce_sum(tf.cast(tf.argmax(logits, -1) == y, tf.int64)))
-        total += int(tf.shape(y)[0])
-        loss_sum += float(tf.reduce_sum(
-            tf.nn.sparse_softmax_cross_entropy_with_logits(labels=y, logits=logits)))
-    if total == 0:
-        raise ValueError("The evaluation dataset is empty.")
-    return {"test_accuracy": correct / total, "test_correct": correct, "test_examples": total,
-            "test_loss": loss_sum / total}
-
-
-def _hardware(strategy) -> dict:
-    gpus = tf.config.list_physical_devices("GPU")
-    names = []
-    for g in gpus:
-        with contextlib.suppress(Exception):
-            names.append(tf.config.experimental.get_device_details(g).get("device_name", g.name))
-    return {"platform": platform.platform(), "machine": platform.machine(),
-            "cpu_count": os.cpu_count(), "gpus": names,
-            "strategy": type(strategy).__name__, "replicas": strategy.num_replicas_in_sync}
 
 
 def _is_chief() -> bool:
@@ -250,6 +172,76 @@ def train(cfg: dict, *, callbacks=(), run_dir: str | None = None, save: bool = T
         keras.mixed_precision.set_global_policy(previous_policy)
 
 
+def prepare_data(cfg: dict, strategy=None) -> types.SimpleNamespace:
+    """The training and validation streams of a resolved recipe, ready for ``model.fit``.
+
+    Returns a namespace with ``train`` and ``val`` (None without ``data.validation_split``):
+    endless streams of epochs (:func:`keras_normreg.data.pipelines.load_epochs`; epoch ``e``
+    shuffled/augmented from ``(train.seed, e)``), split over the replicas of ``strategy`` by
+    :func:`keras_normreg.distribute.distribute_batches` (unchanged for one replica or
+    ``strategy=None``); ``steps`` and ``val_steps`` per epoch
+    (:func:`keras_normreg.distribute.steps_per_epoch`) and ``num_examples`` of the training
+    split. ``data.batch_size`` is the global batch: with R replicas it must be a multiple of R,
+    and each split must keep at least one batch.
+    """
+    t, d = cfg["train"], cfg["data"]
+    b = d["batch_size"]
+    replicas = 1 if strategy is None else strategy.num_replicas_in_sync
+    if replicas > 1 and b % replicas:
+        # Keras' symbolic build averages the first per-replica batches: they must be equal.
+        raise ValueError(
+            f"data.batch_size is the global batch and must be a multiple of the {replicas} "
+            f"replicas of the strategy ({type(strategy).__name__}). "
+            f"Received: data.batch_size={b!r}")
+    # Endless streams of epochs: every iterator yields the same batches, however many
+    # iterators Keras opens (distributed fit opens one more to build the model), so one device
+    # and N replicas see the same global batches; and fit runs a known number of steps (no
+    # end-of-data detection across workers).
+    train_ds, num_examples = load_epochs(
+        d["dataset"], d["train_split"], b, data_dir=d["data_dir"], augment=d["augment"],
+        seed=t["seed"], download=d["download"], autotune=d["autotune"])
+    val_ds, val_steps = None, None
+    if d["validation_split"]:
+        val_ds, num_val = load_epochs(d["dataset"], d["validation_split"], b,
+                                      data_dir=d["data_dir"], augment=False, shuffle=False,
+                                      download=d["download"], autotune=d["autotune"])
+        val_steps = distribute.steps_per_epoch(num_val, b, replicas)
+    steps = distribute.steps_per_epoch(num_examples, b, replicas)
+    if steps < 1 or val_steps == 0:
+        raise ValueError(f"The training or validation split has fewer examples than the "
+                         f"{replicas} replicas. Received: data.train_split="
+                         f"{d['train_split']!r}, data.validation_split={d['validation_split']!r}")
+    # Every worker builds the same global batches and keeps its replicas' equal shares (see
+    # keras_normreg.distribute); a last batch smaller than the replica count is dropped.
+    if strategy is not None:
+        train_ds = distribute.distribute_batches(strategy, train_ds)
+        val_ds = None if val_ds is None else distribute.distribute_batches(strategy, val_ds)
+    return types.SimpleNamespace(train=train_ds, val=val_ds, steps=steps, val_steps=val_steps,
+                                 num_examples=num_examples)
+
+
+def build_and_compile(cfg: dict, steps_per_epoch: int) -> keras.Model:
+    """The compiled model of a resolved recipe (call it inside the strategy's scope).
+
+    Seeds Keras with ``train.seed`` right before building (preparing a tfds set the first time
+    consumes random state, and the initial weights must not depend on whether the data were
+    ready), then :func:`build_model`, :func:`build_optimizer` over ``steps_per_epoch``
+    (wrapped in a ``LossScaleOptimizer`` under ``train.mixed_precision`` with the
+    ``mixed_float16`` policy) and ``compile`` with the sparse cross-entropy on logits, accuracy
+    and ``train.jit_compile``.
+    """
+    t = cfg["train"]
+    keras.utils.set_random_seed(t["seed"])
+    model = build_model(cfg)
+    optimizer = build_optimizer(cfg, steps_per_epoch, model)
+    if t["mixed_precision"] and keras.mixed_precision.global_policy().name == "mixed_float16":
+        optimizer = keras.optimizers.LossScaleOptimizer(optimizer)
+    model.compile(optimizer=optimizer,
+                  loss=keras.losses.SparseCategoricalCrossentropy(from_logits=True),
+                  metrics=["accuracy"], jit_compile=t["jit_compile"])
+    return model
+
+
 def _train(cfg, strategy, callbacks, run_dir, save, command):
     t, d = cfg["train"], cfg["data"]
     out_dir = os.path.join(t["output_dir"], cfg["name"])
@@ -259,55 +251,21 @@ def _train(cfg, strategy, callbacks, run_dir, save, command):
                    else tempfile.mkdtemp(prefix="knr-run-"))
     # tf.data seeds combine with TensorFlow's global seed when the pipelines are built.
     keras.utils.set_random_seed(t["seed"])
-    # Endless streams of epochs, epoch e shuffled/augmented from (seed, e): every iterator
-    # yields the same batches, however many iterators Keras opens (distributed fit opens one
-    # more to build the model), so one device and N replicas see the same global batches; and
-    # fit runs a known number of steps (no end-of-data detection across workers).
-    b, replicas = d["batch_size"], strategy.num_replicas_in_sync
-    train_ds, num_examples = load_epochs(
-        d["dataset"], d["train_split"], b, data_dir=d["data_dir"], augment=d["augment"],
-        seed=t["seed"], download=d["download"], autotune=d["autotune"])
-    test_ds = nr_data.load(d["dataset"], d["test_split"], b, data_dir=d["data_dir"],
-                           download=d["download"], autotune=d["autotune"])
-    val_ds, val_steps = None, None
-    if d["validation_split"]:
-        val_ds, num_val = load_epochs(d["dataset"], d["validation_split"], b,
-                                      data_dir=d["data_dir"], augment=False, shuffle=False,
-                                      download=d["download"], autotune=d["autotune"])
-        val_steps = distribute.steps_per_epoch(num_val, b, replicas)
-    if replicas > 1 and b % replicas:
-        # Keras' symbolic build averages the first per-replica batches: they must be equal.
-        raise ValueError(
-            f"data.batch_size is the global batch and must be a multiple of the {replicas} "
-            f"replicas of strategy {t['strategy']!r}. Received: data.batch_size={b!r}")
-    steps = distribute.steps_per_epoch(num_examples, b, replicas)
-    if steps < 1 or val_steps == 0:
-        raise ValueError(f"The training or validation split has fewer examples than the "
-                         f"{replicas} replicas. Received: data.train_split="
-                         f"{d['train_split']!r}, data.validation_split={d['validation_split']!r}")
-    # Every worker builds the same global batches and keeps its replicas' equal shares (see
-    # keras_normreg.distribute); a last batch smaller than the replica count is dropped.
-    fit_train = distribute.distribute_batches(strategy, train_ds)
-    fit_val = None if val_ds is None else distribute.distribute_batches(strategy, val_ds)
-    # Seed again right before the model: preparing a tfds set the first time consumes random
-    # state, and the initial weights must not depend on whether the data were ready.
-    keras.utils.set_random_seed(t["seed"])
+    data = prepare_data(cfg, strategy)
+    test_ds = nr_data.load(d["dataset"], d["test_split"], d["batch_size"],
+                           data_dir=d["data_dir"], download=d["download"],
+                           autotune=d["autotune"])
+    steps = data.steps
     with strategy.scope():
-        model = build_model(cfg)
-        optimizer = build_optimizer(cfg, steps, model)
-        if t["mixed_precision"] and keras.mixed_precision.global_policy().name == "mixed_float16":
-            optimizer = keras.optimizers.LossScaleOptimizer(optimizer)
-        model.compile(optimizer=optimizer,
-                      loss=keras.losses.SparseCategoricalCrossentropy(from_logits=True),
-                      metrics=["accuracy"], jit_compile=t["jit_compile"])
-    nan_guard = _TerminateOnNaN(cfg)
+        model = build_and_compile(cfg, steps)
+    nan_guard = _TerminateOnNaN()
     cbs = [keras.callbacks.BackupAndRestore(os.path.join(run_dir, "backup")), nan_guard,
            keras.callbacks.TensorBoard(os.path.join(run_dir, "logs"), write_graph=False,
                                        profile_batch=0),
            *callbacks]
     start = time.perf_counter()
-    history = model.fit(fit_train, epochs=t["epochs"], steps_per_epoch=steps,
-                        validation_data=fit_val, validation_steps=val_steps, callbacks=cbs,
+    history = model.fit(data.train, epochs=t["epochs"], steps_per_epoch=steps,
+                        validation_data=data.val, validation_steps=data.val_steps, callbacks=cbs,
                         verbose=t["verbose"], shuffle=False)
     seconds = time.perf_counter() - start
     if nan_guard.where is not None:
@@ -324,43 +282,3 @@ def _train(cfg, strategy, callbacks, run_dir, save, command):
         result["path"] = save_entry(model, cfg, metrics, seconds, strategy, out_dir, command,
                                     history=history.history)
     return result
-
-
-def save_entry(model, cfg, metrics, seconds, strategy, out_dir, command=None,
-               history=None) -> str:
-    """Write ``model.keras``, ``recipe.toml`` and ``card.json`` into ``out_dir``."""
-    os.makedirs(out_dir, exist_ok=True)
-    model_path = os.path.join(out_dir, "model.keras")
-    model.save(model_path)
-    nr_config.dump(cfg, os.path.join(out_dir, "recipe.toml"))
-    card = {
-        "name": cfg["name"],
-        "description": cfg["description"],
-        "dataset": cfg["data"]["dataset"],
-        "test_split": cfg["data"]["test_split"],
-        "batch_size": cfg["data"]["batch_size"],
-        "metrics": metrics,
-        "parameters": int(model.count_params()),
-        "trainable_parameters": int(sum(int(np.prod(v.shape)) for v in model.trainable_weights)),
-        "model_file": "model.keras",
-        "sha256": file_sha256(model_path),
-        "versions": {"tensorflow": tf.__version__, "keras": keras.__version__,
-                     "keras_normreg": _version(), "python": platform.python_version()},
-        "training_seconds": round(seconds, 2),
-        "epochs": cfg["train"]["epochs"],
-        "history": {k: [float(v) for v in vals] for k, vals in (history or {}).items()},
-        "hardware": _hardware(strategy),
-        "created": datetime.datetime.now(datetime.timezone.utc).isoformat(timespec="seconds"),
-        "command": command or f"keras-normreg train <recipe> (name={cfg['name']})",
-        "recipe": json.loads(json.dumps(cfg)),
-    }
-    with open(os.path.join(out_dir, "card.json"), "w", encoding="utf-8") as f:
-        json.dump(card, f, indent=2, sort_keys=True)
-        f.write("\n")
-    return out_dir
-
-
-def _version() -> str:
-    from keras_normreg import __version__
-
-    return __version__

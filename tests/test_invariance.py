@@ -5,14 +5,31 @@ invariant by 3 must leave the training-mode output unchanged, and scaling one it
 invariant must change it (the reference is the network itself, not the walk).
 """
 
+import dataclasses
+
 import keras
 import numpy as np
 import pytest
 
-from keras_normreg._invariance import explain_scale_invariance, find_scale_invariant
+from keras_normreg import _invariance
+from keras_normreg._invariance import (
+    ScaleInvariance,
+    explain_scale_invariance,
+    find_scale_invariant,
+)
 
 L = keras.layers
 EPS = 1e-7  # normalization epsilon small enough that invariance holds to float32 precision
+
+
+def _explain(model):
+    """``{path: (invariant, reason)}`` from the structured verdicts."""
+    return {p: (v.invariant, v.reason) for p, v in explain_scale_invariance(model).items()}
+
+
+def _find(model):
+    """``{path: reason}`` of the invariant weights."""
+    return {p: v.reason for p, v in find_scale_invariant(model).items()}
 
 
 def _np(x):
@@ -31,7 +48,7 @@ def _output_change(model, path, x, factor=3.0):
 
 
 def _check_numerically(model, x, analysed=None):
-    verdicts = explain_scale_invariance(model)
+    verdicts = _explain(model)
     for path, (invariant, reason) in verdicts.items():
         if analysed is not None and path not in analysed:
             continue
@@ -55,7 +72,7 @@ def test_conv_bn():
     x = L.Conv2D(4, 3, name="conv")(inp)  # with bias: removed by BN's mean subtraction
     x = L.BatchNormalization(epsilon=EPS, name="bn")(x)
     model = keras.Model(inp, x)
-    found = find_scale_invariant(model)
+    found = _find(model)
     assert found == {"conv/kernel": "conv/kernel -> bn"}
     _check_numerically(model, _x((6, 8, 8, 3)), analysed={"conv/kernel"})
 
@@ -66,7 +83,7 @@ def test_conv_relu_bn_names_the_path():
     x = L.ReLU(name="re_lu")(x)
     x = L.BatchNormalization(epsilon=EPS, name="bn")(x)
     model = keras.Model(inp, x)
-    assert find_scale_invariant(model)["conv/kernel"] == "conv/kernel -> bn (via re_lu)"
+    assert _find(model)["conv/kernel"] == "conv/kernel -> bn (via re_lu)"
     _check_numerically(model, _x((6, 8, 8, 3)), analysed={"conv/kernel"})
 
 
@@ -76,7 +93,7 @@ def test_conv_with_bias_relu_bn_is_not_invariant():
     x = L.ReLU()(x)
     x = L.BatchNormalization(epsilon=EPS)(x)
     model = keras.Model(inp, x)
-    invariant, reason = explain_scale_invariance(model)["conv/kernel"]
+    invariant, reason = _explain(model)["conv/kernel"]
     assert not invariant and "bias" in reason
     _check_numerically(model, _x((6, 8, 8, 3)), analysed={"conv/kernel"})
 
@@ -114,7 +131,7 @@ def test_residual_add_is_not_invariant():
     x = L.Add(name="add")([inp, y])
     x = L.BatchNormalization(epsilon=EPS)(x)
     model = keras.Model(inp, x)
-    invariant, reason = explain_scale_invariance(model)["branch/kernel"]
+    invariant, reason = _explain(model)["branch/kernel"]
     assert not invariant
     assert "add" in reason and "residual" in reason
     _check_numerically(model, _x((4, 8, 8, 4)), analysed={"branch/kernel"})
@@ -138,7 +155,7 @@ def test_dense_to_output_is_not_invariant():
     verdicts = _check_numerically(model, _x((8, 5)))
     assert not verdicts["seq/dense/kernel"][0]
     assert "reaches the model output without normalization" in verdicts["seq/dense/kernel"][1]
-    assert find_scale_invariant(model) == {}
+    assert _find(model) == {}
 
 
 def test_sequential_mlp_and_chains_of_linear_layers():
@@ -192,7 +209,7 @@ def test_dropout_between_is_invariant_without_bias():
     y = L.Dropout(0.3)(y)  # a bias times a random mask is not removed by BN
     y = L.BatchNormalization(epsilon=EPS)(y)
     model = keras.Model(inp, [x, y])
-    verdicts = explain_scale_invariance(model)
+    verdicts = _explain(model)
     assert verdicts["a/kernel"][0]
     assert not verdicts["b/kernel"][0] and "dropout" in verdicts["b/kernel"][1]
 
@@ -203,7 +220,7 @@ def test_unknown_op_is_conservative():
     x = L.Activation("tanh")(x)
     x = L.BatchNormalization()(x)
     model = keras.Model(inp, x)
-    invariant, reason = explain_scale_invariance(model)["d/kernel"]
+    invariant, reason = _explain(model)["d/kernel"]
     assert not invariant and "tanh" in reason
 
 
@@ -219,10 +236,10 @@ def test_subclassed_model_is_reported_not_analysable():
 
     model = Sub()
     model(np.zeros((2, 4), "float32"))
-    verdicts = explain_scale_invariance(model)
+    verdicts = _explain(model)
     kernel = next(v for k, v in verdicts.items() if k.endswith("dense/kernel"))
     assert kernel[0] is False and "cannot be analysed" in kernel[1]
-    assert find_scale_invariant(model) == {}
+    assert _find(model) == {}
 
 
 def test_weight_normalization_v_is_invariant_by_construction():
@@ -237,7 +254,7 @@ def test_weight_normalization_v_is_invariant_by_construction():
 
     inp = keras.Input((4,))
     model = keras.Model(inp, WeightNormalization(name="wn")(inp))
-    assert find_scale_invariant(model) == {
+    assert _find(model) == {
         "wn/v": "wn/v: weight normalization: output depends on v/||v||"
     }
     _check_numerically(model, _x((5, 4)), analysed={"wn/v"})
@@ -245,7 +262,7 @@ def test_weight_normalization_v_is_invariant_by_construction():
 
 def test_needs_built_model():
     with pytest.raises(ValueError, match=r"needs a built model.*Received: model="):
-        find_scale_invariant(keras.Sequential([L.Dense(2)]))
+        _find(keras.Sequential([L.Dense(2)]))
 
 
 def test_project_normalization_layers_and_weight_normalization():
@@ -284,3 +301,95 @@ def test_concatenate_then_batch_norm_is_invariant_but_not_through_a_conv():
                                                                      "grow2/kernel"})
     assert verdicts["grow/kernel"] == (True, "grow/kernel -> bn (via cat)")
     assert not verdicts["grow2/kernel"][0] and "mix" in verdicts["grow2/kernel"][1]
+
+
+# ----------------------------------------------------------------------------- structured
+def _unit_change(model, path, x):
+    """Relative training-mode output change when each output unit (last axis) of the weight is
+    scaled by its own positive factor."""
+    var = next(v for v in model.weights if v.path == path)
+    original = _np(var).copy()
+    factors = np.linspace(0.5, 3.0, original.shape[-1]).astype("float32")
+    y0 = _np(model(x, training=True))
+    var.assign(original * factors)
+    y1 = _np(model(x, training=True))
+    var.assign(original)
+    return float(np.max(np.abs(y1 - y0)) / (np.max(np.abs(y0)) + 1e-12))
+
+
+def test_structured_fields_of_an_invariant_kernel():
+    inp = keras.Input((8, 8, 3))
+    x = L.Conv2D(4, 3, use_bias=False, name="conv")(inp)
+    x = L.ReLU(name="re_lu")(x)
+    x = L.BatchNormalization(epsilon=EPS, name="bn")(x)
+    y = L.Conv2D(4, 3, use_bias=False, name="side")(inp)
+    y = L.BatchNormalization(epsilon=EPS, name="bn2")(y)
+    model = keras.Model(inp, L.Add(name="sum")([x, y]))
+    found = find_scale_invariant(model)
+    v = found["conv/kernel"]
+    assert isinstance(v, ScaleInvariance)
+    assert (v.path, v.invariant, v.normalizers, v.via, v.granularity) == (
+        "conv/kernel", True, ("bn",), (("re_lu",),), "unit")
+    assert v.reason == "conv/kernel -> bn (via re_lu)"
+    with pytest.raises(dataclasses.FrozenInstanceError):
+        v.invariant = False
+    # the "unit" claim checked on the network: per-unit rescaling leaves the output unchanged
+    assert _unit_change(model, "conv/kernel", _x((6, 8, 8, 3))) < 1e-4
+    head = explain_scale_invariance(model)["bn/gamma"]
+    assert not head.invariant
+    assert (head.normalizers, head.via, head.granularity) == ((), (), None)
+
+
+def test_granularity_is_tensor_when_per_unit_rescaling_is_not_harmless():
+    inp = keras.Input((8, 8, 3))
+    a = L.Conv2D(4, 3, use_bias=False, name="first")(inp)
+    a = L.Conv2D(4, 1, use_bias=False, name="second")(a)  # mixes first's units
+    a = L.BatchNormalization(epsilon=EPS, name="bn")(a)
+    b = L.Conv2D(4, 3, use_bias=False, name="ln_conv")(inp)
+    b = L.LayerNormalization(epsilon=EPS, name="ln")(b)  # normalizes over the channels jointly
+    model = keras.Model(inp, [a, b])
+    found = find_scale_invariant(model)
+    assert {p: v.granularity for p, v in found.items()} == {
+        "first/kernel": "tensor", "second/kernel": "unit", "ln_conv/kernel": "tensor"}
+    assert found["first/kernel"].via == (("second",),)
+    assert found["ln_conv/kernel"].normalizers == ("ln",)
+    x = _x((6, 8, 8, 3))
+    assert _unit_change(model, "second/kernel", x) < 1e-4
+    assert _unit_change(model, "first/kernel", x) > 1e-3
+    assert _unit_change(model, "ln_conv/kernel", x) > 1e-3
+    assert _output_change(model, "ln_conv/kernel", x) < 1e-4
+
+
+def test_structured_fields_with_two_normalizers_and_odd_layer_names():
+    """The fields name the layers exactly, even with separators the human text also uses."""
+    inp = keras.Input((6,))
+    x = L.Dense(5, use_bias=False, name="d")(inp)
+    x = L.ReLU(name="act (a, b)")(x)
+    a = L.BatchNormalization(epsilon=EPS, name="bn, one")(x)
+    b = L.BatchNormalization(epsilon=EPS, name="bn (two)")(x)
+    model = keras.Model(inp, [a, b])
+    v = find_scale_invariant(model)["d/kernel"]
+    assert v.normalizers == ("bn, one", "bn (two)")
+    assert v.via == (("act (a, b)",), ("act (a, b)",))
+    assert v.granularity == "unit"
+    assert v.reason == "d/kernel -> bn, one (via act (a, b)), bn (two) (via act (a, b))"
+
+
+def test_weight_normalization_direction_fields():
+    from keras_normreg.layers import WeightNormalization
+
+    inp = keras.Input((6, 6, 3))
+    x = WeightNormalization(L.Conv2D(4, 3), name="wn")(inp)
+    model = keras.Model(inp, x)
+    v = find_scale_invariant(model)["wn/v"]
+    assert v.normalizers == ("wn",) and v.via == ((),)
+    assert v.granularity == (0, 1, 2)  # the conv kernel's norm axes: one norm per filter
+
+
+def test_verdicts_of_selected_variables():
+    inp = keras.Input((6,))
+    x = L.Dense(4, use_bias=False, name="d")(inp)
+    model = keras.Model(inp, L.BatchNormalization(name="bn")(x))
+    structured = _invariance.verdicts(model)
+    kernel = model.get_layer("d").kernel
+    assert _invariance.verdicts(model, variables=[kernel]) == {id(kernel): structured[id(kernel)]}

@@ -5,10 +5,12 @@ import os
 from pathlib import Path
 
 import keras
+import keras_tuner as kt
 import numpy as np
 import pytest
 
-from keras_normreg import config, evaluate, train
+from keras_normreg import config, distribute, evaluate, train
+from keras_normreg.tuning.hypermodel import NormRegHyperModel
 
 
 def recipe(tmp_path, **sections):
@@ -141,3 +143,78 @@ def test_nan_loss_stops_with_clear_message(tmp_path):
                  train={"epochs": 3})
     with pytest.raises(train.NaNLossError, match="Lower optimizer.learning_rate"):
         train.train(cfg, run_dir=str(tmp_path / "run"), save=False)
+
+
+# -- the one data-and-compile path (train and the tuner's trials) ---------------------------------
+class _TwoReplicas:
+    """Stands in for a 2-replica strategy where only the replica count matters."""
+
+    num_replicas_in_sync = 2
+
+
+def test_prepare_data_streams_and_steps(tmp_path):
+    cfg = recipe(tmp_path, data={"train_split": "train[:129]", "validation_split": "train[-70:]"})
+    data = train.prepare_data(cfg)
+    assert (data.num_examples, data.steps, data.val_steps) == (129, 3, 2)  # ceil(129/64), ceil(70/64)
+    sizes = [int(y.shape[0]) for _, y in data.train.take(2 * data.steps)]
+    assert sizes == [64, 64, 1] * 2  # endless: every epoch holds each example once
+    assert sum(int(y.shape[0]) for _, y in data.val.take(data.val_steps)) == 70
+    assert train.prepare_data(recipe(tmp_path)).val is None
+
+
+def test_prepare_data_replicas(tmp_path, monkeypatch):
+    monkeypatch.setattr(distribute, "distribute_batches", lambda strategy, ds: ds)
+    cfg = recipe(tmp_path, data={"train_split": "train[:129]"})
+    # 129 = 64 + 64 + 1: the last batch has fewer examples than the 2 replicas and is dropped
+    assert train.prepare_data(cfg, _TwoReplicas()).steps == 2
+    cfg = recipe(tmp_path, data={"batch_size": 63})
+    with pytest.raises(ValueError, match=r"must be a multiple of the 2 replicas .*"
+                                         r"Received: data.batch_size=63"):
+        train.prepare_data(cfg, _TwoReplicas())
+    cfg = recipe(tmp_path, data={"validation_split": "train[:1]"})
+    with pytest.raises(ValueError, match=r"fewer examples than the 2 replicas. Received: "
+                                         r"data.train_split='train', "
+                                         r"data.validation_split='train\[:1\]'"):
+        train.prepare_data(cfg, _TwoReplicas())
+
+
+def test_build_and_compile(tmp_path):
+    cfg = recipe(tmp_path)
+    model = train.build_and_compile(cfg, steps_per_epoch=10)
+    assert model.compiled and model.jit_compile is False
+    assert isinstance(model.loss, keras.losses.SparseCategoricalCrossentropy)
+    assert model.loss.get_config()["from_logits"] is True
+    assert isinstance(model.optimizer, keras.optimizers.SGD)
+    assert float(model.optimizer.learning_rate) == pytest.approx(0.05)
+    again = train.build_and_compile(cfg, steps_per_epoch=10)  # seeded from train.seed
+    for a, b in zip(model.weights, again.weights, strict=True):
+        np.testing.assert_array_equal(a.numpy(), b.numpy())
+
+
+def test_build_and_compile_loss_scale_rule(tmp_path):
+    cfg = recipe(tmp_path, train={"mixed_precision": True})
+    previous = keras.mixed_precision.global_policy().name
+    try:
+        keras.mixed_precision.set_global_policy("mixed_float16")
+        scaled = train.build_and_compile(cfg, 10).optimizer
+        keras.mixed_precision.set_global_policy("mixed_bfloat16")
+        plain = train.build_and_compile(cfg, 10).optimizer
+    finally:
+        keras.mixed_precision.set_global_policy(previous)
+    assert isinstance(scaled, keras.optimizers.LossScaleOptimizer)
+    assert not isinstance(plain, keras.optimizers.LossScaleOptimizer)
+
+
+def test_hypermodel_uses_the_same_path(tmp_path):
+    hm = NormRegHyperModel("cnn_digits", "digits", {"norms": ["batch"], "decay": ["none"]},
+                           base={"model": {"overrides": {"widths": [4]}},
+                                 "data": {"batch_size": 64, "data_dir": str(tmp_path / "tfds")}})
+    data = train.prepare_data(hm.base)
+    assert (hm.data().steps, hm.data().val_steps, hm.data().num_examples) == \
+        (data.steps, data.val_steps, data.num_examples)
+    hp = kt.HyperParameters()
+    model = hm.build(hp)
+    ref = train.build_and_compile(hm.recipe(hp), data.steps)
+    assert type(model.optimizer) is type(ref.optimizer)
+    for a, b in zip(model.weights, ref.weights, strict=True):
+        np.testing.assert_array_equal(a.numpy(), b.numpy())

@@ -1,32 +1,66 @@
 """Datasets: tf.data pipelines over tensorflow-datasets, plus two embedded offline sets.
 
-Importing this package registers two real tfds builders that need no network:
+Two embedded sets need no network:
 
-- ``mnist1d`` (:mod:`keras_normreg.data.mnist1d`), generated with the reference generator;
-- ``digits`` (:mod:`keras_normreg.data.digits`), scikit-learn's bundled 8x8 digits;
+- ``mnist1d``, generated with the reference generator of the ``mnist1d`` package;
+- ``digits``, scikit-learn's bundled 8x8 digits.
 
-so ``tfds.load("mnist1d", split="test")`` works after ``import keras_normreg``.
+Without TensorFlow (any Keras backend): :func:`arrays` gives the embedded sets as NumPy arrays
+(preprocessed like the pipelines, tfds split strings such as ``"train[:90%]"``), and
+:func:`info`, :func:`list_datasets`, :class:`DatasetInfo` give the static metadata.
 
-Public API: :func:`load` (batched pipelines), :func:`info` (static metadata),
-:func:`list_datasets`, :func:`is_prepared`, :class:`DatasetInfo`, :class:`DatasetNotFoundError`.
-Preprocessing constants are documented in :mod:`keras_normreg.data.registry`.
+With TensorFlow and tensorflow-datasets installed, importing this package also registers the two
+embedded sets as real tfds builders (:mod:`keras_normreg.data.mnist1d`,
+:mod:`keras_normreg.data.digits`), so ``tfds.load("mnist1d", split="test")`` works after
+``import keras_normreg``; and :func:`load` (batched tf.data pipelines), :func:`load_epochs`,
+:func:`is_prepared`, :class:`DatasetNotFoundError`, :class:`Mnist1d`, :class:`Digits`,
+:class:`Mnist1dConfig` and :func:`mnist1d_config` are available. Those are imported lazily on
+first access (PEP 562); without TensorFlow, accessing them raises an ImportError that says what
+to install. Preprocessing constants are documented in :mod:`keras_normreg.data.registry`.
 """
 
-from keras_normreg.data.digits import Digits
-from keras_normreg.data.mnist1d import Mnist1d, Mnist1dConfig, mnist1d_config
-from keras_normreg.data.pipelines import DatasetNotFoundError, is_prepared, load, load_epochs
+import importlib
+
+from keras_normreg.data import _deps
+from keras_normreg.data.numpy_arrays import arrays
 from keras_normreg.data.registry import DatasetInfo, info, list_datasets
 
-__all__ = [
-    "load_epochs",
-    "DatasetInfo",
-    "DatasetNotFoundError",
-    "Digits",
-    "Mnist1d",
-    "Mnist1dConfig",
-    "info",
-    "is_prepared",
-    "list_datasets",
-    "load",
-    "mnist1d_config",
-]
+# TensorFlow-only names -> the submodule that defines them (imported on first access).
+_LAZY = {
+    "load": "pipelines",
+    "load_epochs": "pipelines",
+    "is_prepared": "pipelines",
+    "DatasetNotFoundError": "pipelines",
+    "Digits": "digits",
+    "Mnist1d": "mnist1d",
+    "Mnist1dConfig": "mnist1d",
+    "mnist1d_config": "mnist1d",
+}
+_LAZY_MODULES = ("pipelines", "digits", "mnist1d", "_common")
+
+__all__ = ["DatasetInfo", "arrays", "info", "list_datasets"]
+
+if _deps.tfds_available():
+    # Registers the embedded builders with tfds, as ``import keras_normreg`` always has (this
+    # imports TensorFlow). Without TensorFlow the builders cannot exist; arrays() still works.
+    from keras_normreg.data import digits, mnist1d  # noqa: F401
+
+    __all__ += sorted(_LAZY)
+
+
+def __getattr__(name):
+    module = _LAZY.get(name, name if name in _LAZY_MODULES else None)
+    if module is None:
+        raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
+    missing = _deps.missing_modules()
+    if missing:
+        raise _deps.missing_error(f"keras_normreg.data.{name}", missing)
+    value = importlib.import_module(f"{__name__}.{module}")
+    if name in _LAZY:
+        value = getattr(value, name)
+    globals()[name] = value
+    return value
+
+
+def __dir__():
+    return sorted(set(globals()) | set(_LAZY))

@@ -4,8 +4,12 @@ from __future__ import annotations
 
 import sys
 
-from etils import epath
-from tensorflow_datasets.core import utils as tfds_utils
+from keras_normreg.data._deps import require_tfds
+
+require_tfds(__name__)
+
+from etils import epath  # noqa: E402
+from tensorflow_datasets.core import utils as tfds_utils  # noqa: E402
 
 
 def already_registered(name: str) -> bool:

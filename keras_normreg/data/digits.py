@@ -11,41 +11,33 @@ Features (stored on disk):
   :func:`keras_normreg.data.load` scales and standardizes them).
 - ``label``: ``ClassLabel(num_classes=10)``.
 
-Example order is the order ``train_test_split`` returns (``disable_shuffling=True``).
+Example order is the order ``train_test_split`` returns (``disable_shuffling=True``). The arrays
+come from :mod:`keras_normreg.data.embedded` (NumPy only), which :func:`keras_normreg.data.arrays`
+also serves without TensorFlow.
 """
 
 from __future__ import annotations
 
 import numpy as np
-import tensorflow_datasets as tfds
 
-from keras_normreg.data._common import OfflineBuilderMixin, already_registered
+from keras_normreg.data._deps import require_tfds
 
-NUM_CLASSES = 10
-IMAGE_SHAPE = (8, 8, 1)
-NUM_EXAMPLES = 1797
-TEST_FRACTION = 0.2
-SPLIT_SEED = 0
+require_tfds(__name__)
 
+import tensorflow_datasets as tfds  # noqa: E402
 
-def split_sizes() -> dict[str, int]:
-    """Sizes of the fixed split (``train_test_split`` rounds the test size up)."""
-    test = int(np.ceil(NUM_EXAMPLES * TEST_FRACTION))
-    return {"train": NUM_EXAMPLES - test, "test": test}
+from keras_normreg.data import embedded  # noqa: E402
+from keras_normreg.data._common import OfflineBuilderMixin, already_registered  # noqa: E402
+from keras_normreg.data.embedded import (  # noqa: E402, F401  (re-exported)
+    IMAGE_SHAPE,
+    NUM_EXAMPLES,
+    SPLIT_SEED,
+    TEST_FRACTION,
+)
 
-
-def split_arrays() -> dict[str, tuple[np.ndarray, np.ndarray]]:
-    """The fixed stratified split: ``{"train": (images, labels), "test": (images, labels)}``."""
-    from sklearn.datasets import load_digits
-    from sklearn.model_selection import train_test_split
-
-    bunch = load_digits()
-    images = bunch.images.astype(np.float32)[..., None]
-    labels = bunch.target.astype(np.int64)
-    x_train, x_test, y_train, y_test = train_test_split(
-        images, labels, test_size=TEST_FRACTION, stratify=labels, random_state=SPLIT_SEED
-    )
-    return {"train": (x_train, y_train), "test": (x_test, y_test)}
+NUM_CLASSES = embedded.DIGITS_NUM_CLASSES
+split_sizes = embedded.digits_split_sizes
+split_arrays = embedded.digits_splits
 
 
 class Digits(OfflineBuilderMixin, tfds.core.GeneratorBasedBuilder, skip_registration=already_registered("digits")):
@@ -72,7 +64,7 @@ class Digits(OfflineBuilderMixin, tfds.core.GeneratorBasedBuilder, skip_registra
 
     def _split_generators(self, dl_manager):
         del dl_manager  # nothing to download
-        arrays = split_arrays()
+        arrays = embedded.stored_splits("digits")  # what data.arrays("digits", ...) serves
         return {split: self._generate_examples(*xy) for split, xy in arrays.items()}
 
     def _generate_examples(self, images, labels):

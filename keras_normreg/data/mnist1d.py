@@ -13,7 +13,9 @@ Features (stored on disk):
 - ``label``: ``ClassLabel(num_classes=10)``.
 
 Example order is the generator's order (``disable_shuffling=True``), so element ``i`` of split
-``train`` is ``make_dataset(...)["x"][i]``.
+``train`` is ``make_dataset(...)["x"][i]``. The arrays come from
+:mod:`keras_normreg.data.embedded` (NumPy only), which :func:`keras_normreg.data.arrays` also
+serves without TensorFlow.
 
 Configs: ``"default"`` (5000 samples in all) and ``"num_samples_50000"``; any other size with
 ``mnist1d_config(num_samples)``, e.g.
@@ -25,20 +27,26 @@ accepts the name ``"mnist1d/num_samples_20000"`` for it). A larger config change
 from __future__ import annotations
 
 import dataclasses
-import random
-import re
 
 import numpy as np
-import tensorflow_datasets as tfds
 
-from keras_normreg._utils import check_number, received
-from keras_normreg.data._common import OfflineBuilderMixin, already_registered
+from keras_normreg.data._deps import require_tfds
 
-SEQUENCE_LENGTH = 40
-NUM_CLASSES = 10
-DEFAULT_NUM_SAMPLES = 5000
-TRAIN_FRACTION = 0.8
-_CONFIG_NAME = re.compile(r"^num_samples_(\d+)$")
+require_tfds(__name__)
+
+import tensorflow_datasets as tfds  # noqa: E402
+
+from keras_normreg.data import embedded  # noqa: E402
+from keras_normreg.data._common import OfflineBuilderMixin, already_registered  # noqa: E402
+from keras_normreg.data.embedded import (  # noqa: E402, F401  (re-exported)
+    DEFAULT_NUM_SAMPLES,
+    SEQUENCE_LENGTH,
+    TRAIN_FRACTION,
+    generate,
+)
+
+NUM_CLASSES = embedded.MNIST1D_NUM_CLASSES
+split_sizes = embedded.mnist1d_split_sizes
 
 
 @dataclasses.dataclass(eq=False)
@@ -48,27 +56,14 @@ class Mnist1dConfig(tfds.core.BuilderConfig):
     num_samples: int = DEFAULT_NUM_SAMPLES
 
 
-def split_sizes(num_samples: int) -> dict[str, int]:
-    """Split sizes ``make_dataset`` produces for ``num_samples`` (it keeps ``num_samples // 10``
-    samples per class and puts the first ``int(0.8 * total)`` in ``train``)."""
-    total = (num_samples // NUM_CLASSES) * NUM_CLASSES
-    train = int(total * TRAIN_FRACTION)
-    return {"train": train, "test": total - train}
-
-
 def mnist1d_config(num_samples: int) -> Mnist1dConfig:
     """The config for ``num_samples`` sequences in all (a positive multiple of 10)."""
-    check_number("num_samples", num_samples, low=NUM_CLASSES, integer=True)
-    if num_samples % NUM_CLASSES:
-        raise ValueError(
-            f"Argument `num_samples` must be a multiple of {NUM_CLASSES}. "
-            f"{received('num_samples', num_samples)}"
-        )
+    embedded.check_num_samples(num_samples)
     if num_samples == DEFAULT_NUM_SAMPLES:
         return BUILDER_CONFIGS[0]
     sizes = split_sizes(num_samples)
     return Mnist1dConfig(
-        name=f"num_samples_{num_samples}",
+        name=embedded.mnist1d_config_name(num_samples),
         num_samples=num_samples,
         description=(
             f"MNIST-1D regenerated with num_samples={num_samples} "
@@ -79,34 +74,8 @@ def mnist1d_config(num_samples: int) -> Mnist1dConfig:
 
 def config_from_name(config_name: str) -> Mnist1dConfig | None:
     """``"default"`` or ``"num_samples_<N>"`` -> config; None when the name does not parse."""
-    if config_name == "default":
-        return BUILDER_CONFIGS[0]
-    match = _CONFIG_NAME.match(config_name)
-    if match is None:
-        return None
-    num_samples = int(match.group(1))
-    if num_samples < NUM_CLASSES or num_samples % NUM_CLASSES:
-        return None
-    return mnist1d_config(num_samples)
-
-
-def generate(num_samples: int = DEFAULT_NUM_SAMPLES) -> dict[str, np.ndarray]:
-    """Run the reference generator; return its ``x``, ``y``, ``x_test``, ``y_test`` arrays.
-
-    ``make_dataset`` reseeds the global ``random`` and ``numpy.random`` generators; their states
-    are restored afterwards so that preparing the data does not change the caller's randomness.
-    """
-    from mnist1d.data import get_dataset_args, make_dataset  # heavy import (matplotlib)
-
-    args = get_dataset_args()
-    args.num_samples = int(num_samples)
-    py_state, np_state = random.getstate(), np.random.get_state()
-    try:
-        data = make_dataset(args)
-    finally:
-        random.setstate(py_state)
-        np.random.set_state(np_state)
-    return {key: data[key] for key in ("x", "y", "x_test", "y_test")}
+    num_samples = embedded.num_samples_from_config_name(config_name)
+    return None if num_samples is None else mnist1d_config(num_samples)
 
 
 BUILDER_CONFIGS = [
@@ -154,13 +123,10 @@ class Mnist1d(OfflineBuilderMixin, tfds.core.GeneratorBasedBuilder, skip_registr
 
     def _split_generators(self, dl_manager):
         del dl_manager  # nothing to download
-        data = generate(self.builder_config.num_samples)
-        return {
-            "train": self._generate_examples(data["x"], data["y"]),
-            "test": self._generate_examples(data["x_test"], data["y_test"]),
-        }
+        # the arrays data.arrays("mnist1d", ...) serves: float32 (n, 40, 1), int64 labels
+        arrays = embedded.stored_splits("mnist1d", self.builder_config.num_samples)
+        return {split: self._generate_examples(*xy) for split, xy in arrays.items()}
 
     def _generate_examples(self, x, y):
-        x = np.asarray(x, dtype=np.float32)[..., None]
         for index, (features, label) in enumerate(zip(x, y, strict=True)):
             yield index, {"x": features, "label": int(label)}

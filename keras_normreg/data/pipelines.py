@@ -40,12 +40,17 @@ import numbers
 import random
 import types
 
-import tensorflow as tf
-import tensorflow_datasets as tfds
+from keras_normreg.data._deps import require_tfds
 
-from keras_normreg._utils import check_bool, check_number, received
-from keras_normreg.data import mnist1d as _mnist1d
-from keras_normreg.data import registry
+require_tfds(__name__)
+
+import tensorflow as tf  # noqa: E402
+import tensorflow_datasets as tfds  # noqa: E402
+
+from keras_normreg._utils import check_bool, check_number, received  # noqa: E402
+from keras_normreg.data import mnist1d as _mnist1d  # noqa: E402
+from keras_normreg.data import registry  # noqa: E402
+from keras_normreg.data.splits import split_bases as _split_bases  # noqa: E402
 
 CACHE_LIMIT_BYTES = 1 << 30  # cache splits smaller than ~1 GiB as stored
 SHUFFLE_BUFFER_LIMIT = 100_000  # examples
@@ -96,25 +101,6 @@ def _download_and_prepare(builder) -> None:
             "`pip install importlib_resources`.",
             name="importlib_resources",
         ) from error
-
-
-def _split_bases(split, spec) -> list[str]:
-    """Validate ``split`` ("train", "train[:90%]", "train+extra", ...) and return its bases."""
-    valid = sorted(spec.splits) + ["all"]
-    if not isinstance(split, str) or not split.strip():
-        raise ValueError(
-            f"Argument `split` must be a string naming one of {valid}, optionally sliced "
-            f"like 'train[:90%]' or joined like 'train+test'. {received('split', split)}"
-        )
-    bases = [part.split("[", 1)[0].strip() for part in split.split("+")]
-    for base in bases:
-        if base not in valid:
-            raise ValueError(
-                f"Unknown split {base!r}. Argument `split` must use one of {valid}, optionally "
-                f"sliced like 'train[:90%]' or joined like 'train+test'. "
-                f"{received('split', split)}"
-            )
-    return bases
 
 
 def _augment_mode(augment, spec, is_train: bool):

@@ -33,8 +33,7 @@ import dataclasses
 import math
 
 from keras_normreg._utils import received
-from keras_normreg.data import digits as _digits
-from keras_normreg.data import mnist1d as _mnist1d
+from keras_normreg.data import embedded
 
 AUGMENTATIONS = ("crop", "crop_flip")
 
@@ -95,10 +94,10 @@ _SPECS: dict[str, _Spec] = {
     "svhn_cropped": _Spec((32, 32, 3), 10, {"train": 73257, "test": 26032, "extra": 531131},
                           (0.4377, 0.4438, 0.4728), (0.1980, 0.2010, 0.1970), 255.0, "crop",
                           False, 1, ("train", "extra")),
-    "digits": _Spec(_digits.IMAGE_SHAPE, _digits.NUM_CLASSES, _digits.split_sizes(),
-                    (0.305383,), (0.376119,), 16.0, None, True, 4),
-    "mnist1d": _Spec((_mnist1d.SEQUENCE_LENGTH, 1), _mnist1d.NUM_CLASSES,
-                     _mnist1d.split_sizes(_mnist1d.DEFAULT_NUM_SAMPLES),
+    "digits": _Spec(embedded.IMAGE_SHAPE, embedded.DIGITS_NUM_CLASSES,
+                    embedded.digits_split_sizes(), (0.305383,), (0.376119,), 16.0, None, True, 4),
+    "mnist1d": _Spec((embedded.SEQUENCE_LENGTH, 1), embedded.MNIST1D_NUM_CLASSES,
+                     embedded.mnist1d_split_sizes(embedded.DEFAULT_NUM_SAMPLES),
                      (0.0,), (1.0,), None, None, True, 4),
 }
 
@@ -130,11 +129,11 @@ def resolve(name) -> tuple[str, str | None, _Spec]:
         return base, None, spec
     if base != "mnist1d":
         raise _unknown(name)
-    builder_config = _mnist1d.config_from_name(config)
-    if builder_config is None:
+    num_samples = embedded.num_samples_from_config_name(config)
+    if num_samples is None:
         raise _unknown(name)
-    spec = dataclasses.replace(spec, splits=_mnist1d.split_sizes(builder_config.num_samples))
-    return base, builder_config.name, spec
+    spec = dataclasses.replace(spec, splits=embedded.mnist1d_split_sizes(num_samples))
+    return base, embedded.mnist1d_config_name(num_samples), spec
 
 
 def _fmt(values: tuple) -> str:

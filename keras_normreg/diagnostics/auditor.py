@@ -99,9 +99,6 @@ class InvarianceReport(list):
     def disagreements(self) -> list[str]:
         return [r.path for r in self if not r.agree]
 
-    def as_dict(self) -> dict[str, AuditRow]:
-        return {r.path: r for r in self}
-
     def _cells(self):
         def fmt(v):
             return "-" if v is None else ("yes" if v else "no")
@@ -209,7 +206,7 @@ def scale_invariant_weights(model, x, *, factor=3.0, rtol=1e-2, probe=True,
                              f"{unknown}. Analysed weights: {sorted(known)}. "
                              f"{received('variables', unknown[0])}")
         pairs = [(la, v) for la, v in pairs if v.path in wanted]
-    verdicts = _invariance.analyze(model, variables=[v for _, v in pairs])
+    verdicts = _invariance.verdicts(model, variables=[v for _, v in pairs])
 
     report = InvarianceReport()
     report.factor, report.rtol = float(factor), float(rtol)
@@ -238,7 +235,8 @@ def scale_invariant_weights(model, x, *, factor=3.0, rtol=1e-2, probe=True,
     inconclusive = not (noise <= rtol / 10)  # also True when noise is NaN
 
     for layer, var in pairs:
-        graph_ok, why = verdicts[id(var)]
+        verdict = verdicts[id(var)]
+        graph_ok, why = verdict.invariant, verdict.reason
         change = changes.get(id(var), float("nan"))
         if not probe:
             pr, agree, reason = None, True, why

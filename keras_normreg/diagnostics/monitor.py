@@ -85,8 +85,10 @@ import warnings
 import keras
 import numpy as np
 
-from keras_normreg import _invariance, _targeting
+from keras_normreg import _compat, _invariance, _targeting
 from keras_normreg._utils import check_bool, check_choice, check_number, received, register
+from keras_normreg.optimizers.decoupled import DecoupledWeightDecay
+from keras_normreg.optimizers.projection import SGDP, AdamP
 
 __all__ = ["METRICS", "UNIT_METRICS", "NormMonitor", "equilibrium_angular_update",
            "optimizer_facts"]
@@ -173,6 +175,12 @@ def _class_names(obj):
     return {c.__name__ for c in type(obj).__mro__}
 
 
+def _unwrap_loss_scale(optimizer):
+    if isinstance(optimizer, keras.optimizers.LossScaleOptimizer):
+        return optimizer.inner_optimizer
+    return optimizer
+
+
 def optimizer_facts(optimizer):
     """What :class:`NormMonitor` reads from an optimizer.
 
@@ -184,15 +192,13 @@ def optimizer_facts(optimizer):
     Unwraps ``LossScaleOptimizer`` and :class:`~keras_normreg.optimizers.DecoupledWeightDecay`.
     """
     tf = _tf()
-    opt = optimizer
-    if isinstance(opt, keras.optimizers.LossScaleOptimizer):
-        opt = opt.inner_optimizer
-    wrapper = opt if "DecoupledWeightDecay" in _class_names(opt) else None
+    opt = _unwrap_loss_scale(optimizer)
+    wrapper = opt if isinstance(opt, DecoupledWeightDecay) else None
     base = wrapper.inner_optimizer if wrapper is not None else opt
     names = _class_names(base)
-    if "SGDP" in names:
+    if isinstance(base, SGDP):
         kind, form = "sgdp", "sgd"
-    elif "AdamP" in names:
+    elif isinstance(base, AdamP):
         kind, form = "adaptive", "adam"
     elif "SGD" in names:
         kind, form = "sgd", "sgd"
@@ -208,14 +214,13 @@ def optimizer_facts(optimizer):
 
     if wrapper is not None:
         def decayed(variable):
-            return wrapper.weight_decay > 0 and wrapper._classify(variable)[0] == "decay"
+            return wrapper.weight_decay > 0 and wrapper.treatment(variable) == "decay"
 
         def decay_rate():
-            return tf.cast(wrapper._decay_rate("float32") * wrapper._lr_factor("float32"),
-                           tf.float32)
+            return tf.cast(wrapper.effective_decay("float32"), tf.float32)
     elif kind != "sgdp" and getattr(base, "weight_decay", None):
         def decayed(variable):
-            return bool(base._use_weight_decay(variable))
+            return _compat.optimizer_uses_weight_decay(base, variable)
 
         def decay_rate():
             return (tf.cast(base.learning_rate, tf.float32)
@@ -634,9 +639,5 @@ class NormMonitor(keras.callbacks.Callback):
 
 
 def _is_sphere(optimizer, variable):
-    opt = optimizer
-    if isinstance(opt, keras.optimizers.LossScaleOptimizer):
-        opt = opt.inner_optimizer
-    if "DecoupledWeightDecay" not in _class_names(opt):
-        return False
-    return opt._classify(variable)[0] == "sphere"
+    opt = _unwrap_loss_scale(optimizer)
+    return isinstance(opt, DecoupledWeightDecay) and opt.treatment(variable) == "sphere"

@@ -1,47 +1,47 @@
-"""A small, explicit rule language that selects model variables (for weight decay, sphere mode).
+"""The optimizers' rules: :mod:`keras_normreg.selectors`, matched on variables only.
 
-A *rule set* is a string or a sequence of strings; a variable matches the set when it matches
-ANY of its rules (rules add up). Each rule is one of
+The optimizers (``DecoupledWeightDecay(exclude=, include=, sphere=)``, ``SGDP`` / ``AdamP``, the
+recipe key ``optimizer.exclude``) see variables, not the layers that own them, so their rules are
+the selectors of :mod:`keras_normreg.selectors` without layer classes / class names, with roles
+read from the variable name. A rule set is a string or a sequence of strings; a variable matches
+the set when it matches ANY of its rules (rules add up):
 
-=====================  ===================================================================
-``"bias"``             ``variable.name`` is ``"bias"`` or ends in ``"_bias"``
-``"normalization"``    a parameter or statistic of a normalization layer: ``variable.name`` in
-                       {gamma, beta, moving_mean, moving_variance, moving_stddev, renorm_mean,
-                       renorm_stddev}; or ``variable.name`` in {scale, offset, g} and the owning
-                       layer's path segment contains ``"norm"`` (RMSNormalization's ``scale``,
-                       WeightNormalization's gain ``g``). ``"norm"`` is accepted as an alias.
-``"1d"``               ``len(variable.shape) <= 1`` (biases, gains, scalars)
-``"glob:<pattern>"``   ``fnmatch.fnmatchcase(variable.path, pattern)``, e.g. ``"glob:*/conv*/kernel"``
-``"regex:<pattern>"``  ``re.search(pattern, variable.path)``
-=====================  ===================================================================
+* the roles ``"kernel"``, ``"depthwise_kernel"``, ``"bias"``, ``"gamma"``, ``"beta"``,
+  ``"embeddings"``, ``"all"``;
+* the keywords ``"normalization"`` (alias ``"norm"``) and ``"1d"``;
+* ``"glob:<pattern>"`` (fnmatch on ``variable.path``), ``"regex:<pattern>"`` (searched in it).
 
-Paths are Keras 3 ``variable.path`` values (``"<layer path>/<variable name>"``, e.g.
-``"block1/conv2d/kernel"``), so rules keep working after a ``.keras`` save and reload and do not
-depend on ``variable.name`` alone (Keras' own ``exclude_from_weight_decay`` matches names only).
+Parsed rule sets are tuples of plain strings, the form saved in ``get_config()``; every rule set
+saved before the languages were merged (``bias``, ``normalization``, ``1d``, ``glob:``,
+``regex:``) parses to the same tuple.
 """
 
 from __future__ import annotations
 
-import fnmatch
-import re
-from collections.abc import Iterable
+from keras_normreg import selectors
+from keras_normreg._utils import variable_name, variable_path
+from keras_normreg.selectors import NORM_PARAM_NAMES, NORM_SCOPED_NAMES, PREFIXES
 
-from keras_normreg._utils import received, variable_name, variable_path
-
-KEYWORDS = ("bias", "normalization", "1d")
-_ALIASES = {"norm": "normalization"}
-PREFIXES = ("glob:", "regex:")
-
-NORM_PARAM_NAMES = frozenset(
-    {"gamma", "beta", "moving_mean", "moving_variance", "moving_stddev", "renorm_mean",
-     "renorm_stddev"}
+#: Every bare word a rule may be (the first three are the pre-merge keywords).
+KEYWORDS = ("bias", "normalization", "1d") + tuple(
+    w for w in selectors.WORDS if w not in ("bias", "normalization", "1d")
 )
-NORM_SCOPED_NAMES = frozenset({"scale", "offset", "g"})
 
-_GRAMMAR = (
-    f"a rule is one of the keywords {list(KEYWORDS)} or a pattern 'glob:<fnmatch pattern on "
-    "variable.path>' or 'regex:<regular expression searched in variable.path>'"
-)
+__all__ = [
+    "KEYWORDS",
+    "NORM_PARAM_NAMES",
+    "NORM_SCOPED_NAMES",
+    "PREFIXES",
+    "exact_path_rule",
+    "first_match",
+    "matches",
+    "normalize_rules",
+    "parse",
+    "parse_rules",
+    "rule_matches",
+    "variable_name",
+    "variable_path",
+]
 
 
 def parse_rules(name: str, rules, *, allow_none: bool = False):
@@ -49,86 +49,24 @@ def parse_rules(name: str, rules, *, allow_none: bool = False):
 
     ``None`` gives ``()`` (or ``None`` when ``allow_none``); a single string is one rule.
     """
-    if rules is None:
-        return None if allow_none else ()
-    original = rules
-    if isinstance(rules, str):
-        rules = (rules,)
-    if not isinstance(rules, Iterable):
-        raise ValueError(
-            f"Argument `{name}` must be a string or a sequence of rule strings ({_GRAMMAR}). "
-            f"{received(name, original)}"
-        )
-    out = []
-    for rule in rules:
-        if not isinstance(rule, str):
-            raise ValueError(
-                f"Every rule of `{name}` must be a string ({_GRAMMAR}); got {rule!r}. "
-                f"{received(name, original)}"
-            )
-        rule = rule.strip()
-        rule = _ALIASES.get(rule, rule)
-        if rule in KEYWORDS:
-            pass
-        elif rule.startswith("glob:"):
-            if not rule[len("glob:"):]:
-                raise ValueError(
-                    f"Empty glob pattern in argument `{name}`. {received(name, original)}"
-                )
-        elif rule.startswith("regex:"):
-            try:
-                re.compile(rule[len("regex:"):])
-            except re.error as err:
-                raise ValueError(
-                    f"Invalid regular expression {rule!r} in argument `{name}`: {err}. "
-                    f"{received(name, original)}"
-                ) from None
-        else:
-            raise ValueError(
-                f"Unknown rule {rule!r} in argument `{name}`: {_GRAMMAR}. "
-                f"{received(name, original)}"
-            )
-        if rule not in out:
-            out.append(rule)
-    return tuple(out)
-
-
-def _is_normalization(variable) -> bool:
-    name = variable_name(variable)
-    if name in NORM_PARAM_NAMES:
-        return True
-    if name in NORM_SCOPED_NAMES:
-        parts = variable_path(variable).split("/")
-        owner = parts[-2] if len(parts) >= 2 else ""
-        return "norm" in owner.lower()
-    return False
+    return selectors.parse(name, rules, allow_none=allow_none, what="rule", layers=False)
 
 
 def rule_matches(rule: str, variable) -> bool:
     """Whether one canonical rule matches ``variable``."""
-    if rule == "bias":
-        name = variable_name(variable)
-        return name == "bias" or name.endswith("_bias")
-    if rule == "normalization":
-        return _is_normalization(variable)
-    if rule == "1d":
-        return len(tuple(variable.shape)) <= 1
-    if rule.startswith("glob:"):
-        return fnmatch.fnmatchcase(variable_path(variable), rule[len("glob:"):])
-    if rule.startswith("regex:"):
-        return re.search(rule[len("regex:"):], variable_path(variable)) is not None
-    raise ValueError(f"Unknown rule {rule!r}. {_GRAMMAR}.")  # unreachable after parse_rules
+    return selectors.matches(rule, variable)
 
 
 def first_match(rules, variable):
     """The first rule of ``rules`` matching ``variable`` or ``None``."""
-    for rule in rules or ():
-        if rule_matches(rule, variable):
-            return rule
-    return None
+    return selectors.first_match(rules, variable)
 
 
 def exact_path_rule(path: str) -> str:
     """A glob rule that matches exactly ``path`` (fnmatch metacharacters escaped)."""
-    escaped = "".join(f"[{c}]" if c in "*?[" else c for c in path)
-    return "glob:" + escaped
+    return selectors.exact_path(path)
+
+
+# Other names for the same functions (the selector module's vocabulary).
+parse = normalize_rules = parse_rules
+matches = rule_matches

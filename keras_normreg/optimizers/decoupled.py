@@ -8,12 +8,14 @@ from __future__ import annotations
 
 import copy
 import math
+import numbers
 import warnings
+from typing import NamedTuple
 
 import keras
 from keras import ops
-from keras.src.utils.tracking import no_automatic_dependency_tracking
 
+from keras_normreg import _compat, _invariance
 from keras_normreg._utils import check_choice, check_number, received, register
 from keras_normreg.optimizers import _rules, _sphere
 
@@ -23,6 +25,29 @@ DEFAULT_EXCLUDE = ("bias", "normalization")
 SPHERE_EPSILON = 1e-12
 
 _LR_SCHEDULE = keras.optimizers.schedules.LearningRateSchedule
+TREATMENTS = ("decay", "skip", "sphere")
+
+
+def constant(value, dtype):
+    """``value`` as a tensor of ``dtype``. A Python number goes straight to ``dtype``
+    (``ops.cast(0.9, "float64")`` would first make a float32 tensor: 0.8999999761581421);
+    a tensor is cast."""
+    if isinstance(value, numbers.Real):
+        return ops.convert_to_tensor(value, dtype=dtype)
+    return ops.cast(value, dtype)
+
+
+class Treatment(NamedTuple):
+    """How :class:`DecoupledWeightDecay` treats one variable.
+
+    ``kind``: ``"decay"`` (shrunk each step), ``"skip"`` (left alone) or ``"sphere"`` (retracted
+    to unit norm after each step); ``reason``: why, for humans; ``granularity``: for
+    ``"sphere"``, ``"unit"`` / ``"tensor"`` / a tuple of axes (None otherwise).
+    """
+
+    kind: str
+    reason: str
+    granularity: str | tuple[int, ...] | None = None
 
 
 def _tf():
@@ -60,7 +85,7 @@ def for_each_variable(variables, fn):
 
 def _initial_learning_rate(optimizer):
     """lr_0 of a Keras optimizer: the float value, ``schedule(0)`` or ``callable()``."""
-    lr = optimizer._learning_rate
+    lr = _compat.optimizer_learning_rate_attr(optimizer)
     if isinstance(lr, _LR_SCHEDULE):
         value = lr(0)
     elif isinstance(lr, keras.Variable):
@@ -73,7 +98,7 @@ def _initial_learning_rate(optimizer):
 
 
 def _lr_is_fixed(optimizer):
-    return isinstance(optimizer._learning_rate, keras.Variable)
+    return isinstance(_compat.optimizer_learning_rate_attr(optimizer), keras.Variable)
 
 
 def _resolve_inner(optimizer):
@@ -187,9 +212,9 @@ class DecoupledWeightDecay(keras.optimizers.Optimizer):
     so their scale — which a following normalization makes irrelevant — is pinned to 1 and λ
     disappears as a hyperparameter for them ("force ‖w‖ = 1", van Laarhoven 2017). Weights
     listed by ``sphere`` rules are retracted per unit (your assertion that each unit is
-    scale-invariant). Weights found by :meth:`bind` get the granularity of
-    :func:`keras_normreg.optimizers._sphere.infer_granularity`: per unit where per-unit
-    invariance is certain (Dense/Conv kernel -> channel-wise layers -> BatchNorm over channels;
+    scale-invariant). Weights found by :meth:`bind` get the ``granularity`` the invariance
+    analysis reports (:class:`keras_normreg._invariance.ScaleInvariance`): per unit where
+    per-unit invariance is certain (Dense/Conv kernel -> channel-wise layers -> BatchNorm over channels;
     a WeightNormalization ``v`` over its own norm axes), else one norm for the whole tensor
     (``w ← w / ‖w‖``, e.g. a kernel before LayerNormalization), which always preserves the
     function.
@@ -202,6 +227,19 @@ class DecoupledWeightDecay(keras.optimizers.Optimizer):
     3. not decayed: ``include`` is given and no ``include`` rule matches;
     4. not decayed: any ``exclude`` rule matches (the rules ADD up);
     5. decayed.
+
+    :meth:`treatment` tells which of these applies to a variable (``"decay"``, ``"skip"`` or
+    ``"sphere"``), :meth:`decay_plan` lists them for many, and :meth:`effective_decay` gives the
+    per-step shrink ``d_t = λ_t · f_t`` of the decayed ones (``w ← w − d_t·w``, with ``f_t`` the
+    lr factor of ``semantics``: ``lr_t``, ``lr_t/lr_0`` or ``lr_t²/lr_max``).
+
+    ε placement: the wrapper does not change the inner optimizer's step, so
+    ``DecoupledWeightDecay(keras.optimizers.Adam(...))`` (and :func:`AdamW`) follow Keras'
+    placement, ``ε`` added to ``√v`` *before* the bias correction
+    (``lr_t·√(1 − β₂ᵗ)/(1 − β₁ᵗ) · m/(√v + ε)``), unlike PyTorch's Adam/AdamW and our
+    :class:`~keras_normreg.optimizers.AdamP` (``m̂/(√v̂ + ε)``); the two differ by
+    ``ε·(1 − √(1 − β₂ᵗ))`` in the denominator, which matters in the first steps and when
+    ``√v`` is not large against ``ε``.
 
     Rules are the small language of :mod:`keras_normreg.optimizers._rules`: keywords ``"bias"``,
     ``"normalization"`` (alias ``"norm"``), ``"1d"``, and patterns ``"glob:<fnmatch on
@@ -361,8 +399,8 @@ class DecoupledWeightDecay(keras.optimizers.Optimizer):
         """Resolve ``scale_invariant`` for ``model`` and return ``self`` (chainable).
 
         Runs ``keras_normreg._invariance.find_scale_invariant(model)`` and stores the found
-        variable paths in ``scale_invariant_paths`` (saved with the optimizer config) and the
-        reasons in ``scale_invariant_reasons``. Must run before the optimizer is built (before
+        variable paths with their ``granularity`` in ``scale_invariant_paths`` (saved with the
+        optimizer config) and the reasons in ``scale_invariant_reasons``. Must run before the optimizer is built (before
         the first training step) on a built model.
         """
         if not isinstance(model, keras.layers.Layer):
@@ -382,11 +420,11 @@ class DecoupledWeightDecay(keras.optimizers.Optimizer):
             )
         if self.scale_invariant is None:
             return self
-        from keras_normreg._invariance import find_scale_invariant
-
-        found = dict(find_scale_invariant(model))
-        self.scale_invariant_paths = _check_paths(_sphere.infer_granularity(model, found))
-        self.scale_invariant_reasons = found
+        found = _invariance.find_scale_invariant(model)
+        self.scale_invariant_paths = _check_paths(_sphere.granularities(found))
+        self.scale_invariant_reasons = {
+            path: v.reason for path, v in found.items() if v.invariant
+        }
         self._plan = {}
         return self
 
@@ -402,11 +440,11 @@ class DecoupledWeightDecay(keras.optimizers.Optimizer):
         self.exclude = _rules.parse_rules("exclude", tuple(self.exclude) + tuple(added))
         self._plan = {}
 
-    def _classify(self, variable):
+    def _classify(self, variable) -> Treatment:
         path = _rules.variable_path(variable)
         rule = _rules.first_match(self.sphere, variable)
         if rule is not None:
-            return "sphere", f"sphere rule {rule!r}", "unit"
+            return Treatment("sphere", f"sphere rule {rule!r}", "unit")
         if self.scale_invariant is not None:
             if self.scale_invariant_paths is None:
                 raise ValueError(
@@ -419,24 +457,38 @@ class DecoupledWeightDecay(keras.optimizers.Optimizer):
                 granularity = self.scale_invariant_paths[path]
                 reason = self.scale_invariant_reasons.get(path, "listed in scale_invariant_paths")
                 if self.scale_invariant == "sphere":
-                    return "sphere", f"scale-invariant ({reason}); per {granularity}", granularity
-                return "skip", f"scale-invariant ({reason})", None
+                    return Treatment("sphere", f"scale-invariant ({reason}); per {granularity}",
+                                     granularity)
+                return Treatment("skip", f"scale-invariant ({reason})")
         if self.include is not None and _rules.first_match(self.include, variable) is None:
-            return "skip", "matches no include rule", None
+            return Treatment("skip", "matches no include rule")
         rule = _rules.first_match(self.exclude, variable)
         if rule is not None:
-            return "skip", f"exclude rule {rule!r}", None
-        return "decay", "no exclusion rule matches", None
+            return Treatment("skip", f"exclude rule {rule!r}")
+        return Treatment("decay", "no exclusion rule matches")
 
-    def _treatment(self, variable):
-        key = self._var_key(variable)
+    def _planned(self, variable) -> Treatment:
+        key = _compat.optimizer_variable_key(self, variable)
         if key not in self._plan:
             self._plan[key] = self._classify(variable)
         return self._plan[key]
 
+    def treatment(self, variable, reason=False):
+        """How ``variable`` is treated: ``"decay"`` (shrunk by :meth:`effective_decay` each
+        step), ``"skip"`` (not decayed) or ``"sphere"`` (retracted to unit norm after each
+        step), by the selection order of the class docstring. ``reason=True`` returns the
+        :class:`Treatment` ``(kind, reason, granularity)`` instead of the kind alone.
+
+        Raises ValueError when ``scale_invariant`` is set but the scale-invariant weights are
+        not known yet (call :meth:`bind` first).
+        """
+        found = self._classify(variable)
+        return found if reason else found.kind
+
     def decay_plan(self, variables=None, reasons=False):
-        """``{variable.path: "decay" | "sphere" | "skip"}`` for ``variables`` (default: the
-        variables the optimizer was built with); ``reasons=True`` gives ``(treatment, why)``."""
+        """``{variable.path: "decay" | "sphere" | "skip"}`` (:meth:`treatment` of each of
+        ``variables``, default: the variables the optimizer was built with); ``reasons=True``
+        gives ``(treatment, why)``."""
         if variables is None:
             if not self.built:
                 raise ValueError(
@@ -446,45 +498,53 @@ class DecoupledWeightDecay(keras.optimizers.Optimizer):
             variables = self._trainable_variables
         out = {}
         for v in variables:
-            treatment, why, _ = self._classify(v)
-            out[_rules.variable_path(v)] = (treatment, why) if reasons else treatment
+            kind, why, _ = self._classify(v)
+            out[_rules.variable_path(v)] = (kind, why) if reasons else kind
         return out
 
     # ------------------------------------------------------------------ build / apply
-    @no_automatic_dependency_tracking
+    @_compat.no_automatic_dependency_tracking
     def build(self, var_list):
-        plan = {self._var_key(v): self._classify(v) for v in var_list}
+        plan = {_compat.optimizer_variable_key(self, v): self._classify(v) for v in var_list}
         if not self.inner_optimizer.built:
             self.inner_optimizer.build(var_list)
         super().build(var_list)
         self._plan = plan
 
     def _decay_rate(self, dtype):
-        lam = ops.cast(self.weight_decay, dtype)
+        """``λ_t = weight_decay · s(t)`` in ``dtype``."""
+        lam = constant(self.weight_decay, dtype)
         if self.decay_schedule is not None:
-            lam = lam * ops.cast(self.decay_schedule(self.inner_optimizer._iterations), dtype)
+            step = _compat.optimizer_iterations(self.inner_optimizer)
+            lam = lam * constant(self.decay_schedule(step), dtype)
         return lam
 
     def _lr_factor(self, dtype):
+        """``f_t`` of ``semantics`` in ``dtype`` (0 on the steps gradient accumulation skips)."""
         inner = self.inner_optimizer
-        lr = ops.cast(inner.learning_rate, dtype)
+        lr = constant(inner.learning_rate, dtype)
         if self.semantics == "lr":
             factor = lr
         elif self.semantics == "schedule":
-            factor = lr / ops.cast(self.base_learning_rate, dtype)
+            factor = lr / constant(self.base_learning_rate, dtype)
         else:
-            factor = (lr * lr) / ops.cast(self.max_learning_rate, dtype)
+            factor = (lr * lr) / constant(self.max_learning_rate, dtype)
         steps = inner.gradient_accumulation_steps
         if steps:
-            is_update = ops.equal((inner._iterations + 1) % steps, 0)
+            is_update = ops.equal((_compat.optimizer_iterations(inner) + 1) % steps, 0)
             factor = factor * ops.cast(is_update, dtype)
         return factor
 
+    def effective_decay(self, dtype="float32"):
+        """The per-step shrink ``d_t = λ_t · f_t`` of the decayed variables at the coming step
+        (``w ← w − d_t·w``; ``λ_t = weight_decay · s(t)``, ``f_t`` = ``lr_t``, ``lr_t/lr_0`` or
+        ``lr_t²/lr_max`` for ``semantics`` "lr", "schedule", "corrected"; 0 on the steps that
+        gradient accumulation does not apply), as a scalar tensor of ``dtype``."""
+        return self._decay_rate(dtype) * self._lr_factor(dtype)
+
     def _decay_variables(self, variables):
         def decay(var):
-            lam = self._decay_rate(var.dtype)
-            factor = self._lr_factor(var.dtype)
-            var.assign_sub(var * lam * factor)
+            var.assign_sub(var * self.effective_decay(var.dtype))
 
         for_each_variable(variables, decay)
 
@@ -519,8 +579,9 @@ class DecoupledWeightDecay(keras.optimizers.Optimizer):
             v for g, v in zip(grads, variables, strict=True)
             if g is not None and not getattr(v, "overwrite_with_gradient", False)
         ]
-        decayed = [v for v in present if self._treatment(v)[0] == "decay"]
-        sphere = [(v, self._treatment(v)[2]) for v in present if self._treatment(v)[0] == "sphere"]
+        plan = [(v, self._planned(v)) for v in present]
+        decayed = [v for v, t in plan if t.kind == "decay"]
+        sphere = [(v, t.granularity) for v, t in plan if t.kind == "sphere"]
         if decayed and (self.weight_decay > 0):
             with keras.name_scope(self.name, caller=self):
                 self._decay_variables(decayed)
@@ -651,6 +712,7 @@ def normalized_weight_decay(lambda_norm, batch_size, num_train_samples, epochs):
 
 
 __all__ = [
-    "DEFAULT_EXCLUDE", "SEMANTICS", "DecoupledWeightDecay", "SGDW", "AdamW", "LionW",
+    "DEFAULT_EXCLUDE", "SEMANTICS", "TREATMENTS", "DecoupledWeightDecay", "Treatment",
+    "constant", "SGDW", "AdamW", "LionW",
     "RMSpropW", "normalized_weight_decay", "for_each_variable",
 ]

@@ -13,10 +13,13 @@ import math
 import keras
 from keras import ops
 
+from keras_normreg import _compat
 from keras_normreg._kernels import column_sums
-from keras_normreg._utils import check_bool, check_number, register
+from keras_normreg._utils import check_bool, check_choice, check_number, register
 from keras_normreg.optimizers import _rules
-from keras_normreg.optimizers.decoupled import DEFAULT_EXCLUDE
+from keras_normreg.optimizers.decoupled import DEFAULT_EXCLUDE, constant
+
+EPSILON_PLACEMENTS = ("pytorch", "keras")
 
 _PROJECTION_DOC = r"""
     **Projection** (weights of rank >= 2 only; ``g`` the gradient, ``p`` the update direction,
@@ -57,7 +60,7 @@ def projection_coefficients(w, g, p, delta, wd_ratio, epsilon):
     units = int(shape[-1])
     fan = int(math.prod(shape[:-1]))
     dtype = w.dtype
-    eps = ops.cast(epsilon, dtype)
+    eps = constant(epsilon, dtype)
     W = ops.reshape(w, (fan, units))
     G = ops.reshape(g, (fan, units))
     P = ops.reshape(p, (fan, units))
@@ -68,18 +71,18 @@ def projection_coefficients(w, g, p, delta, wd_ratio, epsilon):
 
     wn_c = ops.sqrt(sww)
     cos_c = ops.abs(swg) / (wn_c * ops.sqrt(sgg) + eps)
-    channel = ops.max(cos_c) < ops.cast(delta / math.sqrt(fan), dtype)
+    channel = ops.max(cos_c) < constant(delta / math.sqrt(fan), dtype)
 
     wn = ops.sqrt(ops.sum(sww))
     cos_l = ops.abs(ops.sum(swg)) / (wn * ops.sqrt(ops.sum(sgg)) + eps)
-    layer = cos_l < ops.cast(delta / math.sqrt(fan * units), dtype)
+    layer = cos_l < constant(delta / math.sqrt(fan * units), dtype)
 
     coef_c = swp / ops.square(wn_c + eps)
     coef_l = ops.sum(swp) / ops.square(wn + eps)
     zero = ops.zeros_like(coef_c)
     coef = ops.where(channel, coef_c, ops.where(layer, coef_l + zero, zero))
     ratio = ops.where(
-        ops.logical_or(channel, layer), ops.cast(wd_ratio, dtype), ops.cast(1.0, dtype)
+        ops.logical_or(channel, layer), constant(wd_ratio, dtype), constant(1.0, dtype)
     )
     return coef, ratio
 
@@ -127,7 +130,9 @@ class _ProjectedOptimizer(keras.optimizers.Optimizer):
         return self._use_weight_decay(variable)
 
     def _build_decay_mask(self, var_list):
-        self._decay_mask = {self._var_key(v): self._selected_for_decay(v) for v in var_list}
+        self._decay_mask = {
+            _compat.optimizer_variable_key(self, v): self._selected_for_decay(v) for v in var_list
+        }
 
     def decay_plan(self, variables=None):
         """``{variable.path: "decay" | "skip"}`` (default: the variables built with)."""
@@ -141,7 +146,7 @@ class _ProjectedOptimizer(keras.optimizers.Optimizer):
         """``w ← w − lr·λ·r·w − step·(p − w·coef)`` in one assignment: the projection of the
         direction (rank >= 2, :func:`projection_coefficients`), the decoupled decay from the
         pre-step weight and the update, folded into one per-unit scale of ``w``."""
-        decay = self._decay_mask.get(self._var_key(variable), False)
+        decay = self._decay_mask.get(_compat.optimizer_variable_key(self, variable), False)
         projected = len(variable.shape) >= 2
         if not (projected or decay):  # rank <= 1 and no decay: the plain update
             self.assign_sub(variable, step * direction)
@@ -154,7 +159,7 @@ class _ProjectedOptimizer(keras.optimizers.Optimizer):
             )
             scale = scale + step * coef
         if decay:
-            scale = scale - lr * ops.cast(self.weight_decay, variable.dtype) * ratio
+            scale = scale - lr * constant(self.weight_decay, variable.dtype) * ratio
         self.assign(variable, w * scale - step * direction)
 
     def get_config(self):
@@ -188,6 +193,9 @@ class SGDP(_ProjectedOptimizer):
         p, r ← projection(w, g, p)
         w ← w − lr_t·λ·r·w                            (decoupled decay, × lr)
         w ← w − lr_t·p
+
+    ε appears only in the projection (cosines and ``ŵ``): SGD has no denominator, so there is
+    no Keras-vs-PyTorch ε placement to choose (see :class:`AdamP`).
     """ + _PROJECTION_DOC + r"""
     Args:
         learning_rate: float, schedule or callable.
@@ -228,10 +236,10 @@ class SGDP(_ProjectedOptimizer):
         lr = ops.cast(learning_rate, variable.dtype)
         g = ops.cast(gradient, variable.dtype)
         if self.momentum != 0:
-            mu = ops.cast(self.momentum, variable.dtype)
+            mu = constant(self.momentum, variable.dtype)
             buf = self.momentums[self._get_variable_index(variable)]
             # (1 - τ)·g costs a pass over the weight: skipped for the default τ = 0.
-            damped = g if self.dampening == 0 else ops.cast(1.0 - self.dampening,
+            damped = g if self.dampening == 0 else constant(1.0 - self.dampening,
                                                             variable.dtype) * g
             self.assign(buf, mu * buf + damped)
             buf = ops.convert_to_tensor(buf)
@@ -254,16 +262,26 @@ class AdamP(_ProjectedOptimizer):
 
         m ← β₁·m + (1 − β₁)·g
         v ← β₂·v + (1 − β₂)·g²
-        d = √v / √(1 − β₂ᵗ) + ε
+        d = √v / √(1 − β₂ᵗ) + ε,      η = lr_t / (1 − β₁ᵗ)                 ("pytorch", default)
+        d = √v + ε,                   η = lr_t·√(1 − β₂ᵗ) / (1 − β₁ᵗ)      ("keras")
         p ← (β₁·m + (1 − β₁)·g) / d  (nesterov)   or   p ← m / d
         p, r ← projection(w, g, p)
         w ← w − lr_t·λ·r·w                            (decoupled decay, × lr)
-        w ← w − lr_t / (1 − β₁ᵗ) · p
+        w ← w − η·p
+
+    ε placement: by default ε is added *after* the bias correction of ``v``
+    (``m̂ / (√v̂ + ε)``), as the reference AdamP and PyTorch's Adam/AdamW do;
+    ``epsilon_placement="keras"`` adds it *before* (``√(1 − β₂ᵗ)·m̂' / (√v + ε)``), as Keras'
+    Adam/AdamW and :class:`~keras_normreg.optimizers.DecoupledWeightDecay` around Keras' Adam
+    do. The two differ by ``ε·(1 − √(1 − β₂ᵗ))`` in the denominator; pick the one of the
+    code whose hyperparameters (ε in particular) you port.
     """ + _PROJECTION_DOC + r"""
     Args:
         learning_rate: float, schedule or callable.
         beta_1, beta_2: moment decay rates in [0, 1).
         epsilon: ε > 0 (denominator, cosine and normalization; paper: 1e-8).
+        epsilon_placement: ``"pytorch"`` (default: ε after the bias correction) or
+            ``"keras"`` (ε before it), see above.
         weight_decay: λ >= 0 or None.
         delta: δ > 0, the cosine threshold (paper: 0.1).
         wd_ratio: decay multiplier r for projected weights (paper: 0.1).
@@ -274,14 +292,17 @@ class AdamP(_ProjectedOptimizer):
 
     def __init__(self, learning_rate=0.001, beta_1=0.9, beta_2=0.999, epsilon=1e-8,
                  weight_decay=None, delta=0.1, wd_ratio=0.1, nesterov=False,
-                 exclude=DEFAULT_EXCLUDE, include=None, name="AdamP", **kwargs):
+                 exclude=DEFAULT_EXCLUDE, include=None, epsilon_placement="pytorch",
+                 name="AdamP", **kwargs):
         check_number("beta_1", beta_1, low=0, high=1, high_inclusive=False)
         check_number("beta_2", beta_2, low=0, high=1, high_inclusive=False)
+        check_choice("epsilon_placement", epsilon_placement, EPSILON_PLACEMENTS)
         super().__init__(learning_rate, weight_decay=weight_decay, delta=delta,
                          wd_ratio=wd_ratio, epsilon=epsilon, nesterov=nesterov,
                          exclude=exclude, include=include, name=name, **kwargs)
         self.beta_1 = float(beta_1)
         self.beta_2 = float(beta_2)
+        self.epsilon_placement = epsilon_placement
 
     def build(self, var_list):
         if self.built:
@@ -297,8 +318,8 @@ class AdamP(_ProjectedOptimizer):
         dtype = variable.dtype
         lr = ops.cast(learning_rate, dtype)
         g = ops.cast(gradient, dtype)
-        b1 = ops.cast(self.beta_1, dtype)
-        b2 = ops.cast(self.beta_2, dtype)
+        b1 = constant(self.beta_1, dtype)
+        b2 = constant(self.beta_2, dtype)
         t = ops.cast(self.iterations + 1, dtype)
         bc1 = 1.0 - ops.power(b1, t)
         bc2 = 1.0 - ops.power(b2, t)
@@ -309,14 +330,21 @@ class AdamP(_ProjectedOptimizer):
         self.assign(v, b2 * v + (1.0 - b2) * ops.square(g))
         m = ops.convert_to_tensor(m)
         v = ops.convert_to_tensor(v)
-        denom = ops.sqrt(v) / ops.sqrt(bc2) + ops.cast(self.epsilon, dtype)
+        eps = constant(self.epsilon, dtype)
+        if self.epsilon_placement == "pytorch":
+            denom = ops.sqrt(v) / ops.sqrt(bc2) + eps
+            step = lr / bc1
+        else:
+            denom = ops.sqrt(v) + eps
+            step = lr * ops.sqrt(bc2) / bc1
         if self.nesterov:
             direction = (b1 * m + (1.0 - b1) * g) / denom
         else:
             direction = m / denom
-        self._project_decay_update(variable, g, direction, lr, lr / bc1)
+        self._project_decay_update(variable, g, direction, lr, step)
 
     def get_config(self):
         config = super().get_config()
-        config.update({"beta_1": self.beta_1, "beta_2": self.beta_2})
+        config.update({"beta_1": self.beta_1, "beta_2": self.beta_2,
+                       "epsilon_placement": self.epsilon_placement})
         return config

@@ -3,24 +3,16 @@
 from __future__ import annotations
 
 import math
-import types
 from collections.abc import Mapping
 
 import keras
 import keras_tuner as kt
 
 from keras_normreg import config as nr_config
-from keras_normreg import distribute
-from keras_normreg.data.pipelines import load_epochs
+from keras_normreg import train as nr_train
 from keras_normreg.tuning import space as nr_space
 
 __all__ = ["NormRegHyperModel"]
-
-
-def _drop_none(d):
-    if isinstance(d, dict):
-        return {k: _drop_none(v) for k, v in d.items() if v is not None}
-    return d
 
 
 class NormRegHyperModel(kt.HyperModel):
@@ -37,9 +29,11 @@ class NormRegHyperModel(kt.HyperModel):
       under ``unit_norm``/``none``): ``lambda`` (independent parametrization) or
       ``eta_lambda`` (product parametrization, ``λ = eta_lambda / learning_rate``);
 
-    then builds the model with :func:`keras_normreg.train.build_model`, the optimizer with
-    :func:`keras_normreg.train.build_optimizer` (its schedule spans ``train.epochs``) and
-    compiles it (sparse cross-entropy on logits, accuracy). ``fit`` trains on the base recipe's
+    then builds and compiles the model the way ``keras-normreg train`` does, with
+    :func:`keras_normreg.train.build_and_compile` (:func:`~keras_normreg.train.build_model`,
+    :func:`~keras_normreg.train.build_optimizer` whose schedule spans ``train.epochs``, sparse
+    cross-entropy on logits, accuracy); the data come from
+    :func:`keras_normreg.train.prepare_data`. ``fit`` trains on the base recipe's
     ``data.train_split`` and validates on ``data.validation_split`` (default ``train[:90%]`` /
     ``train[90%:]``: the test split is never seen by the search).
 
@@ -68,8 +62,8 @@ class NormRegHyperModel(kt.HyperModel):
                              f"Received: base={base!r}")
         self.arch = arch
         self.dataset = dataset
-        raw = nr_config.merge(_drop_none(dict(base or {})), {"model": {"arch": arch},
-                                                     "data": {"dataset": dataset}})
+        raw = nr_config.merge(nr_config.drop_none(dict(base or {})),
+                              {"model": {"arch": arch}, "data": {"dataset": dataset}})
         raw.pop("name", None)
         data = raw.setdefault("data", {})
         if data.get("validation_split") is None and "train_split" not in data:
@@ -97,54 +91,21 @@ class NormRegHyperModel(kt.HyperModel):
         return cfg
 
     # -- data ----------------------------------------------------------------------------
-    def _replicas(self) -> int:
-        return 1 if self.strategy is None else self.strategy.num_replicas_in_sync
-
     def data(self):
-        """Training and validation streams (loaded once per process)."""
-        if self._data is not None:
-            return self._data
-        d, t = self.base["data"], self.base["train"]
-        b, replicas = d["batch_size"], self._replicas()
-        if replicas > 1 and b % replicas:
-            raise ValueError(
-                f"data.batch_size is the global batch and must be a multiple of the {replicas} "
-                f"replicas of the strategy. Received: data.batch_size={b!r}")
-        train, n = load_epochs(d["dataset"], d["train_split"], b, data_dir=d["data_dir"],
-                               augment=d["augment"], seed=t["seed"], download=d["download"],
-                               autotune=d["autotune"])
-        steps = distribute.steps_per_epoch(n, b, replicas)
-        val, val_steps = None, None
-        if d["validation_split"]:
-            val, nv = load_epochs(d["dataset"], d["validation_split"], b, data_dir=d["data_dir"],
-                                  augment=False, shuffle=False, download=d["download"],
-                                  autotune=d["autotune"])
-            val_steps = distribute.steps_per_epoch(nv, b, replicas)
-        if steps < 1 or val_steps == 0:
-            raise ValueError(f"The training or validation split is too small. Received: "
-                             f"data.train_split={d['train_split']!r}, "
-                             f"data.validation_split={d['validation_split']!r}")
-        if self.strategy is not None and replicas > 1:
-            train = distribute.distribute_batches(self.strategy, train)
-            val = None if val is None else distribute.distribute_batches(self.strategy, val)
-        self._data = types.SimpleNamespace(train=train, steps=steps, val=val,
-                                           val_steps=val_steps, num_examples=n)
+        """Training and validation streams of the base recipe (loaded once per process), by
+        :func:`keras_normreg.train.prepare_data`: ``train``, ``val``, ``steps``,
+        ``val_steps``, ``num_examples``."""
+        if self._data is None:
+            self._data = nr_train.prepare_data(self.base, self.strategy)
         return self._data
 
     # -- HyperModel API --------------------------------------------------------------------
     def build(self, hp):
-        from keras_normreg import train as nr_train
-
+        """The trial's model, compiled by :func:`keras_normreg.train.build_and_compile`
+        (seeded with the trial's ``train.seed``)."""
         self.point(hp)
         cfg = self.recipe(hp)
-        data = self.data()
-        keras.utils.set_random_seed(cfg["train"]["seed"])
-        model = nr_train.build_model(cfg)
-        optimizer = nr_train.build_optimizer(cfg, data.steps, model)
-        model.compile(optimizer=optimizer,
-                      loss=keras.losses.SparseCategoricalCrossentropy(from_logits=True),
-                      metrics=["accuracy"], jit_compile=cfg["train"]["jit_compile"])
-        return model
+        return nr_train.build_and_compile(cfg, self.data().steps)
 
     def fit(self, hp, model, *args, epochs=None, initial_epoch=0, callbacks=None, verbose=None,
             **kwargs):

@@ -2,14 +2,14 @@
 
 from __future__ import annotations
 
+from keras_normreg import saving
+
 __all__ = ["list_pretrained", "load"]
 
 
 def list_pretrained() -> list[str]:
-    """Names of the saved entries found (see :func:`keras_normreg.evaluate.saved_models_dirs`)."""
-    from keras_normreg import evaluate
-
-    return evaluate.list_saved()
+    """Names of the saved entries found (see :func:`keras_normreg.saving.saved_models_dirs`)."""
+    return saving.list_saved()
 
 
 def load(name: str, *, return_card: bool = False):
@@ -19,6 +19,4 @@ def load(name: str, *, return_card: bool = False):
     with ``keras.saving.load_model(safe_mode=True)``. With ``return_card`` returns
     ``(model, card)``.
     """
-    from keras_normreg import evaluate
-
-    return evaluate.load_saved(name, return_card=return_card)
+    return saving.load_saved(name, return_card=return_card)

@@ -2,11 +2,12 @@
 for the whole session (preparing and regenerating them once saves ~1 s per use)."""
 
 import pytest
-import tensorflow_datasets as tfds
 
 
 @pytest.fixture(scope="session")
 def data_dir(tmp_path_factory):
+    pytest.importorskip("tensorflow")  # the tfds tests skip without TensorFlow
+    tfds = pytest.importorskip("tensorflow_datasets")
     path = tmp_path_factory.mktemp("tfds")
     tfds.builder("mnist1d", data_dir=str(path)).download_and_prepare()
     tfds.builder("digits", data_dir=str(path)).download_and_prepare()

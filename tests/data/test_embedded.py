@@ -7,11 +7,13 @@ from pathlib import Path
 
 import numpy as np
 import pytest
-import tensorflow_datasets as tfds
 
-import keras_normreg  # noqa: F401  (registers the builders)
-from keras_normreg.data import digits as digits_mod
-from keras_normreg.data import mnist1d as mnist1d_mod
+pytest.importorskip("tensorflow")  # the tfds builders need TensorFlow (see test_arrays.py)
+tfds = pytest.importorskip("tensorflow_datasets")
+
+import keras_normreg  # noqa: E402, F401  (registers the builders)
+from keras_normreg.data import digits as digits_mod  # noqa: E402
+from keras_normreg.data import mnist1d as mnist1d_mod  # noqa: E402
 
 REPO = Path(__file__).resolve().parents[2]
 

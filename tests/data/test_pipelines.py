@@ -3,11 +3,12 @@
 import keras
 import numpy as np
 import pytest
-import tensorflow as tf
-import tensorflow_datasets as tfds
 
-from keras_normreg import data
-from keras_normreg.data import pipelines
+tf = pytest.importorskip("tensorflow")  # tf.data pipelines (see test_arrays.py without TF)
+tfds = pytest.importorskip("tensorflow_datasets")
+
+from keras_normreg import data  # noqa: E402
+from keras_normreg.data import pipelines  # noqa: E402
 
 # Constants written out by hand (the documented per-channel train-split statistics).
 CIFAR10_MEAN = np.array([0.4914, 0.4822, 0.4465], np.float32)

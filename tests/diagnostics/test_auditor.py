@@ -4,7 +4,8 @@ import keras
 import numpy as np
 import pytest
 
-from keras_normreg import zoo
+from keras_normreg import _compat, zoo
+from keras_normreg._invariance import explain_scale_invariance
 from keras_normreg.diagnostics import InvarianceReport, scale_invariant_weights
 
 L = keras.layers
@@ -17,7 +18,7 @@ def _x(shape, n=16, seed=0):
 def _conv_kernels(model):
     """Independent reference: every Conv kernel of a zoo model sits right before a BN."""
     out = set()
-    for layer in model._flatten_layers(include_self=False, recursive=True):
+    for layer in _compat.flatten_layers(model):
         if isinstance(layer, (L.Conv1D, L.Conv2D)):
             out.add(layer.kernel.path)
     return out
@@ -161,3 +162,15 @@ def test_errors():
     unbuilt = keras.Sequential([L.Dense(2)])
     with pytest.raises(ValueError, match=r"built"):
         scale_invariant_weights(unbuilt, x)
+
+
+def test_rows_carry_the_structured_verdicts():
+    """The auditor's graph column and reason are the fields of the invariance analysis."""
+    model = zoo.create("cnn_digits")
+    report = scale_invariant_weights(model, None, probe=False)
+    analysis = explain_scale_invariance(model)
+    assert [r.path for r in report] == list(analysis)
+    for row in report:
+        assert (row.graph, row.reason) == (analysis[row.path].invariant,
+                                           analysis[row.path].reason)
+    assert not hasattr(report, "as_dict")

@@ -163,6 +163,23 @@ def test_sphere_and_sgdp_have_no_prediction():
     assert facts["kind"] == "adam" and facts["form"] == "adam" and facts["momentum"] == 0.9
 
 
+def test_optimizer_facts_read_the_public_decay_contract():
+    """decayed() is DecoupledWeightDecay.treatment(v) == "decay" and decay_rate() its
+    effective_decay(): d = λ·lr²/lr_max for semantics "corrected" (hand value)."""
+    model = _bn_mlp()
+    opt = optimizers.DecoupledWeightDecay(
+        keras.optimizers.SGD(0.1, momentum=0.9), 0.02, semantics="corrected",
+        max_learning_rate=0.4, exclude=("bias", "normalization"), sphere=("glob:d2/kernel",))
+    facts = optimizer_facts(keras.optimizers.LossScaleOptimizer(opt))
+    assert facts["base"] is opt.inner_optimizer
+    assert float(facts["decay_rate"]()) == pytest.approx(0.02 * 0.1 * 0.1 / 0.4, rel=1e-6)
+    by = {v.path: v for v in model.trainable_variables}
+    decayed = {p for p, v in by.items() if facts["decayed"](v)}
+    assert decayed == {"d1/kernel", "head/kernel"}
+    assert {p for p, v in by.items() if opt.treatment(v) == "decay"} == decayed
+    assert opt.treatment(by["d2/kernel"]) == "sphere"
+
+
 def test_default_every_n_steps_is_10():
     model = _bn_mlp()
     mon = NormMonitor(layers=["d1/kernel"])

@@ -303,3 +303,30 @@ def test_dense_gradients_match_numpy(shape):
     np.testing.assert_allclose(dg, (G * v).sum(0) / norm, rtol=1e-4, atol=1e-5)
     expected_dv = g / norm * (G - (G * u).sum(0) * u)
     np.testing.assert_allclose(dv, expected_dv, rtol=1e-4, atol=1e-5)
+
+
+def test_compat_stateless_accessors():
+    from keras_normreg._compat import in_stateless_scope, stored_value
+
+    v = keras.Variable(1.0)
+    assert not in_stateless_scope()
+    with keras.StatelessScope(state_mapping=[(v, keras.ops.convert_to_tensor(2.0))]):
+        assert in_stateless_scope()
+        assert float(keras.ops.convert_to_numpy(v.value)) == 2.0
+        assert float(keras.ops.convert_to_numpy(stored_value(v))) == 1.0
+
+
+@pytest.mark.skipif(BACKEND != "jax", reason="JAX's stateless trainer only")
+def test_jax_stateless_training_call_before_init_raises():
+    wrapper = WeightNormalization(keras.layers.Dense(3), data_init=True)
+    wrapper.build((None, 4))
+    x = np.ones((5, 4), "float32")
+    with pytest.raises(ValueError, match=r"cannot initialize inside a JAX train step.*"
+                                         r"model\(x_batch, training=True\).*Received: data_init=True"):
+        wrapper.stateless_call([w.value for w in wrapper.trainable_variables],
+                               [w.value for w in wrapper.non_trainable_variables], x,
+                               training=True)
+    wrapper(x, training=True)  # eager: initializes
+    assert bool(wrapper.initialized.numpy())
+    wrapper.stateless_call([w.value for w in wrapper.trainable_variables],
+                           [w.value for w in wrapper.non_trainable_variables], x, training=True)

@@ -13,7 +13,9 @@ import pytest
 from keras import ops
 
 from keras_normreg import optimizers
+from keras_normreg._invariance import ScaleInvariance
 from keras_normreg.optimizers import DecoupledWeightDecay
+from keras_normreg.optimizers import decoupled as decoupled_module
 from tests.helpers import (
     assert_config_roundtrip,
     assert_saved_model_equal,
@@ -370,17 +372,27 @@ def conv_bn_model():
     return randomized(keras.Model(inp, out))
 
 
-def test_bind_with_fake_invariance_module(monkeypatch):
-    """Wiring of bind(): independent of the real analysis (stubbed module)."""
+def fake_analysis(monkeypatch, *verdicts):
+    """Stub the invariance analysis bind() calls with fixed structured verdicts."""
     fake = types.ModuleType("keras_normreg._invariance")
-    fake.find_scale_invariant = lambda model: {"conv/kernel": "conv/kernel -> bn (via relu)"}
-    monkeypatch.setitem(sys.modules, "keras_normreg._invariance", fake)
+    fake.find_scale_invariant = lambda model: {v.path: v for v in verdicts}
+    monkeypatch.setattr(decoupled_module, "_invariance", fake)
+
+
+def test_bind_with_fake_invariance_module(monkeypatch):
+    """Wiring of bind(): independent of the real analysis (stubbed module). bind reads the
+    structured fields (granularity), not the reason text."""
+    fake_analysis(monkeypatch, ScaleInvariance(
+        "conv/kernel", True, "conv/kernel -> bn (via relu)", ("bn",), (("relu",),),
+        granularity=(0, 1)))
     model = conv_bn_model()
     opt = DecoupledWeightDecay(keras.optimizers.SGD(0.1), 0.5, scale_invariant="exclude",
                                exclude=())
     assert opt.bind(model) is opt
-    assert opt.scale_invariant_paths == {"conv/kernel": "unit"}  # BN over channels via ReLU
+    assert opt.scale_invariant_paths == {"conv/kernel": (0, 1)}
+    assert opt.scale_invariant_reasons == {"conv/kernel": "conv/kernel -> bn (via relu)"}
     assert decayed_by_zero_step(opt, model) == ALL_CONV - {"conv/kernel"}
+    assert opt.treatment(model.get_layer("conv").kernel) == "skip"
 
 
 ALL_CONV = {"conv/kernel", "bn/gamma", "bn/beta", "head/kernel", "head/bias"}
@@ -394,7 +406,7 @@ def test_bind_auto_with_real_analysis():
     opt = DecoupledWeightDecay(keras.optimizers.SGD(0.1), 0.5, scale_invariant="sphere",
                                exclude=()).bind(model)
     assert set(opt.scale_invariant_paths) == {"conv/kernel"}
-    assert opt.scale_invariant_paths["conv/kernel"] == "unit"
+    assert opt.scale_invariant_paths["conv/kernel"] == "unit"  # BN over channels via ReLU
     before = {v.path: v.numpy().copy() for v in model.trainable_variables}
     opt.apply([ops.zeros(v.shape) for v in model.trainable_variables], model.trainable_variables)
     for v in model.trainable_variables:
@@ -408,15 +420,13 @@ def test_bind_auto_with_real_analysis():
     assert decayed_by_zero_step(opt, model) == ALL_CONV - {"conv/kernel"}
 
 
-def test_sphere_granularity_is_tensor_before_layer_norm(monkeypatch):
-    """A kernel before LayerNormalization is invariant only as a whole: retract the tensor."""
+def test_sphere_granularity_is_tensor_before_layer_norm():
+    """A kernel before LayerNormalization is invariant only as a whole: retract the tensor
+    (the real analysis decides the granularity)."""
     inp = keras.Input((5,))
     x = keras.layers.Dense(4, use_bias=False, name="d")(inp)
     x = keras.layers.LayerNormalization(name="ln")(x)
     model = keras.Model(inp, keras.layers.Dense(2, name="head")(x))
-    fake = types.ModuleType("keras_normreg._invariance")
-    fake.find_scale_invariant = lambda model: {"d/kernel": "d/kernel -> ln"}
-    monkeypatch.setitem(sys.modules, "keras_normreg._invariance", fake)
     opt = DecoupledWeightDecay(keras.optimizers.SGD(0.5), 0.0, scale_invariant="sphere")
     opt.bind(model)
     assert opt.scale_invariant_paths == {"d/kernel": "tensor"}
@@ -604,6 +614,97 @@ def test_bind_errors():
     opt2.build(model.trainable_variables)
     with pytest.raises(ValueError, match="before the optimizer is built"):
         opt2.bind(model)
+
+
+# ----------------------------------------------------------------------------- public contract
+def test_treatment_and_decay_plan_agree():
+    kernel = keras.Variable(np.ones((3, 4), "float32"), name="kernel")
+    bias = keras.Variable(np.ones((4,), "float32"), name="bias")
+    gamma = keras.Variable(np.ones((4,), "float32"), name="gamma")
+    opt = DecoupledWeightDecay(keras.optimizers.SGD(0.1), 0.1, sphere=("glob:kernel",),
+                               exclude=("bias",))
+    assert [opt.treatment(v) for v in (kernel, bias, gamma)] == ["sphere", "skip", "decay"]
+    assert opt.treatment(kernel, reason=True) == ("sphere", "sphere rule 'glob:kernel'", "unit")
+    assert opt.treatment(bias, reason=True).reason == "exclude rule 'bias'"
+    assert opt.decay_plan([kernel, bias, gamma]) == {
+        "kernel": "sphere", "bias": "skip", "gamma": "decay"}
+    assert set(optimizers.decoupled.TREATMENTS) == {"decay", "skip", "sphere"}
+
+
+def test_treatment_needs_bind_when_scale_invariant_is_set():
+    opt = DecoupledWeightDecay(keras.optimizers.SGD(0.1), 0.1, scale_invariant="exclude")
+    kernel = keras.Variable(np.ones((3, 4), "float32"), name="kernel")
+    with pytest.raises(ValueError, match=r"bind\(model\).*Received: scale_invariant_paths=None"):
+        opt.treatment(kernel)
+
+
+@pytest.mark.parametrize("semantics", ["lr", "schedule", "corrected"])
+def test_effective_decay_is_the_per_step_shrink(semantics):
+    """effective_decay() before step t is c_t of the NumPy reference (decay_factor), and a
+    zero-gradient SGD step shrinks a decayed weight by exactly that."""
+    opt = DecoupledWeightDecay(keras.optimizers.SGD(lr_schedule()), LAM, semantics=semantics,
+                               decay_schedule=lam_schedule(), max_learning_rate=LR0,
+                               exclude=())
+    w = keras.Variable(np.full((2, 3), 2.0, "float32"), name="kernel")
+    for t in range(3):
+        expected = decay_factor(semantics, t, LAM * s_at(t))
+        got = float(ops.convert_to_numpy(opt.effective_decay()))
+        assert got == pytest.approx(expected, rel=1e-5)
+        before = w.numpy().copy()
+        opt.apply([np.zeros((2, 3), "float32")], [w])
+        np.testing.assert_allclose(w.numpy(), before * (1 - expected), rtol=1e-6)
+
+
+def test_effective_decay_is_zero_on_accumulation_steps():
+    opt = DecoupledWeightDecay(keras.optimizers.SGD(0.5, gradient_accumulation_steps=2), 0.1)
+    w = keras.Variable(np.ones((2,), "float32"), name="w")
+    values = []
+    for _ in range(4):
+        values.append(float(ops.convert_to_numpy(opt.effective_decay())))
+        opt.apply([np.zeros((2,), "float32")], [w])
+    assert values == pytest.approx([0.0, 0.05, 0.0, 0.05])
+
+
+def test_constant_goes_straight_to_the_dtype():
+    from keras_normreg.optimizers.decoupled import constant
+
+    assert float(ops.convert_to_numpy(constant(0.9, "float64"))) == 0.9
+    assert float(ops.convert_to_numpy(ops.cast(0.9, "float64"))) != 0.9  # the detour avoided
+    t32 = ops.convert_to_tensor(0.5, dtype="float32")
+    assert constant(t32, "float64").dtype == ops.convert_to_tensor(0.0, "float64").dtype
+
+
+@pytest.mark.parametrize("semantics", ["lr", "schedule", "corrected"])
+def test_float64_update_matches_numpy_to_machine_precision(semantics):
+    """Python-float constants (λ = 0.1, lr_0, lr_max, the sphere epsilon) reach a float64
+    variable without a float32 detour: one step equals a float64 NumPy reference to ~1e-15.
+    lr = 0.125 is exact in float32 (Keras keeps the learning rate as a float32 variable)."""
+    lr, lam = 0.125, 0.1
+    base = {"lr": None, "schedule": 0.3, "corrected": 0.7}[semantics]
+    rng = np.random.default_rng(3)
+    w0 = {"kernel": rng.normal(size=(3, 4)), "bias": rng.normal(size=(4,))}
+    g = {k: rng.normal(size=v.shape) for k, v in w0.items()}
+    kwargs = ({"base_learning_rate": base} if semantics == "schedule"
+              else {"max_learning_rate": base} if semantics == "corrected" else {})
+    opt = DecoupledWeightDecay(keras.optimizers.SGD(lr), lam, semantics=semantics,
+                               sphere=("glob:kernel",), exclude=(), **kwargs)
+    variables = {k: keras.Variable(v, dtype="float64", name=k) for k, v in w0.items()}
+    opt.apply([g["kernel"], g["bias"]], [variables["kernel"], variables["bias"]])
+    factor = {"lr": lr, "schedule": lr / 0.3, "corrected": lr * lr / 0.7}[semantics]
+    ref_bias = w0["bias"] - w0["bias"] * (lam * factor) - lr * g["bias"]
+    k = w0["kernel"] - lr * g["kernel"]
+    ref_kernel = k / np.maximum(np.linalg.norm(k, axis=0, keepdims=True), 1e-12)
+    np.testing.assert_allclose(variables["bias"].numpy(), ref_bias, rtol=1e-15, atol=0)
+    np.testing.assert_allclose(variables["kernel"].numpy(), ref_kernel, rtol=4e-16 * 4, atol=0)
+    assert variables["bias"].dtype == "float64"
+
+
+def test_sphere_epsilon_reaches_float64_exactly():
+    from keras_normreg.optimizers import _sphere
+
+    zero = ops.zeros((3, 2), dtype="float64")
+    floor = ops.convert_to_numpy(_sphere.norms(zero, "unit", 1e-12))
+    assert floor.dtype == np.float64 and (floor == 1e-12).all()
 
 
 if __name__ == "__main__":  # pragma: no cover

@@ -21,18 +21,18 @@ LAM = 0.2
 
 
 # ----------------------------------------------------------------------------- NumPy reference
-def ref_projection(w, g, p):
+def ref_projection(w, g, p, eps=EPS):
     """Heo et al. 2021: channel view (one column per output unit = last axis), then layer view."""
     units = w.shape[-1]
     W, G, P = (a.reshape(-1, units) for a in (w, g, p))
     fan = W.shape[0]
-    cos_c = np.abs((W * G).sum(0)) / (np.linalg.norm(W, axis=0) * np.linalg.norm(G, axis=0) + EPS)
+    cos_c = np.abs((W * G).sum(0)) / (np.linalg.norm(W, axis=0) * np.linalg.norm(G, axis=0) + eps)
     if cos_c.max() < DELTA / np.sqrt(fan):
-        wh = W / (np.linalg.norm(W, axis=0) + EPS)
+        wh = W / (np.linalg.norm(W, axis=0) + eps)
         return (P - wh * (wh * P).sum(0)).reshape(w.shape), WD_RATIO, "channel"
-    cos_l = abs((W * G).sum()) / (np.linalg.norm(W) * np.linalg.norm(G) + EPS)
+    cos_l = abs((W * G).sum()) / (np.linalg.norm(W) * np.linalg.norm(G) + eps)
     if cos_l < DELTA / np.sqrt(W.size):
-        wh = W / (np.linalg.norm(W) + EPS)
+        wh = W / (np.linalg.norm(W) + eps)
         return (P - wh * (wh * P).sum()).reshape(w.shape), WD_RATIO, "layer"
     return p, 1.0, "none"
 
@@ -54,8 +54,10 @@ class RefSGDP:
 
 
 class RefAdamP:
-    def __init__(self, lr, b1=0.9, b2=0.999, nesterov=False):
+    def __init__(self, lr, b1=0.9, b2=0.999, nesterov=False, eps=EPS, placement="pytorch",
+                 lam=LAM):
         self.lr, self.b1, self.b2, self.nesterov = lr, b1, b2, nesterov
+        self.eps, self.placement, self.lam = eps, placement, lam
         self.m = self.v = None
         self.t = 0
 
@@ -66,13 +68,18 @@ class RefAdamP:
         self.m = self.b1 * self.m + (1 - self.b1) * g
         self.v = self.b2 * self.v + (1 - self.b2) * g * g
         bc1, bc2 = 1 - self.b1**self.t, 1 - self.b2**self.t
-        denom = np.sqrt(self.v) / np.sqrt(bc2) + EPS
+        if self.placement == "pytorch":  # m̂ / (√v̂ + ε)
+            denom = np.sqrt(self.v) / np.sqrt(bc2) + self.eps
+            step = self.lr / bc1
+        else:  # Keras: lr·√(1 − β₂ᵗ)/(1 − β₁ᵗ) · m / (√v + ε)
+            denom = np.sqrt(self.v) + self.eps
+            step = self.lr * np.sqrt(bc2) / bc1
         p = (self.b1 * self.m + (1 - self.b1) * g) / denom if self.nesterov else self.m / denom
         branch, r = "rank1", 1.0
         if w.ndim >= 2:
-            p, r, branch = ref_projection(w, g, p)
-        w = w - self.lr * LAM * r * w
-        return w - self.lr / bc1 * p, branch
+            p, r, branch = ref_projection(w, g, p, self.eps)
+        w = w - self.lr * self.lam * r * w
+        return w - step * p, branch
 
 
 def make_grad(kind, w, rng):
@@ -223,3 +230,93 @@ def test_project_radial_matches_reference(branch):
         W, Q = w.reshape(-1, 5), np.asarray(out).reshape(-1, 5)
         radial = (W * Q).sum(0) if branch == "channel" else (W * Q).sum()
         np.testing.assert_allclose(radial, 0.0, atol=1e-4)
+
+
+# ----------------------------------------------------------------------------- ε placement
+@pytest.mark.parametrize("branch", ["channel", "none"])
+@pytest.mark.parametrize("placement", ["pytorch", "keras"])
+def test_adamp_epsilon_placement_against_numpy(placement, branch):
+    """Two AdamP steps (float64) against the NumPy reference of each ε placement; ε = 1e-3
+    against gradients of size ~1e-3 makes the placements differ by far more than the
+    tolerance, so each is told apart from the other."""
+    rng = np.random.default_rng(4)
+    w0 = {"kernel": rng.normal(size=(3, 4)), "bias": rng.normal(size=(4,))}
+    variables = {k: keras.Variable(v, dtype="float64", name=k) for k, v in w0.items()}
+    opt = AdamP(0.125, weight_decay=LAM, epsilon=1e-3, epsilon_placement=placement, exclude=())
+    refs = {k: RefAdamP(0.125, eps=1e-3, placement=placement) for k in w0}
+    other = {k: RefAdamP(0.125, eps=1e-3,
+                         placement="keras" if placement == "pytorch" else "pytorch")
+             for k in w0}
+    ref = {k: v.copy() for k, v in w0.items()}
+    alt = {k: v.copy() for k, v in w0.items()}
+    for _ in range(2):
+        g = {"kernel": 1e-3 * make_grad(branch, ref["kernel"], rng),
+             "bias": 1e-3 * rng.normal(size=(4,))}
+        opt.apply([g["kernel"], g["bias"]], [variables["kernel"], variables["bias"]])
+        branches = {}
+        for k in ref:
+            ref[k], branches[k] = refs[k].step(ref[k], g[k])
+            alt[k], _ = other[k].step(alt[k], g[k])
+        assert branches == {"kernel": branch, "bias": "rank1"}
+    for k in ref:
+        np.testing.assert_allclose(variables[k].numpy(), ref[k], rtol=1e-13, atol=0,
+                                   err_msg=k)
+        assert np.abs(alt[k] - ref[k]).max() > 1e-6 * np.abs(ref[k]).max()
+
+
+def test_adamp_keras_placement_equals_keras_adam_on_rank1_weights():
+    """Rank-1 weights are never projected: without decay, AdamP(epsilon_placement="keras")
+    is Keras' Adam (independent reference), the default is not."""
+    rng = np.random.default_rng(2)
+    w0 = rng.normal(size=(5,)).astype("float32")
+    grads = [1e-3 * rng.normal(size=(5,)).astype("float32") for _ in range(3)]
+    results = {}
+    for name, opt in (("adam", keras.optimizers.Adam(0.01, epsilon=1e-3)),
+                      ("keras", AdamP(0.01, epsilon=1e-3, epsilon_placement="keras")),
+                      ("pytorch", AdamP(0.01, epsilon=1e-3))):
+        var = keras.Variable(w0, name="bias")
+        for g in grads:
+            opt.apply([g], [var])
+        results[name] = var.numpy()
+    np.testing.assert_allclose(results["keras"], results["adam"], rtol=1e-6, atol=1e-7)
+    assert np.abs(results["pytorch"] - results["adam"]).max() > 1e-4
+
+
+def test_epsilon_placement_config_and_error():
+    opt = AdamP(1e-3, epsilon_placement="keras")
+    assert opt.get_config()["epsilon_placement"] == "keras"
+    clone = assert_config_roundtrip(opt)
+    assert clone.epsilon_placement == "keras"
+    assert AdamP().get_config()["epsilon_placement"] == "pytorch"
+    with pytest.raises(ValueError, match=r"`epsilon_placement` must be one of \['pytorch', "
+                                         r"'keras'\]\. Received: epsilon_placement='tf'"):
+        AdamP(epsilon_placement="tf")
+
+
+# ----------------------------------------------------------------------------- float64
+@pytest.mark.parametrize("name", ["sgdp_dampening", "sgdp_nesterov", "adamp", "adamp_nesterov"])
+def test_float64_step_matches_numpy_to_machine_precision(name):
+    """Python-float constants (β₁ = 0.9, μ, τ, λ, ε, δ, wd_ratio) reach float64 variables
+    without a float32 detour: one step equals the float64 NumPy reference to ~1e-15 relative.
+    lr = 0.125 is exact in float32 (Keras keeps the learning rate as a float32 variable)."""
+    make = {
+        "sgdp_dampening": (lambda: SGDP(0.125, momentum=0.9, dampening=0.3, weight_decay=LAM,
+                                        exclude=()),
+                           lambda: RefSGDP(0.125, dampening=0.3)),
+        "sgdp_nesterov": (lambda: SGDP(0.125, momentum=0.9, nesterov=True, weight_decay=LAM,
+                                       exclude=()),
+                          lambda: RefSGDP(0.125, nesterov=True)),
+        "adamp": (lambda: AdamP(0.125, weight_decay=LAM, exclude=()), lambda: RefAdamP(0.125)),
+        "adamp_nesterov": (lambda: AdamP(0.125, weight_decay=LAM, nesterov=True, exclude=()),
+                           lambda: RefAdamP(0.125, nesterov=True)),
+    }
+    make_opt, make_ref = make[name]
+    rng = np.random.default_rng(7)
+    w0 = {"kernel": rng.normal(size=(3, 4)), "bias": rng.normal(size=(4,))}
+    g = {"kernel": make_grad("channel", w0["kernel"], rng), "bias": rng.normal(size=(4,))}
+    variables = {k: keras.Variable(v, dtype="float64", name=k) for k, v in w0.items()}
+    make_opt().apply([g["kernel"], g["bias"]], [variables["kernel"], variables["bias"]])
+    for k in w0:
+        expected, _ = make_ref().step(w0[k].copy(), g[k])
+        np.testing.assert_allclose(variables[k].numpy(), expected, rtol=2e-15, atol=0,
+                                   err_msg=k)

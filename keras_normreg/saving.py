@@ -1,0 +1,325 @@
+"""Saved entries: ``<dir>/<name>/`` with ``model.keras``, ``card.json`` and ``recipe.toml``.
+
+* write: :func:`save_entry` (the model, the resolved recipe and the card in one go, an optional
+  ``tuning`` block included in the card's single write);
+* find: :func:`saved_models_dirs`, :func:`list_saved`, :func:`find_entry`;
+* read and verify: :func:`load_card`, :func:`load_saved` (sha256 of the model file checked
+  first, then ``keras.saving.load_model(safe_mode=True)``);
+* exact evaluation: :func:`evaluate_model` (accuracy as correct/total over the whole split,
+  mean cross-entropy) and :func:`evaluate_saved` (re-evaluate an entry and compare with its card).
+
+The card holds the resolved recipe, the test metrics, the sha256 of ``model.keras``, the
+versions, the training time and the hardware. This module sits below ``train``, ``evaluate``,
+``zoo`` and ``tuning``: it imports none of them.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import datetime
+import hashlib
+import importlib.metadata
+import json
+import os
+import platform
+from collections.abc import Mapping
+from pathlib import Path
+
+import keras
+import numpy as np
+
+from keras_normreg import config as nr_config
+from keras_normreg import data as nr_data
+from keras_normreg._utils import received
+from keras_normreg._version import __version__
+
+__all__ = [
+    "CARD_FILE",
+    "CardError",
+    "ChecksumError",
+    "LOSS_TOLERANCE",
+    "MODEL_FILE",
+    "MetricMismatchError",
+    "RECIPE_FILE",
+    "REQUIRED_CARD_KEYS",
+    "evaluate_model",
+    "evaluate_saved",
+    "file_sha256",
+    "find_entry",
+    "list_saved",
+    "load_card",
+    "load_saved",
+    "save_entry",
+    "saved_models_dirs",
+]
+
+CARD_FILE = "card.json"
+MODEL_FILE = "model.keras"
+RECIPE_FILE = "recipe.toml"
+REQUIRED_CARD_KEYS = ("name", "dataset", "test_split", "batch_size", "metrics", "sha256",
+                      "model_file", "recipe")
+LOSS_TOLERANCE = 1e-4
+
+
+class CardError(ValueError):
+    """card.json is missing, unreadable or incomplete."""
+
+
+class ChecksumError(ValueError):
+    """model.keras does not match the sha256 recorded in its card."""
+
+
+class MetricMismatchError(RuntimeError):
+    """Re-evaluation does not reproduce the card's metrics."""
+
+
+# -- checksums and metrics --------------------------------------------------------------------
+def file_sha256(path: str | os.PathLike) -> str:
+    """The hex sha256 of a file's bytes (read in 1 MiB chunks)."""
+    h = hashlib.sha256()
+    with open(path, "rb") as f:
+        for chunk in iter(lambda: f.read(1 << 20), b""):
+            h.update(chunk)
+    return h.hexdigest()
+
+
+def _to_numpy(value):
+    """A NumPy array from a NumPy array or a backend tensor (tf.data yields TF tensors)."""
+    return value.numpy() if hasattr(value, "numpy") else np.asarray(value)
+
+
+def evaluate_model(model: keras.Model, dataset) -> dict:
+    """Exact test metrics of a classifier with logits over a dataset of ``(x, y)`` batches.
+
+    ``test_accuracy = test_correct / test_examples`` counted over the whole split (argmax of the
+    logits against the integer labels) and ``test_loss`` the mean sparse softmax cross-entropy
+    per example, both computed in float32 whatever the model's dtype policy.
+    """
+    correct = 0
+    total = 0
+    loss_sum = 0.0
+    for x, y in dataset:
+        logits = keras.ops.convert_to_numpy(model(_to_numpy(x), training=False))
+        logits = logits.astype(np.float32)
+        y = _to_numpy(y).astype(np.int64).reshape(-1)
+        correct += int(np.sum(np.argmax(logits, -1) == y))
+        total += int(y.shape[0])
+        # log-sum-exp in float32, shifted by the row maximum (as TensorFlow's kernel does)
+        shifted = logits - logits.max(-1, keepdims=True)
+        log_norm = np.log(np.sum(np.exp(shifted), -1, dtype=np.float32))
+        loss_sum += float(np.sum(log_norm - shifted[np.arange(y.shape[0]), y],
+                                 dtype=np.float64))
+    if total == 0:
+        raise ValueError(f"Argument `dataset` must yield at least one example to evaluate. "
+                         f"{received('dataset', dataset)}")
+    return {"test_accuracy": correct / total, "test_correct": correct, "test_examples": total,
+            "test_loss": loss_sum / total}
+
+
+# -- writing an entry -------------------------------------------------------------------------
+def _accelerators() -> list[str]:
+    """Names of the accelerators the current Keras backend sees (empty on a CPU-only machine)."""
+    backend = keras.backend.backend()
+    names = []
+    with contextlib.suppress(Exception):
+        if backend == "tensorflow":
+            import tensorflow as tf
+
+            for g in tf.config.list_physical_devices("GPU"):
+                details = tf.config.experimental.get_device_details(g)
+                names.append(details.get("device_name", g.name))
+        elif backend == "jax":
+            import jax
+
+            names = [d.device_kind for d in jax.devices() if d.platform != "cpu"]
+        elif backend == "torch":
+            import torch
+
+            names = [torch.cuda.get_device_name(i) for i in range(torch.cuda.device_count())]
+    return names
+
+
+def _versions() -> dict:
+    """Versions of the packages that produced an entry: Keras, its backend, ours, Python."""
+    out = {"keras": keras.__version__, "keras_normreg": __version__,
+           "python": platform.python_version()}
+    backend = keras.backend.backend()
+    dist = {"tensorflow": ("tensorflow", "tensorflow-cpu"), "jax": ("jax",),
+            "torch": ("torch",)}.get(backend, ())
+    for name in dist:
+        with contextlib.suppress(importlib.metadata.PackageNotFoundError):
+            out[backend] = importlib.metadata.version(name)
+            break
+    return out
+
+
+def _hardware(strategy) -> dict:
+    replicas = getattr(strategy, "num_replicas_in_sync", 1) if strategy is not None else 1
+    return {"platform": platform.platform(), "machine": platform.machine(),
+            "cpu_count": os.cpu_count(), "gpus": _accelerators(),
+            "backend": keras.backend.backend(),
+            "strategy": type(strategy).__name__ if strategy is not None else "none",
+            "replicas": replicas}
+
+
+def save_entry(model, cfg, metrics, seconds, strategy, out_dir, command=None,
+               history=None, *, tuning: Mapping | None = None) -> str:
+    """Write ``model.keras``, ``recipe.toml`` and ``card.json`` into ``out_dir``; returns it.
+
+    Args:
+        model: the trained model.
+        cfg: its resolved recipe (written as ``recipe.toml`` and into the card).
+        metrics: the test metrics of :func:`evaluate_model`.
+        seconds: the training time.
+        strategy: the ``tf.distribute.Strategy`` it trained under (recorded as hardware).
+        out_dir: the entry folder (created).
+        command: the command line that produced it (recorded in the card).
+        history: ``History.history`` (per-epoch lists), recorded in the card.
+        tuning: an extra ``tuning`` block for the card (a study's export); written in the
+            card's one write.
+    """
+    if tuning is not None and not isinstance(tuning, Mapping):
+        raise ValueError(f"Argument `tuning` must be a dict (the card's tuning block) or None. "
+                         f"{received('tuning', tuning)}")
+    # JSON-checked before anything is written
+    tuning = None if tuning is None else json.loads(json.dumps(dict(tuning)))
+    os.makedirs(out_dir, exist_ok=True)
+    model_path = os.path.join(out_dir, MODEL_FILE)
+    model.save(model_path)
+    nr_config.dump(cfg, os.path.join(out_dir, RECIPE_FILE))
+    card = {
+        "name": cfg["name"],
+        "description": cfg["description"],
+        "dataset": cfg["data"]["dataset"],
+        "test_split": cfg["data"]["test_split"],
+        "batch_size": cfg["data"]["batch_size"],
+        "metrics": metrics,
+        "parameters": int(model.count_params()),
+        "trainable_parameters": int(sum(int(np.prod(v.shape)) for v in model.trainable_weights)),
+        "model_file": MODEL_FILE,
+        "sha256": file_sha256(model_path),
+        "versions": _versions(),
+        "backend": keras.backend.backend(),
+        "training_seconds": round(seconds, 2),
+        "epochs": cfg["train"]["epochs"],
+        "history": {k: [float(v) for v in vals] for k, vals in (history or {}).items()},
+        "hardware": _hardware(strategy),
+        "created": datetime.datetime.now(datetime.timezone.utc).isoformat(timespec="seconds"),
+        "command": command or f"keras-normreg train <recipe> (name={cfg['name']})",
+        "recipe": json.loads(json.dumps(cfg)),
+    }
+    if tuning is not None:
+        card["tuning"] = tuning
+    with open(os.path.join(out_dir, CARD_FILE), "w", encoding="utf-8") as f:
+        json.dump(card, f, indent=2, sort_keys=True)
+        f.write("\n")
+    return out_dir
+
+
+# -- finding and reading entries --------------------------------------------------------------
+def saved_models_dirs() -> list[Path]:
+    """Where entries are looked up by name: $KERAS_NORMREG_SAVED_MODELS, ./saved_models, and the
+    repository's saved_models/ (for a source checkout)."""
+    dirs = []
+    env = os.environ.get("KERAS_NORMREG_SAVED_MODELS")
+    if env:
+        dirs.append(Path(env))
+    dirs.append(Path.cwd() / "saved_models")
+    dirs.append(Path(__file__).resolve().parent.parent / "saved_models")
+    unique = []
+    for d in dirs:
+        if d not in unique:
+            unique.append(d)
+    return unique
+
+
+def list_saved() -> list[str]:
+    """Names of the entries (folders with a card.json) in :func:`saved_models_dirs`."""
+    names = set()
+    for d in saved_models_dirs():
+        if d.is_dir():
+            names.update(p.name for p in d.iterdir() if (p / CARD_FILE).is_file())
+    return sorted(names)
+
+
+def find_entry(name_or_path: str | os.PathLike) -> Path:
+    """The entry folder for a path (``saved_models/x``) or a bare name (``x``)."""
+    p = Path(name_or_path)
+    if (p / CARD_FILE).exists() or (p / MODEL_FILE).exists():
+        return p
+    if p.name == str(name_or_path):
+        for d in saved_models_dirs():
+            if (d / p.name).is_dir():
+                return d / p.name
+    raise FileNotFoundError(
+        f"No saved model entry at {str(name_or_path)!r} (a folder with card.json and "
+        f"model.keras). Known entries: {list_saved()}. Received: path={str(name_or_path)!r}")
+
+
+def load_card(entry: str | os.PathLike) -> dict:
+    """The entry's card.json, checked for the keys verification needs (:class:`CardError`)."""
+    entry = Path(entry)
+    path = entry / CARD_FILE
+    if not path.is_file():
+        raise CardError(f"{path}: card.json is missing; the entry cannot be verified.")
+    try:
+        card = json.loads(path.read_text(encoding="utf-8"))
+    except (json.JSONDecodeError, UnicodeDecodeError) as e:
+        raise CardError(f"{path}: card.json is not valid JSON ({e}).") from None
+    if not isinstance(card, dict):
+        raise CardError(f"{path}: card.json must hold a JSON object. Received: {type(card).__name__}")
+    missing = [k for k in REQUIRED_CARD_KEYS if k not in card]
+    if missing:
+        raise CardError(f"{path}: card.json lacks required keys {missing}.")
+    metrics = card["metrics"]
+    if not isinstance(metrics, dict) or not {"test_accuracy", "test_loss"} <= set(metrics):
+        raise CardError(f"{path}: card.json 'metrics' must have test_accuracy and test_loss. "
+                        f"Received: metrics={metrics!r}")
+    return card
+
+
+def _verify_checksum(entry: Path, card: dict) -> Path:
+    model_path = entry / card["model_file"]
+    if not model_path.is_file():
+        raise FileNotFoundError(f"{model_path}: the model file named by card.json is missing.")
+    digest = file_sha256(model_path)
+    if digest != card["sha256"]:
+        raise ChecksumError(
+            f"{model_path}: sha256 {digest} does not match the card's {card['sha256']}: the "
+            f"file was modified or corrupted. Retrain it with `keras-normreg train "
+            f"{entry}/recipe.toml` or restore it from git.")
+    return model_path
+
+
+def load_saved(name_or_path: str | os.PathLike, *, verify: bool = True,
+               return_card: bool = False):
+    """Load a saved entry's model (sha256 checked, ``safe_mode=True``)."""
+    entry = find_entry(name_or_path)
+    card = load_card(entry)
+    model_path = _verify_checksum(entry, card) if verify else entry / card["model_file"]
+    model = keras.saving.load_model(str(model_path), safe_mode=True)
+    return (model, card) if return_card else model
+
+
+def evaluate_saved(name_or_path, *, data_dir=None, strict: bool = True) -> dict:
+    """Re-evaluate an entry on its card's dataset and compare with the card.
+
+    Accuracy must match exactly (same correct count over the same split); the loss within
+    ``LOSS_TOLERANCE``. Returns ``{"card": ..., "measured": ..., "match": bool, "name": ...}``;
+    with ``strict`` a mismatch raises :class:`MetricMismatchError`.
+    """
+    model, card = load_saved(name_or_path, return_card=True)
+    recipe_data = card["recipe"].get("data", {})
+    ds = nr_data.load(card["dataset"], card["test_split"], card["batch_size"],
+                      data_dir=data_dir if data_dir is not None else recipe_data.get("data_dir"))
+    measured = evaluate_model(model, ds)
+    expected = card["metrics"]
+    match = (measured["test_accuracy"] == expected["test_accuracy"]
+             and abs(measured["test_loss"] - expected["test_loss"]) <= LOSS_TOLERANCE)
+    report = {"card": expected, "measured": measured, "match": match, "name": card["name"]}
+    if strict and not match:
+        raise MetricMismatchError(
+            f"{card['name']}: re-evaluation gives accuracy {measured['test_accuracy']:.6f} and "
+            f"loss {measured['test_loss']:.6f}; the card says {expected['test_accuracy']:.6f} "
+            f"and {expected['test_loss']:.6f}.")
+    return report

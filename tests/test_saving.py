@@ -1,0 +1,204 @@
+"""keras_normreg.saving: cards, sha256, entry save/find/load, exact evaluation."""
+
+import ast
+import builtins
+import hashlib
+import json
+from pathlib import Path
+
+import keras
+import numpy as np
+import pytest
+import tensorflow as tf
+
+import keras_normreg
+from keras_normreg import _version, config, evaluate, saving, train, zoo
+
+
+def _cfg(tmp_path, name="tiny"):
+    return config.resolve({
+        "name": name,
+        "description": "a tiny entry",
+        "model": {"arch": "mlp"},
+        "data": {"dataset": "digits", "batch_size": 4, "data_dir": str(tmp_path / "tfds")},
+        "train": {"epochs": 1, "output_dir": str(tmp_path / "saved")},
+    })
+
+
+def _tiny_model(inputs=5, classes=3):
+    keras.utils.set_random_seed(7)
+    return keras.Sequential([keras.Input((inputs,)), keras.layers.Dense(classes)])
+
+
+METRICS = {"test_accuracy": 0.5, "test_correct": 2, "test_examples": 4, "test_loss": 0.75}
+
+
+def _save(tmp_path, model=None, **kw):
+    model = model or _tiny_model()
+    cfg = _cfg(tmp_path)
+    out = str(tmp_path / "saved" / cfg["name"])
+    path = saving.save_entry(model, cfg, METRICS, 12.345, tf.distribute.get_strategy(), out,
+                             command="pytest", history={"loss": [np.float32(1.5), 0.5]}, **kw)
+    return model, cfg, Path(path)
+
+
+# -- basics ---------------------------------------------------------------------------------------
+def test_card_round_trip(tmp_path):
+    model, cfg, entry = _save(tmp_path)
+    assert sorted(p.name for p in entry.iterdir()) == ["card.json", "model.keras", "recipe.toml"]
+    card = saving.load_card(entry)
+    assert card["name"] == "tiny" and card["description"] == "a tiny entry"
+    assert (card["dataset"], card["test_split"], card["batch_size"]) == ("digits", "test", 4)
+    assert card["metrics"] == METRICS
+    assert card["parameters"] == card["trainable_parameters"] == 5 * 3 + 3
+    assert card["model_file"] == "model.keras"
+    assert card["training_seconds"] == 12.35
+    assert card["history"] == {"loss": [1.5, 0.5]}
+    assert card["command"] == "pytest"
+    assert card["recipe"] == json.loads(json.dumps(cfg))
+    assert card["versions"]["keras_normreg"] == keras_normreg.__version__ == _version.__version__
+    assert card["versions"]["keras"] == keras.__version__
+    assert card["hardware"]["replicas"] == 1
+    assert "tuning" not in card
+    assert config.load_recipe(entry / "recipe.toml") == cfg
+    loaded, card2 = saving.load_saved(entry, return_card=True)
+    assert card2 == card
+    x = np.random.default_rng(0).normal(size=(6, 5)).astype("float32")
+    np.testing.assert_allclose(loaded(x), model(x), rtol=1e-6)
+
+
+def test_find_and_list_by_name(tmp_path, monkeypatch):
+    _, _, entry = _save(tmp_path)
+    monkeypatch.setenv("KERAS_NORMREG_SAVED_MODELS", str(entry.parent))
+    assert saving.saved_models_dirs()[0] == entry.parent
+    assert "tiny" in saving.list_saved()
+    assert saving.find_entry("tiny") == entry
+    assert saving.find_entry(entry) == entry
+    assert zoo.load("tiny").count_params() == 18
+    assert "tiny" in zoo.list_pretrained()
+
+
+def test_old_names_are_the_saving_functions():
+    assert evaluate.load_saved is saving.load_saved
+    assert evaluate.evaluate_saved is saving.evaluate_saved
+    assert evaluate.ChecksumError is saving.ChecksumError
+    assert evaluate.CardError is saving.CardError
+    assert evaluate.MetricMismatchError is saving.MetricMismatchError
+    assert train.evaluate_model is saving.evaluate_model
+    assert train.file_sha256 is saving.file_sha256
+    assert train.save_entry is saving.save_entry
+
+
+def test_saving_imports_only_downward():
+    tree = ast.parse(Path(saving.__file__).read_text(encoding="utf-8"))
+    imported = set()
+    for node in ast.walk(tree):
+        if isinstance(node, ast.ImportFrom) and node.module:
+            imported.update(f"{node.module}.{a.name}" for a in node.names)
+        elif isinstance(node, ast.Import):
+            imported.update(a.name for a in node.names)
+    ours = {m for m in imported if m.startswith("keras_normreg")}
+    assert ours == {"keras_normreg.config", "keras_normreg.data", "keras_normreg._utils.received",
+                    "keras_normreg._version.__version__"}
+    # and no import of ours hides inside a function (backends' own packages may load lazily)
+    top = {id(n) for n in tree.body}
+    ours_nodes = [n for n in ast.walk(tree)
+                  if (isinstance(n, ast.ImportFrom) and (n.module or "").startswith("keras_normreg"))
+                  or (isinstance(n, ast.Import)
+                      and any(a.name.startswith("keras_normreg") for a in n.names))]
+    assert ours_nodes and all(id(n) in top for n in ours_nodes)
+
+
+# -- correctness against references ---------------------------------------------------------------
+def test_sha256_matches_hashlib(tmp_path):
+    small = tmp_path / "abc"
+    small.write_bytes(b"abc")
+    # FIPS 180-2 test vector
+    assert saving.file_sha256(small) == \
+        "ba7816bf8f01cfea414140de5dae2223b00361a396177a9cb410ff61f20015ad"
+    big = tmp_path / "big"
+    data = np.random.default_rng(1).bytes((1 << 20) * 2 + 123)  # three chunks
+    big.write_bytes(data)
+    assert saving.file_sha256(str(big)) == hashlib.sha256(data).hexdigest()
+    _, _, entry = _save(tmp_path)
+    assert saving.load_card(entry)["sha256"] == \
+        hashlib.sha256((entry / "model.keras").read_bytes()).hexdigest()
+
+
+def test_evaluate_model_matches_numpy():
+    rng = np.random.default_rng(3)
+    model = _tiny_model(inputs=4, classes=5)
+    w, b = (v.numpy() for v in model.weights)
+    x = rng.normal(size=(11, 4)).astype("float32")
+    y = rng.integers(0, 5, size=11)
+    ds = tf.data.Dataset.from_tensor_slices((x, y)).batch(4)  # 4 + 4 + 3: a partial batch
+    got = saving.evaluate_model(model, ds)
+    logits = x.astype(np.float64) @ w + b
+    m = logits.max(-1, keepdims=True)
+    log_softmax = logits - m - np.log(np.exp(logits - m).sum(-1, keepdims=True))
+    correct = int((logits.argmax(-1) == y).sum())
+    assert got["test_examples"] == 11
+    assert got["test_correct"] == correct
+    assert got["test_accuracy"] == correct / 11
+    np.testing.assert_allclose(got["test_loss"], -log_softmax[np.arange(11), y].mean(),
+                               rtol=1e-5)
+
+
+def test_tuning_block_written_in_the_one_card_write(tmp_path, monkeypatch):
+    writes = []
+
+    def counting_open(file, mode="r", *args, **kwargs):
+        if str(file).endswith("card.json"):
+            writes.append(mode)
+        return builtins.open(file, mode, *args, **kwargs)
+
+    monkeypatch.setattr(saving, "open", counting_open, raising=False)
+    tuning = {"study": "s", "trial_id": "03", "score": 0.9, "point": {"norm": "batch"}}
+    _, _, entry = _save(tmp_path, tuning=tuning)
+    assert writes == ["w"]  # card.json opened once, for writing, never re-read
+    assert saving.load_card(entry)["tuning"] == tuning
+
+
+# -- errors ---------------------------------------------------------------------------------------
+def test_checksum_mismatch(tmp_path):
+    _, _, entry = _save(tmp_path)
+    with open(entry / "model.keras", "ab") as f:
+        f.write(b"junk")
+    with pytest.raises(saving.ChecksumError, match="does not match the card"):
+        saving.load_saved(entry)
+    (entry / "model.keras").unlink()
+    with pytest.raises(FileNotFoundError, match="model file named by card.json is missing"):
+        saving.load_saved(entry)
+
+
+def test_card_errors(tmp_path):
+    entry = tmp_path / "e"
+    entry.mkdir()
+    with pytest.raises(saving.CardError, match="card.json is missing"):
+        saving.load_card(entry)
+    (entry / "card.json").write_text("[1, 2]")
+    with pytest.raises(saving.CardError, match="must hold a JSON object. Received: list"):
+        saving.load_card(entry)
+    card = {k: "x" for k in saving.REQUIRED_CARD_KEYS}
+    card["metrics"] = {"test_accuracy": 1.0}
+    (entry / "card.json").write_text(json.dumps(card))
+    with pytest.raises(saving.CardError, match="must have test_accuracy and test_loss. Received"):
+        saving.load_card(entry)
+    with pytest.raises(FileNotFoundError, match=r"No saved model entry.*Received: path="):
+        saving.find_entry(tmp_path / "nope")
+
+
+def test_evaluate_model_empty_dataset():
+    ds = tf.data.Dataset.from_tensor_slices((np.zeros((0, 5), "float32"),
+                                             np.zeros((0,), "int64"))).batch(2)
+    with pytest.raises(ValueError, match=r"Argument `dataset` must yield at least one example to "
+                                         r"evaluate\. Received: dataset="):
+        saving.evaluate_model(_tiny_model(), ds)
+
+
+def test_bad_tuning_block_writes_nothing(tmp_path):
+    with pytest.raises(ValueError, match=r"Argument `tuning` must be a dict .*Received: tuning=3"):
+        _save(tmp_path, tuning=3)
+    with pytest.raises(TypeError, match="not JSON serializable"):
+        _save(tmp_path, tuning={"what": object()})
+    assert not (tmp_path / "saved").exists()
