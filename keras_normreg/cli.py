@@ -8,9 +8,13 @@ from __future__ import annotations
 
 import argparse
 import os
+import subprocess
 import sys
 
+import keras
+
 from keras_normreg import config, distribute
+from keras_normreg._backend import SUPPORTED_BACKENDS
 
 os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
 
@@ -29,6 +33,20 @@ def _recipe_choices() -> str:
              for key, values in fields.items()]
     lines.append(f"  {'train.strategy':<{width}}{distribute.STRATEGIES_HELP}")
     return "recipe keys with a fixed set of values (--set KEY=VALUE):\n" + "\n".join(lines)
+
+
+def _backend_argument(parser) -> None:
+    parser.add_argument(
+        "--backend", choices=SUPPORTED_BACKENDS, default=None,
+        help="Keras backend to run on (default: KERAS_BACKEND, else tensorflow); the command "
+             "restarts itself with KERAS_BACKEND set, since Keras picks its backend at import")
+
+
+def _rerun_on_backend(backend: str, argv) -> int:
+    """Run this command again in a fresh interpreter with ``KERAS_BACKEND=backend``."""
+    env = dict(os.environ, KERAS_BACKEND=backend)
+    args = list(sys.argv[1:] if argv is None else argv)
+    return subprocess.call([sys.executable, "-m", "keras_normreg.cli", *args], env=env)
 
 
 def _parser() -> argparse.ArgumentParser:
@@ -58,10 +76,12 @@ def _parser() -> argparse.ArgumentParser:
     s.add_argument("--data-dir", default=None, help="tfds data_dir (overrides data.data_dir)")
     s.add_argument("--print-config", action="store_true",
                    help="print the resolved recipe and exit")
+    _backend_argument(s)
 
     s = sub.add_parser("evaluate", help="re-evaluate a saved model against its card")
     s.add_argument("path", help="saved_models/<name> directory")
     s.add_argument("--data-dir", default=None)
+    _backend_argument(s)
 
     s = sub.add_parser(
         "tune", help="run a λ × normalization study (tuning/*.toml)",
@@ -274,6 +294,9 @@ COMMANDS = {
 
 def main(argv=None) -> int:
     args = _parser().parse_args(argv)
+    backend = getattr(args, "backend", None)
+    if backend is not None and backend != keras.backend.backend():
+        return _rerun_on_backend(backend, argv)
     try:
         return COMMANDS[args.command](args)
     except (config.ConfigError, FileNotFoundError) as e:

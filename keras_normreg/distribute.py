@@ -1,4 +1,18 @@
-"""tf.distribute strategy resolution.
+"""Distribution: tf.distribute strategies on TensorFlow, Keras' DataParallel on JAX.
+
+:func:`resolve` turns a strategy choice into what training runs under, per backend:
+
+* TensorFlow: a ``tf.distribute`` strategy (:func:`resolve_strategy`, below).
+* JAX: a :class:`KerasDistribution` around ``keras.distribution.DataParallel`` over the local
+  devices (``"auto"``/``"mirrored"`` with more than one device; ``"cpu:N"`` needs exactly N
+  CPU devices, which JAX makes only when ``XLA_FLAGS=--xla_force_host_platform_device_count=N``
+  is set before it starts; ``"multiworker"`` needs ``jax.distributed.initialize(...)`` to have
+  been called, then spans every host's devices; ``"tpu"`` needs JAX on TPUs). Keras shards each
+  global batch over the devices and keeps the variables replicated, so batch-normalization
+  statistics inside the compiled step are those of the whole global batch.
+* PyTorch: one device (:class:`KerasDistribution` with none); other choices are refused.
+
+The rest of this docstring is about ``tf.distribute``.
 
 ``resolve_strategy(spec)`` with ``spec`` one of :data:`STRATEGIES` (the one list of strategy
 choices: recipes, study specs and the CLI validate with :func:`check_strategy`)
@@ -43,6 +57,7 @@ import without it.
 
 from __future__ import annotations
 
+import contextlib
 import functools
 import json
 import os
@@ -55,6 +70,7 @@ if TYPE_CHECKING:  # annotations only; the module imports TensorFlow on first us
 
 # MultiWorkerMirroredStrategy is made on first access (module __getattr__)
 __all__ = [
+    "KerasDistribution",
     "MultiWorkerMirroredStrategy",  # noqa: F822
     "STRATEGIES",
     "STRATEGIES_HELP",
@@ -62,6 +78,7 @@ __all__ = [
     "configure_logical_cpus",
     "distribute_batches",
     "num_workers_in_tf_config",
+    "resolve",
     "resolve_strategy",
     "steps_per_epoch",
 ]
@@ -220,6 +237,79 @@ def resolve_strategy(spec: str = "auto") -> tf.distribute.Strategy:
             return tf.distribute.MirroredStrategy()
         return tf.distribute.get_strategy()
     raise ValueError(f"Strategy must be one of {list(STRATEGIES)}. {received('strategy', spec)}")
+
+
+class KerasDistribution:
+    """What training runs under on the JAX and PyTorch backends (the counterpart of a
+    ``tf.distribute`` strategy): ``scope()`` sets ``keras.distribution`` for model building and
+    ``fit``; ``num_replicas_in_sync`` is the number of devices a global batch is split over."""
+
+    def __init__(self, distribution=None, devices: int = 1, name: str = "none"):
+        self.distribution = distribution
+        self.num_replicas_in_sync = devices
+        self.name = name
+
+    def scope(self):
+        if self.distribution is None:
+            return contextlib.nullcontext()
+        return self.distribution.scope()
+
+    def __repr__(self):
+        return f"KerasDistribution({self.name}, devices={self.num_replicas_in_sync})"
+
+
+def _jax_distribution(spec: str) -> KerasDistribution:
+    import jax
+    import keras
+
+    if spec == "default":
+        return KerasDistribution()
+    if spec.startswith("cpu:"):
+        n = int(spec[4:])
+        devices = jax.devices("cpu")
+        if len(devices) != n:
+            raise ValueError(
+                f"On the JAX backend, {n} CPU devices exist only when "
+                f"XLA_FLAGS=--xla_force_host_platform_device_count={n} is set before JAX starts "
+                f"(this process has {len(devices)}). Received: strategy={spec!r}")
+    elif spec == "multiworker":
+        if jax.process_count() < 2:
+            raise ValueError(
+                "Strategy 'multiworker' on the JAX backend spans the hosts of a "
+                "jax.distributed.initialize(...) cluster; call it first on every host (see the "
+                f"README). Received: strategy={spec!r} with jax.process_count()=1")
+        devices = jax.devices()
+    elif spec == "tpu":
+        devices = jax.devices()
+        if devices[0].platform != "tpu":
+            raise RuntimeError(f"Strategy 'tpu' was requested but JAX runs on "
+                               f"{devices[0].platform!r}. Use 'auto'. Received: strategy='tpu'")
+    else:  # auto, mirrored
+        devices = jax.devices()
+    if len(devices) < 2:
+        return KerasDistribution()
+    distribution = keras.distribution.DataParallel(devices=devices)
+    return KerasDistribution(distribution, len(devices), "DataParallel")
+
+
+def resolve(spec: str = "auto"):
+    """What training runs under for ``spec`` on the current Keras backend (module docstring):
+    a ``tf.distribute.Strategy`` on TensorFlow, a :class:`KerasDistribution` on JAX/PyTorch."""
+    import keras
+
+    message = check_strategy(spec)
+    if message:
+        raise ValueError(f"Strategy {message}. {received('strategy', spec)}")
+    backend = keras.backend.backend()
+    if backend == "tensorflow":
+        return resolve_strategy(spec)
+    if backend == "jax":
+        return _jax_distribution(spec)
+    if spec not in ("auto", "default"):
+        raise ValueError(f"On the {backend} backend keras_normreg trains on one device: "
+                         f"use strategy 'auto' or 'default' (tf.distribute needs TensorFlow, "
+                         f"data parallelism JAX). Received: strategy={spec!r}")
+    return KerasDistribution()
 
 
 def _first_tensor(element):
