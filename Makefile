@@ -1,4 +1,5 @@
-# Two commands a fresh machine needs: `make demo` and `make test`.
+# Two commands a fresh machine needs: `make demo` and `make test` (TensorFlow suite, then the
+# blocks again on JAX and PyTorch).
 # Both create .venv with python3 if missing and install the package with the extras they need.
 PYTHON ?= python3
 VENV   ?= .venv
@@ -8,6 +9,17 @@ EXTRAS ?= cpu,dev
 comma  := ,
 STAMP  := $(VENV)/.installed-$(subst $(comma),-,$(EXTRAS))
 PYTEST_ARGS ?=
+# The blocks' tests run again on the JAX and PyTorch backends (TensorFlow-only tests skip
+# themselves there). The cross-backend subprocess tests already start every backend from the
+# TensorFlow run, so they are not repeated.
+BACKEND_TESTS ?= tests/layers tests/test_kernels.py tests/test_backend.py \
+	tests/test_constraints.py tests/test_regularizers.py tests/test_selectors.py \
+	tests/test_invariance.py tests/optimizers tests/diagnostics/test_monitor.py \
+	tests/diagnostics/test_auditor.py tests/diagnostics/test_equilibrium.py \
+	tests/zoo/test_zoo_layers.py tests/zoo/test_param_counts.py tests/zoo/test_families.py \
+	tests/data/test_arrays.py tests/data/test_streams.py
+BACKEND_SKIP := --ignore=tests/layers/test_cross_backend.py \
+	--ignore=tests/optimizers/test_cross_backend.py
 
 .PHONY: demo test test-slow lint bench clean install
 
@@ -28,6 +40,8 @@ lint: $(STAMP)
 test: $(STAMP)
 	$(BIN)/ruff check .
 	$(BIN)/python -m pytest -m "not slow" $(PYTEST_ARGS)
+	KERAS_BACKEND=jax $(BIN)/python -m pytest -m "not slow" $(BACKEND_SKIP) $(BACKEND_TESTS)
+	KERAS_BACKEND=torch $(BIN)/python -m pytest -m "not slow" $(BACKEND_SKIP) $(BACKEND_TESTS)
 
 test-slow: $(STAMP)
 	$(BIN)/python -m pytest -m slow $(PYTEST_ARGS)
