@@ -29,8 +29,8 @@ def _env(**extra):
     return env
 
 
-def _cli(*args, env=None, timeout=900):
-    return subprocess.run([sys.executable, "-m", "keras_normreg.cli", *args], cwd=ROOT,
+def _cli(*args, env=None, timeout=900, cwd=ROOT):
+    return subprocess.run([sys.executable, "-m", "keras_normreg.cli", *args], cwd=cwd,
                           env=env or _env(), capture_output=True, text=True, timeout=timeout)
 
 
@@ -147,3 +147,19 @@ def test_every_saved_entry_reproduces_its_card(backend):
     assert not mismatched, mismatched
     for name, entry in result["entries"].items():
         assert entry["measured"]["test_correct"] == entry["card"]["test_correct"], name
+
+
+def test_tuning_study_on_jax(tmp_path):
+    """keras-tuner is backend-agnostic: the tiny λ × normalization study runs its trials on JAX,
+    writes the leaderboard and exports the best model with a card that says jax."""
+    proc = _cli("tune", str(ROOT / "tuning" / "tiny_digits.toml"), "--max-trials", "3",
+                "--directory", str(tmp_path), env=_env(KERAS_BACKEND="jax"), cwd=tmp_path)
+    assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-3000:]
+    assert "3/3 trials done" in proc.stdout
+    project = tmp_path / "tiny_digits"
+    assert (project / "leaderboard.csv").is_file()
+    cards = list(tmp_path.rglob("card.json"))
+    assert len(cards) == 1, cards
+    card = json.loads(cards[0].read_text())
+    assert card["backend"] == "jax" and card["metrics"]["test_examples"] == 360
+    assert card["tuning"]["study"] == "tiny_digits"

@@ -29,11 +29,11 @@ import time
 import warnings
 from collections.abc import Mapping
 
+import keras
 import keras_tuner as kt
 
 from keras_normreg import _compat, distribute, saving
 from keras_normreg import config as nr_config
-from keras_normreg import data as nr_data
 from keras_normreg.tuning import launcher, report
 from keras_normreg.tuning import space as nr_space
 from keras_normreg.tuning import spec as nr_spec
@@ -251,7 +251,14 @@ def budget(spec: Mapping, oracle=None) -> int | None:
 
 
 def _strategy(spec):
-    strategy = distribute.resolve_strategy(spec["strategy"])
+    """The trials' distribution: a tf.distribute strategy on TensorFlow (None for the default
+    one); on JAX/PyTorch a :class:`keras_normreg.distribute.KerasDistribution`, whose Keras
+    distribution (JAX data parallelism over several devices) is set for the whole study."""
+    strategy = distribute.resolve(spec["strategy"])
+    if keras.backend.backend() != "tensorflow":
+        if strategy.distribution is not None:
+            keras.distribution.set_distribution(strategy.distribution)
+        return strategy
     import tensorflow as tf
 
     return None if strategy is tf.distribute.get_strategy() else strategy
@@ -262,6 +269,9 @@ def make_tuner(spec: Mapping, *, directory: str | None = None, overwrite: bool =
     """The keras-tuner tuner of a resolved study (reloads an existing project unless
     ``overwrite``)."""
     strategy = _strategy(spec)
+    # keras-tuner enters a tf.distribute strategy's scope around each build; on JAX the Keras
+    # distribution is already set globally (see _strategy)
+    tuner_strategy = strategy if keras.backend.backend() == "tensorflow" else None
     base = spec["base"]
     hypermodel = NormRegHyperModel(base["model"]["arch"], base["data"]["dataset"],
                                    spec["space"], base=base, strategy=strategy,
@@ -280,7 +290,7 @@ def make_tuner(spec: Mapping, *, directory: str | None = None, overwrite: bool =
             f.write("{}")
     cls = HyperbandStudyTuner if spec["tuner"]["kind"] == "hyperband" else StudyTuner
     return cls(dict(spec), oracle, hypermodel, directory=directory or spec["output"]["directory"],
-               project_name=spec["name"], overwrite=overwrite, distribution_strategy=strategy,
+               project_name=spec["name"], overwrite=overwrite, distribution_strategy=tuner_strategy,
                executions_per_trial=spec["budget"]["executions_per_trial"])
 
 
@@ -352,15 +362,14 @@ def export_best(tuner, spec: Mapping, *, command: str | None = None, out=None) -
     cfg["description"] = (f"Best trial {trial.trial_id} of study {spec['name']!r} "
                           f"({obj} {trial.score:.4f}). {spec['description']}").strip()
     d = cfg["data"]
-    test = nr_data.load(d["dataset"], d["test_split"], d["batch_size"], data_dir=d["data_dir"],
-                        download=d["download"], autotune=d["autotune"])
+    test = saving.evaluation_batches(d["dataset"], d["test_split"], d["batch_size"],
+                                     data_dir=d["data_dir"], download=d["download"],
+                                     autotune=d["autotune"])
     metrics = saving.evaluate_model(model, test)
     result_path = os.path.join(trial_dir, RESULT_FILE)
     result = _read_json(result_path) if os.path.isfile(result_path) else {}
     runs = result.get("executions") or [{}]
-    import tensorflow as tf
-
-    strategy = tuner.distribution_strategy or tf.distribute.get_strategy()
+    strategy = tuner.distribution_strategy or tuner.hypermodel.strategy
     out_dir = os.path.join(spec["output"]["export_dir"], name)
     tuning = {
         "study": spec["name"], "trial_id": trial.trial_id, "objective": obj,
