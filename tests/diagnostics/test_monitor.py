@@ -48,7 +48,7 @@ class _Recorder(keras.callbacks.Callback):
 
     def on_train_batch_begin(self, batch, logs=None):
         self.before.append(self._get())
-        self.lr.append(float(self.model.optimizer.learning_rate.numpy()))
+        self.lr.append(float(keras.ops.convert_to_numpy(self.model.optimizer.learning_rate)))
 
     def on_train_batch_end(self, batch, logs=None):
         self.after.append(self._get())
@@ -329,3 +329,19 @@ def test_errors():
         model.fit(x, y, verbose=0, callbacks=[NormMonitor(layers=["dense9"])])
     with pytest.raises(ValueError, match=r"`last_steps`.*Received: last_steps=0"):
         NormMonitor().equilibrium(last_steps=0)
+
+
+def test_log_dir_without_tensorflow_says_use_csv(monkeypatch, tmp_path):
+    """TensorBoard logs need tf.summary: without TensorFlow, log_dir fails at construction with
+    what to do instead; csv_path keeps working."""
+    from keras_normreg.diagnostics import monitor as monitor_module
+
+    monkeypatch.setattr(monitor_module, "_has_tensorflow", lambda: False)
+    with pytest.raises(ValueError, match=r"`log_dir` needs TensorFlow.*csv_path=.*install "
+                                         r"tensorflow\. Received: log_dir="):
+        NormMonitor(log_dir=str(tmp_path / "tb"))
+    model = _bn_mlp()
+    mon = NormMonitor(every_n_steps=1, csv_path=str(tmp_path / "m.csv"))
+    _fit(model, keras.optimizers.SGD(0.1), mon, steps=2)
+    with open(tmp_path / "m.csv") as f:
+        assert len(list(csv.reader(f))) == 1 + 2 * len(mon.tracked)
