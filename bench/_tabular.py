@@ -96,7 +96,7 @@ def lookup(entry: Mapping, learning_rate, lam=None) -> np.ndarray:
 
 
 def table_objective(entry: Mapping) -> Callable[[dict], float]:
-    """``f(point) -> score`` for :func:`keras_normreg.tuning.compare.search_scores`: the table
+    """``f(point) -> score`` for :func:`experiments.compare.search_scores`: the table
     value at the point's (η, λ) (λ = ηλ/η in the product parametrization, as decoded)."""
     _check_entry(entry)
     has_lambda = entry.get("lambda") is not None
@@ -235,7 +235,7 @@ def simulate(table: Mapping, arms: Mapping, *, tuner: str, budget: int, seeds: S
              log: Callable[[str], None] | None = None) -> dict:
     """Scores of one search per (arm, seed) through ``compare.search_scores`` with the table
     objective; ``{arm: [[score per trial] per seed]}``."""
-    from keras_normreg.tuning import compare
+    from experiments import compare
 
     out = {}
     for name, arm in arms.items():

@@ -182,17 +182,25 @@ def _quantile(sorted_values, q):
     return sorted_values[i] + (sorted_values[j] - sorted_values[i]) * (pos - i)
 
 
-def time_block(step: Callable[[], object], steps: int) -> tuple[float, float]:
+def time_block(step: Callable[[], object], steps: int,
+               sync: Callable[[object], object] | None = None) -> tuple[float, float]:
     """(wall, process CPU) seconds per step of ``steps`` consecutive calls.
 
     The CPU time is that of all threads of this process: on a machine shared with other jobs it
     tracks the work done more steadily than the wall time, which also counts the time other
     processes hold the cores.
+
+    ``sync``, when given, is called on the value the last step returned before the clock stops
+    (e.g. ``jax.block_until_ready``, or ``torch.cuda.synchronize`` wrapped): for asynchronous
+    backends whose calls return before the device has finished the work.
     """
     c0 = time.process_time()
     t0 = time.perf_counter()
+    out = None
     for _ in range(steps):
-        step()
+        out = step()
+    if sync is not None:
+        sync(out)
     wall = (time.perf_counter() - t0) / steps
     return wall, (time.process_time() - c0) / steps
 
@@ -200,14 +208,18 @@ def time_block(step: Callable[[], object], steps: int) -> tuple[float, float]:
 def compare(group: str, arms: dict[str, Callable[[], object]], baseline: str | None = None, *,
             rounds: int, steps: int, warmup: int, pairs: Sequence[tuple[str, str]] | None = None,
             targets: dict[str, str] | None = None, notes: dict[str, str] | None = None,
-            times: dict[str, float] | None = None, verbose: bool = True) -> list[Row]:
+            times: dict[str, float] | None = None, verbose: bool = True,
+            syncs: dict[str, Callable[[object], object]] | None = None) -> list[Row]:
     """Interleaved timing of ``arms`` (name -> step callable).
 
     One Row per ``(arm, baseline)`` of ``pairs`` (default: every other arm vs ``baseline``).
     Every arm is timed in every round; ``targets`` maps an arm name (or ``"arm vs baseline"``)
     to a target such as ``"<= 1.05"`` on its median ratio. ``times``, when given, receives the
-    median seconds per step of every arm.
+    median seconds per step of every arm. ``syncs`` maps an arm name to the function that waits
+    for its device at the end of every warm-up and timed block (see :func:`time_block`); arms
+    without one are timed as before.
     """
+    syncs = syncs or {}
     if pairs is None:
         if baseline not in arms:
             raise ValueError(f"Unknown baseline arm. Valid: {sorted(arms)}. Received: "
@@ -221,8 +233,11 @@ def compare(group: str, arms: dict[str, Callable[[], object]], baseline: str | N
     names = list(arms)
     t_warm = time.perf_counter()
     for name in names:
+        out = None
         for _ in range(warmup):
-            arms[name]()
+            out = arms[name]()
+        if name in syncs:
+            syncs[name](out)
     if verbose:
         print(f"[{group}] warm-up of {len(names)} arms: {time.perf_counter() - t_warm:.1f} s",
               file=sys.stderr, flush=True)
@@ -234,7 +249,7 @@ def compare(group: str, arms: dict[str, Callable[[], object]], baseline: str | N
         for r in range(rounds):
             k = r % len(names)
             for name in names[k:] + names[:k]:
-                wall, cpu = time_block(arms[name], steps)
+                wall, cpu = time_block(arms[name], steps, syncs.get(name))
                 per_round[name].append(wall)
                 cpu_round[name].append(cpu)
     finally:
@@ -348,3 +363,48 @@ def parse_only(parser, value: str, choices, what: str) -> list[str]:
         parser.error(f"unknown or no {what} in --only: {unknown}; valid: {list(choices)}. "
                      f"Received: only={value!r}")
     return picked
+
+
+# ---------------------------------------------------------------------- without TensorFlow
+def device_info() -> dict:
+    """Backend, versions and the device that runs the Keras arms, without needing TensorFlow.
+
+    ``device`` is ``"cpu"`` or e.g. ``"gpu (NVIDIA H200)"``: on the JAX backend from
+    ``jax.devices()``, on TensorFlow from its physical devices, on torch from
+    ``torch.cuda``. torch's own CUDA device (``torch_cuda_device``) is reported too when torch
+    is installed (the reference arm of bench_gpu.py).
+    """
+    import importlib.util
+
+    import keras
+
+    backend = keras.backend.backend()
+    info = {"backend": backend, "keras": keras.__version__,
+            "machine": f"{platform.machine()} {os.cpu_count()} cores",
+            "python": platform.python_version()}
+    device = "cpu"
+    if backend == "jax":
+        import jax
+
+        devices = jax.devices()
+        info["jax"] = jax.__version__
+        info["jax_devices"] = [str(d) for d in devices]
+        if devices[0].platform != "cpu":
+            device = f"{devices[0].platform} ({getattr(devices[0], 'device_kind', '?')})"
+    elif backend == "tensorflow":
+        import tensorflow as tf
+
+        info["tensorflow"] = tf.__version__
+        gpus = tf.config.list_physical_devices("GPU")
+        if gpus:
+            device = f"gpu ({len(gpus)}x)"
+    if importlib.util.find_spec("torch") is not None:
+        import torch
+
+        info["torch"] = torch.__version__
+        if torch.cuda.is_available():
+            info["torch_cuda_device"] = torch.cuda.get_device_name(0)
+            if backend == "torch":
+                device = f"gpu ({info['torch_cuda_device']})"
+    info["device"] = device
+    return info

@@ -1,7 +1,7 @@
 """Tuning benchmarks: invariance-aware vs naive search (trials to target), and the wall-time
 speedup of distributed tuning with 2 workers vs 1.
 
-1. **Trials to target** (:func:`keras_normreg.tuning.compare.compare_parametrizations`): the
+1. **Trials to target** (:func:`experiments.compare.compare_parametrizations`): the
    same random-search oracle, budget and seeds over the ``product`` space (η and ηλ sampled,
    λ = ηλ/η) and over the ``independent`` space that covers it (η and λ sampled,
    :func:`covering_space`); per seed, the 1-based index of the first trial reaching the target.
@@ -106,7 +106,7 @@ def _raw_study() -> dict:
 def trials_to_target(kind: str, *, budget: int, seeds: int, targets, epochs: int) -> dict:
     """Run every search once (:func:`compare.search_scores`), then count the trials to each
     of ``targets`` (:func:`compare.trials_to_target`); one summary per target."""
-    from keras_normreg.tuning import compare
+    from experiments import compare
     from keras_normreg.tuning import spec as nr_spec
 
     if kind == "surrogate":
@@ -252,7 +252,7 @@ def make_table(path, *, epochs: int, seed: int, etas, lams, unit_etas, modes, co
     import keras
     import tensorflow as tf
 
-    from keras_normreg.tuning import compare
+    from experiments import compare
     from keras_normreg.tuning import space as nr_space
 
     for mode in modes:
@@ -339,7 +339,7 @@ def tabular(table_path, *, seeds: int, budget: int, tuners, quantiles, n_volume:
             log=None) -> dict:
     """Trials to target of searches replayed against a table (see ``bench/_tabular.py``),
     per λ-mode of the table (naive / product arms; the unit-norm arm with ``decoupled``)."""
-    from keras_normreg.tuning import compare
+    from experiments import compare
 
     with open(table_path) as f:
         table = json.load(f)

@@ -22,6 +22,7 @@ __all__ = [
     "flatten_layers",
     "graph_nodes_by_depth",
     "hyperband_budget",
+    "in_stateless_scope",
     "kt_display_class",
     "kt_distribute",
     "kt_silence_conditions",
@@ -29,10 +30,13 @@ __all__ = [
     "no_automatic_dependency_tracking",
     "optimizer_iterations",
     "optimizer_learning_rate_attr",
+    "optimizer_uses_weight_decay",
     "optimizer_variable_key",
     "oracle_display",
     "oracle_servicer",
+    "sequential_functional",
     "set_oracle_display",
+    "stored_value",
     "tuner_checkpoint_path",
     "version_in_range",
 ]
@@ -192,7 +196,7 @@ def oracle_servicer(oracle):
             oracle_chief.exit_chief)
 
 
-# ------------------------------------------------- added for the structured contracts (h3)
+# ------------------------------------------------------------------------- Keras (more)
 def sequential_functional(model):
     """The functional graph a built ``keras.Sequential`` keeps (``_functional``), or None when
     it was built without an input shape (no symbolic graph)."""
@@ -203,3 +207,20 @@ def optimizer_uses_weight_decay(optimizer: keras.optimizers.Optimizer, variable)
     """Whether a Keras optimizer's own ``weight_decay`` applies to ``variable``
     (``_use_weight_decay``: ``exclude_from_weight_decay`` not matching it)."""
     return bool(optimizer._use_weight_decay(variable))
+
+
+# ------------------------------------------------------------------------------------------
+# Stateless calls (added for the layers on the JAX backend, branch h5-layers-backends).
+# JAX's trainer runs every step inside a keras.StatelessScope and keeps only the assignments
+# to NON-trainable variables; a layer that must assign a trainable one (WeightNormalization's
+# data init) checks these to fail loudly instead of silently losing the assignment.
+def in_stateless_scope() -> bool:
+    """Whether a ``keras.StatelessScope`` is active (``stateless_scope.in_stateless_scope``)."""
+    from keras.src.backend.common import stateless_scope
+
+    return stateless_scope.in_stateless_scope()
+
+
+def stored_value(variable):
+    """A variable's own value, ignoring any StatelessScope mapping (``variable._value``)."""
+    return variable._value

@@ -8,14 +8,45 @@ from __future__ import annotations
 
 import argparse
 import os
+import subprocess
 import sys
 
+import keras
+
+from keras_normreg import config, distribute
+from keras_normreg._backend import SUPPORTED_BACKENDS
+
 os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
+
 
 class _Parser(argparse.ArgumentParser):
     def error(self, message):  # exit code 2 with usage, like argparse, but a clearer prefix
         self.print_usage(sys.stderr)
         self.exit(2, f"keras-normreg: error: {message}\n")
+
+
+def _recipe_choices() -> str:
+    """The recipe keys restricted to a set of values, as read from the family tables now."""
+    fields = config.choice_fields()
+    width = max(len(k) for k in fields) + 2
+    lines = [f"  {key:<{width}}{', '.join(str(v) for v in values)}"
+             for key, values in fields.items()]
+    lines.append(f"  {'train.strategy':<{width}}{distribute.STRATEGIES_HELP}")
+    return "recipe keys with a fixed set of values (--set KEY=VALUE):\n" + "\n".join(lines)
+
+
+def _backend_argument(parser) -> None:
+    parser.add_argument(
+        "--backend", choices=SUPPORTED_BACKENDS, default=None,
+        help="Keras backend to run on (default: KERAS_BACKEND, else tensorflow); the command "
+             "restarts itself with KERAS_BACKEND set, since Keras picks its backend at import")
+
+
+def _rerun_on_backend(backend: str, argv) -> int:
+    """Run this command again in a fresh interpreter with ``KERAS_BACKEND=backend``."""
+    env = dict(os.environ, KERAS_BACKEND=backend)
+    args = list(sys.argv[1:] if argv is None else argv)
+    return subprocess.call([sys.executable, "-m", "keras_normreg.cli", *args], env=env)
 
 
 def _parser() -> argparse.ArgumentParser:
@@ -31,23 +62,26 @@ def _parser() -> argparse.ArgumentParser:
 
     s = sub.add_parser("train", help="train a zoo model from a recipe TOML",
                        description="Train the model described by RECIPE (see zoo/*.toml). "
-                                   "Example: keras-normreg train zoo/mnist1d_cnn1d_batch.toml "
-                                   "--set optimizer.learning_rate=0.05 --set train.epochs=5")
+                                   "Example:\n  keras-normreg train zoo/mnist1d_cnn1d_batch.toml "
+                                   "--set optimizer.learning_rate=0.05 --set train.epochs=5",
+                       epilog=_recipe_choices(),
+                       formatter_class=argparse.RawDescriptionHelpFormatter)
     s.add_argument("recipe", help="path to a recipe TOML file")
     s.add_argument("--set", dest="overrides", action="append", default=[],
                    metavar="KEY=VALUE", help="override a recipe key (TOML literal), repeatable")
     s.add_argument("--strategy", default=None,
-                   help="auto | default | mirrored | multiworker | tpu | cpu:N "
-                        "(overrides train.strategy)")
+                   help=f"{distribute.STRATEGIES_HELP} (overrides train.strategy)")
     s.add_argument("--download", action="store_true",
                    help="let tensorflow-datasets download a missing dataset")
     s.add_argument("--data-dir", default=None, help="tfds data_dir (overrides data.data_dir)")
     s.add_argument("--print-config", action="store_true",
                    help="print the resolved recipe and exit")
+    _backend_argument(s)
 
     s = sub.add_parser("evaluate", help="re-evaluate a saved model against its card")
     s.add_argument("path", help="saved_models/<name> directory")
     s.add_argument("--data-dir", default=None)
+    _backend_argument(s)
 
     s = sub.add_parser(
         "tune", help="run a λ × normalization study (tuning/*.toml)",
@@ -122,8 +156,6 @@ def _run_training(cfg, *, save=True, command=None) -> int:
 
 
 def _cmd_train(args) -> int:
-    from keras_normreg import config
-
     overrides = list(args.overrides)
     if args.strategy:
         overrides.append(f"train.strategy={args.strategy!r}".replace("'", '"'))
@@ -199,7 +231,6 @@ DEMO_STUDY = "mnist1d_lambda_norm"
 
 
 def _cmd_demo(args) -> int:
-    from keras_normreg import config
     from keras_normreg.tuning import spec as nr_spec
 
     if args.epochs is not None and args.epochs < 1:
@@ -229,18 +260,26 @@ def _cmd_demo(args) -> int:
     return 0 if result["done"] else 1
 
 
-def _not_yet(name: str, issue: str):
-    def run(args) -> int:
-        print(f"keras-normreg {name}: not available yet (tracked in the '{issue}' issue).",
-              file=sys.stderr)
-        return 2
-    return run
+def _source_root() -> str:
+    """The checkout this package runs from: the parent of the ``keras_normreg`` folder."""
+    return os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 
 
 def _cmd_study(args) -> int:
-    from keras_normreg.diagnostics import study
+    # The studies are experiments of the source checkout (experiments/), not of the package.
+    root = _source_root()
+    if not os.path.isfile(os.path.join(root, "experiments", "l2_vs_bn.py")):
+        print(f"keras-normreg study: error: the studies run from a source checkout (no "
+              f"experiments/ next to the installed package in {root}); clone the repository, "
+              f"`pip install -e .` in it and run `keras-normreg study {args.which}` there.",
+              file=sys.stderr)
+        return 2
+    if root not in sys.path:
+        sys.path.insert(0, root)
+    import importlib
 
-    return study.cli(args)
+    study = importlib.import_module("experiments.l2_vs_bn")
+    return study.cli(epochs=args.epochs, out=args.out, which=args.which)
 
 
 COMMANDS = {
@@ -255,11 +294,12 @@ COMMANDS = {
 
 def main(argv=None) -> int:
     args = _parser().parse_args(argv)
-    from keras_normreg.config import ConfigError
-
+    backend = getattr(args, "backend", None)
+    if backend is not None and backend != keras.backend.backend():
+        return _rerun_on_backend(backend, argv)
     try:
         return COMMANDS[args.command](args)
-    except (ConfigError, FileNotFoundError) as e:
+    except (config.ConfigError, FileNotFoundError) as e:
         print(f"keras-normreg {args.command}: error: {e}", file=sys.stderr)
         return 2
 

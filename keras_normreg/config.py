@@ -8,6 +8,12 @@ A recipe is a TOML file with the sections of :data:`RECIPE_SCHEMA`. Loading it
 
 and :func:`dump` writes the resolved config back out (it is written next to every result).
 
+The choices of ``model.norm``, ``model.constraint``, ``optimizer.name`` and ``train.strategy``
+are not listed here: they are read, at validation time, from the table of each family
+(:func:`keras_normreg.layers.normalization_names`, :data:`keras_normreg.constraints.CONSTRAINTS`,
+:data:`keras_normreg.optimizers.RECIPES`, :func:`keras_normreg.distribute.check_strategy`), so a
+name registered there is accepted here.
+
 Example::
 
     name = "mnist1d_cnn_batch"
@@ -38,10 +44,17 @@ else:  # pragma: no cover - exercised on Python 3.10 only
 
 import tomli_w
 
+from keras_normreg import constraints as nr_constraints
+from keras_normreg import distribute
+from keras_normreg import layers as nr_layers
+from keras_normreg import optimizers as nr_optimizers
+
 __all__ = [
     "ConfigError",
     "Field",
     "RECIPE_SCHEMA",
+    "choice_fields",
+    "drop_none",
     "dump",
     "dumps",
     "load_recipe",
@@ -64,10 +77,12 @@ class Field:
         type: a Python type or tuple of types the value must have (``float`` also accepts ints).
         default: the value filled in when the key is absent; ``_REQUIRED`` makes the key mandatory;
             ``None`` means "unset" (TOML has no null: an unset key is simply left out when dumped).
-        choices: allowed values, if restricted.
+        choices: allowed values, if restricted: a sequence, or a callable returning one (read
+            at each validation, so a choice registered in a family's table later is accepted).
         check: extra validation, ``check(value) -> error message or None``.
         item_type: for lists, the type of each element.
-        doc: one line shown in ``keras-normreg train --help-config``.
+        doc: a one-line description of the key (documentation; also quoted in the error for a
+            missing required key).
     """
 
     type: Any
@@ -76,6 +91,12 @@ class Field:
     check: Callable[[Any], str | None] | None = None
     item_type: Any = None
     doc: str = ""
+
+    def valid_choices(self) -> tuple | None:
+        """The allowed values now (None: not restricted)."""
+        if self.choices is None:
+            return None
+        return tuple(self.choices() if callable(self.choices) else self.choices)
 
 
 def _positive(v):
@@ -90,19 +111,15 @@ def _unit_interval(v):
     return None if 0 <= v < 1 else "must be in [0, 1)"
 
 
-NORMS = ("none", "batch", "l1_batch", "topk_batch", "layer", "group", "weight", "weight_fixed")
-CONSTRAINTS = ("none", "unit_norm", "max_norm", "fixed_norm")
-OPTIMIZERS = ("sgd", "adam", "rmsprop", "lion", "sgdw", "adamw", "sgdp", "adamp")
 SCHEDULES = ("constant", "cosine", "step")
-STRATEGIES_HELP = "auto | default | mirrored | multiworker | tpu | cpu:N"
 
 
-def _strategy(v):
-    if v in ("auto", "default", "mirrored", "multiworker", "tpu"):
-        return None
-    if v.startswith("cpu:") and v[4:].isdigit() and int(v[4:]) >= 1:
-        return None
-    return f"must be one of {STRATEGIES_HELP}"
+def _constraint_choices() -> tuple[str, ...]:
+    return ("none", *nr_constraints.CONSTRAINTS)
+
+
+def _optimizer_choices() -> tuple[str, ...]:
+    return tuple(nr_optimizers.RECIPES)
 
 
 RECIPE_SCHEMA: dict[str, Any] = {
@@ -110,8 +127,9 @@ RECIPE_SCHEMA: dict[str, Any] = {
     "description": Field(str, "", doc="free text copied to the model card"),
     "model": {
         "arch": Field(str, _REQUIRED, doc="zoo model name (keras-normreg list)"),
-        "norm": Field(str, "batch", choices=NORMS, doc="normalization choice"),
-        "constraint": Field(str, "none", choices=CONSTRAINTS, doc="weight constraint"),
+        "norm": Field(str, "batch", choices=nr_layers.normalization_names,
+                      doc="normalization choice"),
+        "constraint": Field(str, "none", choices=_constraint_choices, doc="weight constraint"),
         "constraint_value": Field(float, 1.0, check=_positive, doc="max_norm / fixed_norm value"),
         "dropout": Field(float, 0.0, check=_unit_interval, doc="dropout rate where the arch has it"),
         "overrides": Field(dict, {}, doc="extra keyword arguments for zoo.create"),
@@ -136,7 +154,7 @@ RECIPE_SCHEMA: dict[str, Any] = {
         "skip_scale_invariant": Field(bool, True, doc="skip kernels that feed a normalization"),
     },
     "optimizer": {
-        "name": Field(str, "sgdw", choices=OPTIMIZERS, doc="optimizer"),
+        "name": Field(str, "sgdw", choices=_optimizer_choices, doc="optimizer"),
         "learning_rate": Field(float, 0.1, check=_positive, doc="peak learning rate"),
         "momentum": Field(float, 0.9, check=_unit_interval, doc="SGD momentum / Adam beta_1"),
         "nesterov": Field(bool, False, doc="Nesterov momentum (SGD family)"),
@@ -161,11 +179,24 @@ RECIPE_SCHEMA: dict[str, Any] = {
         "seed": Field(int, 42, doc="random seed (weights, shuffling)"),
         "mixed_precision": Field(bool, False, doc="mixed_float16 (GPU) / mixed_bfloat16 (TPU)"),
         "jit_compile": Field(bool, False, doc="XLA (benchmark before enabling on CPU)"),
-        "strategy": Field(str, "auto", check=_strategy, doc=STRATEGIES_HELP),
+        "strategy": Field(str, "auto", check=distribute.check_strategy,
+                          doc="tf.distribute strategy: " + distribute.STRATEGIES_HELP),
         "output_dir": Field(str, "saved_models", doc="where saved_models/<name>/ goes"),
         "verbose": Field(int, 1, choices=(0, 1, 2), doc="Keras fit verbosity"),
     },
 }
+
+
+def choice_fields(schema: Mapping | None = None, prefix: str = "") -> dict[str, tuple]:
+    """Dotted key -> its allowed values now, for every key of ``schema`` (default: the recipe
+    schema) restricted to a set of choices (``{"model.norm": ("none", "batch", ...), ...}``)."""
+    out: dict[str, tuple] = {}
+    for key, spec in (RECIPE_SCHEMA if schema is None else schema).items():
+        if isinstance(spec, Mapping):
+            out.update(choice_fields(spec, f"{prefix}{key}."))
+        elif spec.choices is not None:
+            out[prefix + key] = spec.valid_choices()
+    return out
 
 
 def _type_name(t) -> str:
@@ -196,9 +227,10 @@ def _check_type(path: str, value, field: Field):
             sub = Field(field.item_type)
             items.append(_check_type(f"{path}[{i}]", item, sub))
         value = items
-    if field.choices is not None and value not in field.choices:
+    choices = field.valid_choices()
+    if choices is not None and value not in choices:
         raise ConfigError(
-            f"Config key '{path}' must be one of {list(field.choices)}. "
+            f"Config key '{path}' must be one of {list(choices)}. "
             f"Received: {path}={value!r}"
         )
     if field.check is not None:
@@ -304,17 +336,19 @@ def load_recipe(path: str | os.PathLike, overrides: Sequence[str] = (),
         raise ConfigError(f"{os.fspath(path)}: {e}") from None
 
 
-def _drop_none(d):
-    if isinstance(d, dict):
-        return {k: _drop_none(v) for k, v in d.items() if v is not None}
+def drop_none(d):
+    """A copy of ``d`` without its ``None`` values, nested dicts (and dicts in lists) included:
+    TOML has no null, so an unset key is left out (and :func:`resolve` fills it back in)."""
+    if isinstance(d, Mapping):
+        return {k: drop_none(v) for k, v in d.items() if v is not None}
     if isinstance(d, list):
-        return [_drop_none(v) for v in d]
+        return [drop_none(v) for v in d]
     return d
 
 
 def dumps(config: Mapping) -> str:
     """The resolved config as TOML text (unset keys left out: TOML has no null)."""
-    return tomli_w.dumps(_drop_none(dict(config)))
+    return tomli_w.dumps(drop_none(dict(config)))
 
 
 def dump(config: Mapping, path: str | os.PathLike) -> None:

@@ -54,7 +54,8 @@ from keras_normreg._utils import check_choice, check_number, get_from_table, rec
 LAYER_KINDS = ("dense", "conv", "conv_transpose", "depthwise", "embedding")
 _EPS = 1e-12
 
-__all__ = ["UnitNorm", "MaxNorm", "FixedNorm", "get", "attach", "CONSTRAINTS", "LAYER_KINDS"]
+__all__ = ["UnitNorm", "MaxNorm", "FixedNorm", "get", "from_value", "attach", "CONSTRAINTS",
+           "LAYER_KINDS", "VALUE_ARGUMENTS", "register_constraint", "unregister_constraint"]
 
 
 def _check_axis(axis):
@@ -210,7 +211,9 @@ class MaxNorm(_PerUnitNormConstraint):
         return {"max_value": self.max_value, **super().get_config()}
 
 
-#: String table of the constraint family (``constraint="unit_norm"``).
+#: String table of the constraint family (``constraint="unit_norm"``): the one list of
+#: constraint names (recipes, CLI help and the zoo read it). Add to it with
+#: :func:`register_constraint`.
 CONSTRAINTS = {
     "unit_norm": UnitNorm,
     "max_norm": MaxNorm,
@@ -218,19 +221,87 @@ CONSTRAINTS = {
     "non_neg": keras.constraints.NonNeg,
 }
 
+#: Name -> the constructor argument that takes a recipe's ``model.constraint_value``
+#: (names absent here take no value: ``unit_norm``, ``non_neg``).
+VALUE_ARGUMENTS = {
+    "max_norm": "max_value",
+    "fixed_norm": "value",
+}
+
+_BUILTIN = frozenset(CONSTRAINTS)
+
+
+def register_constraint(name: str, cls, *, value_argument: str | None = None):
+    """Add the constraint name ``name`` to :data:`CONSTRAINTS`.
+
+    Args:
+        name: the new name, an identifier (letters, digits, ``_``) not already in the table.
+        cls: a ``keras.constraints.Constraint`` subclass (instantiated without arguments by
+            :func:`get`).
+        value_argument: the constructor argument that receives a recipe's
+            ``model.constraint_value`` (see :func:`from_value`); None: the class takes none.
+
+    Returns:
+        ``cls``, unchanged.
+    """
+    if not isinstance(name, str) or not name.isidentifier():
+        raise ValueError("Argument `name` must be an identifier (letters, digits, _). "
+                         + received("name", name))
+    if name in CONSTRAINTS or name == "none":
+        raise ValueError(f"Constraint {name!r} is already a name "
+                         f"({['none', *CONSTRAINTS]}). " + received("name", name))
+    if not (isinstance(cls, type) and issubclass(cls, keras.constraints.Constraint)):
+        raise ValueError("Argument `cls` must be a keras.constraints.Constraint subclass. "
+                         + received("cls", cls))
+    if value_argument is not None and (not isinstance(value_argument, str)
+                                       or not value_argument.isidentifier()):
+        raise ValueError("Argument `value_argument` must be None or an argument name. "
+                         + received("value_argument", value_argument))
+    CONSTRAINTS[name] = cls
+    if value_argument is not None:
+        VALUE_ARGUMENTS[name] = value_argument
+    return cls
+
+
+def unregister_constraint(name: str) -> None:
+    """Remove a name added by :func:`register_constraint` (built-in ones stay)."""
+    if isinstance(name, str) and name in _BUILTIN:
+        raise ValueError(f"Constraint {name!r} is built in and cannot be unregistered. "
+                         + received("name", name))
+    if not isinstance(name, str) or name not in CONSTRAINTS:
+        raise ValueError(f"Constraint {name!r} is not registered. Registered names: "
+                         f"{sorted(set(CONSTRAINTS) - _BUILTIN)}. " + received("name", name))
+    del CONSTRAINTS[name]
+    VALUE_ARGUMENTS.pop(name, None)
+
 
 def get(identifier):
     """Resolve a constraint from a name, a class, an instance or a config dict.
 
     * None -> None;
     * a name from :data:`CONSTRAINTS` (``"unit_norm"``, ``"max_norm"``, ``"fixed_norm"``,
-      ``"non_neg"``) or a class -> a default instance;
+      ``"non_neg"`` and the registered ones) or a class -> a default instance;
     * an instance (any callable, e.g. a Keras constraint) -> itself;
     * a serialized dict ``{"class_name": ..., "config": {...}}`` (``class_name`` may also be a
       table name) -> the deserialized constraint.
     """
     return get_from_table("constraint", identifier, CONSTRAINTS, keras.constraints.Constraint,
                           keras.constraints.get)
+
+
+def from_value(name: str, value: float):
+    """The constraint ``name`` of :data:`CONSTRAINTS` built with a recipe's
+    ``model.constraint_value`` (passed as its :data:`VALUE_ARGUMENTS` entry; names without one
+    ignore ``value``): ``from_value("max_norm", 3.0) == MaxNorm(max_value=3.0)``.
+    ``"none"`` gives None.
+    """
+    if name == "none":
+        return None
+    if not isinstance(name, str) or name not in CONSTRAINTS:
+        raise ValueError(f"Unknown constraint {name!r}; valid names are "
+                         f"{['none', *sorted(CONSTRAINTS)]}. " + received("name", name))
+    argument = VALUE_ARGUMENTS.get(name)
+    return CONSTRAINTS[name]() if argument is None else CONSTRAINTS[name](**{argument: value})
 
 
 def _for_layer(constraint, layer, variable):

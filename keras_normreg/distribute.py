@@ -1,6 +1,21 @@
-"""tf.distribute strategy resolution.
+"""Distribution: tf.distribute strategies on TensorFlow, Keras' DataParallel on JAX.
 
-``resolve_strategy(spec)`` with ``spec`` one of
+:func:`resolve` turns a strategy choice into what training runs under, per backend:
+
+* TensorFlow: a ``tf.distribute`` strategy (:func:`resolve_strategy`, below).
+* JAX: a :class:`KerasDistribution` around ``keras.distribution.DataParallel`` over the local
+  devices (``"auto"``/``"mirrored"`` with more than one device; ``"cpu:N"`` needs exactly N
+  CPU devices, which JAX makes only when ``XLA_FLAGS=--xla_force_host_platform_device_count=N``
+  is set before it starts; ``"multiworker"`` needs ``jax.distributed.initialize(...)`` to have
+  been called, then spans every host's devices; ``"tpu"`` needs JAX on TPUs). Keras shards each
+  global batch over the devices and keeps the variables replicated, so batch-normalization
+  statistics inside the compiled step are those of the whole global batch.
+* PyTorch: one device (:class:`KerasDistribution` with none); other choices are refused.
+
+The rest of this docstring is about ``tf.distribute``.
+
+``resolve_strategy(spec)`` with ``spec`` one of :data:`STRATEGIES` (the one list of strategy
+choices: recipes, study specs and the CLI validate with :func:`check_strategy`)
 
 * ``"auto"``: TPU if a TPU cluster resolver finds one (tried when ``TPU_NAME`` or
   ``COLAB_TPU_ADDR`` is set or ``/dev/accel0`` exists, so CPU/GPU hosts pay nothing); MultiWorkerMirrored if ``TF_CONFIG`` names
@@ -35,21 +50,60 @@ with an uneven split (15 / 14) the gradient is ``(g_15 + g_14) / 2`` instead of
 iterator over the data to build the model, which advances ``reshuffle_each_iteration`` shuffles;
 ``train`` therefore feeds :func:`keras_normreg.data.pipelines.load_epochs` streams, whose epochs
 are seeded by their index.
+
+TensorFlow is imported on first use (:func:`_tf`), so the table and :func:`check_strategy`
+import without it.
 """
 
 from __future__ import annotations
 
+import contextlib
+import functools
 import json
 import os
-
-import tensorflow as tf
+from typing import TYPE_CHECKING
 
 from keras_normreg._utils import received
 
-__all__ = ["MultiWorkerMirroredStrategy", "configure_logical_cpus", "distribute_batches",
-           "num_workers_in_tf_config", "resolve_strategy", "steps_per_epoch"]
+if TYPE_CHECKING:  # annotations only; the module imports TensorFlow on first use (_tf)
+    import tensorflow as tf
 
-SPECS = ("auto", "default", "mirrored", "multiworker", "tpu", "cpu:N")
+# MultiWorkerMirroredStrategy is made on first access (module __getattr__)
+__all__ = [
+    "KerasDistribution",
+    "MultiWorkerMirroredStrategy",  # noqa: F822
+    "STRATEGIES",
+    "STRATEGIES_HELP",
+    "check_strategy",
+    "configure_logical_cpus",
+    "distribute_batches",
+    "num_workers_in_tf_config",
+    "resolve",
+    "resolve_strategy",
+    "steps_per_epoch",
+]
+
+#: The strategy choices (see the module docstring); ``"cpu:N"`` stands for ``cpu:1``, ``cpu:2``...
+STRATEGIES = ("auto", "default", "mirrored", "multiworker", "tpu", "cpu:N")
+STRATEGIES_HELP = " | ".join(STRATEGIES)
+
+
+def check_strategy(value) -> str | None:
+    """None when ``value`` is a strategy choice, else the error message (``"must be one of
+    auto | default | ..."``, for a ``Config key '...' {message}`` error)."""
+    if isinstance(value, str):
+        if value in STRATEGIES and value != "cpu:N":
+            return None
+        if value.startswith("cpu:") and value[4:].isdigit() and int(value[4:]) >= 1:
+            return None
+    return f"must be one of {STRATEGIES_HELP}"
+
+
+def _tf():
+    """The ``tensorflow`` module, imported on first use (heavy; not needed by the table)."""
+    import tensorflow as tf
+
+    return tf
 
 
 def configure_logical_cpus(n: int) -> list:
@@ -60,6 +114,7 @@ def configure_logical_cpus(n: int) -> list:
     """
     if isinstance(n, bool) or not isinstance(n, int) or n < 1:
         raise ValueError(f"The number of logical CPUs must be a positive integer. {received('n', n)}")
+    tf = _tf()
     cpu = tf.config.list_physical_devices("CPU")[0]
     current = tf.config.get_logical_device_configuration(cpu)
     if current is None or len(current) != n:
@@ -89,32 +144,51 @@ def num_workers_in_tf_config() -> int:
     return sum(len(v) for k, v in cluster.items() if k in ("chief", "worker"))
 
 
-class MultiWorkerMirroredStrategy(tf.distribute.MultiWorkerMirroredStrategy):
-    """``tf.distribute.MultiWorkerMirroredStrategy`` whose ``reduce`` works for Keras 3's ``fit``.
+@functools.cache
+def _multiworker_class():
+    tf = _tf()
 
-    Keras 3 (3.15) calls ``strategy.reduce`` in two ways that TensorFlow's multi-worker strategy
-    rejects (keras-team/keras#20585, tensorflow/tensorflow#72388):
+    class MultiWorkerMirroredStrategy(tf.distribute.MultiWorkerMirroredStrategy):
+        """``tf.distribute.MultiWorkerMirroredStrategy`` whose ``reduce`` works for Keras 3's
+        ``fit``.
 
-    * on the whole first ``(x, y)`` batch at once, to build the model: ``reduce`` takes a single
-      value ("Attempt to convert a value (PerReplica ...) to a Tensor"); here a nest is reduced
-      leaf by leaf;
-    * on each step's scalar logs with ``axis=0`` ("Invalid reduction dimension 0 for input with 0
-      dimensions"); here a scalar is reduced across replicas only (``axis=None``), as Keras does
-      for single-worker strategies.
-    """
+        Keras 3 (3.15) calls ``strategy.reduce`` in two ways that TensorFlow's multi-worker
+        strategy rejects (keras-team/keras#20585, tensorflow/tensorflow#72388):
 
-    def reduce(self, reduce_op, value, axis=None):
-        if isinstance(value, (tuple, list, dict)):
-            parent = super()
-            return tf.nest.map_structure(lambda v: parent.reduce(reduce_op, v, axis), value)
-        if axis is not None:
-            local = self.experimental_local_results(value)
-            if local and getattr(local[0], "shape", None) is not None and local[0].shape.rank == 0:
-                axis = None
-        return super().reduce(reduce_op, value, axis)
+        * on the whole first ``(x, y)`` batch at once, to build the model: ``reduce`` takes a
+          single value ("Attempt to convert a value (PerReplica ...) to a Tensor"); here a nest
+          is reduced leaf by leaf;
+        * on each step's scalar logs with ``axis=0`` ("Invalid reduction dimension 0 for input
+          with 0 dimensions"); here a scalar is reduced across replicas only (``axis=None``), as
+          Keras does for single-worker strategies.
+
+        (Defined on first access, since it subclasses a TensorFlow class.)
+        """
+
+        def reduce(self, reduce_op, value, axis=None):
+            if isinstance(value, (tuple, list, dict)):
+                parent = super()
+                return tf.nest.map_structure(lambda v: parent.reduce(reduce_op, v, axis), value)
+            if axis is not None:
+                local = self.experimental_local_results(value)
+                if (local and getattr(local[0], "shape", None) is not None
+                        and local[0].shape.rank == 0):
+                    axis = None
+            return super().reduce(reduce_op, value, axis)
+
+    MultiWorkerMirroredStrategy.__qualname__ = "MultiWorkerMirroredStrategy"
+    return MultiWorkerMirroredStrategy
+
+
+def __getattr__(name):
+    # ``MultiWorkerMirroredStrategy`` subclasses a TensorFlow class: made on first access.
+    if name == "MultiWorkerMirroredStrategy":
+        return _multiworker_class()
+    raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
 
 
 def _find_tpu():
+    tf = _tf()
     try:
         resolver = tf.distribute.cluster_resolver.TPUClusterResolver()
         tf.config.experimental_connect_to_cluster(resolver)
@@ -127,7 +201,9 @@ def _find_tpu():
 def resolve_strategy(spec: str = "auto") -> tf.distribute.Strategy:
     """Return the tf.distribute strategy for ``spec`` (see the module docstring)."""
     if not isinstance(spec, str):
-        raise ValueError(f"Strategy must be one of {list(SPECS)}. {received('strategy', spec)}")
+        raise ValueError(f"Strategy must be one of {list(STRATEGIES)}. "
+                         f"{received('strategy', spec)}")
+    tf = _tf()
     if spec.startswith("cpu:"):
         n = spec[4:]
         if not n.isdigit() or int(n) < 1:
@@ -142,7 +218,7 @@ def resolve_strategy(spec: str = "auto") -> tf.distribute.Strategy:
         if num_workers_in_tf_config() < 1:
             raise ValueError("Strategy 'multiworker' needs TF_CONFIG naming the cluster and this "
                              "task. Received: TF_CONFIG=" + repr(os.environ.get("TF_CONFIG")))
-        return MultiWorkerMirroredStrategy()
+        return _multiworker_class()()
     if spec == "tpu":
         resolver = _find_tpu()
         if resolver is None:
@@ -156,15 +232,88 @@ def resolve_strategy(spec: str = "auto") -> tf.distribute.Strategy:
             if resolver is not None:
                 return tf.distribute.TPUStrategy(resolver)
         if num_workers_in_tf_config() > 1:
-            return MultiWorkerMirroredStrategy()
+            return _multiworker_class()()
         if len(tf.config.list_physical_devices("GPU")) > 1:
             return tf.distribute.MirroredStrategy()
         return tf.distribute.get_strategy()
-    raise ValueError(f"Strategy must be one of {list(SPECS)}. {received('strategy', spec)}")
+    raise ValueError(f"Strategy must be one of {list(STRATEGIES)}. {received('strategy', spec)}")
+
+
+class KerasDistribution:
+    """What training runs under on the JAX and PyTorch backends (the counterpart of a
+    ``tf.distribute`` strategy): ``scope()`` sets ``keras.distribution`` for model building and
+    ``fit``; ``num_replicas_in_sync`` is the number of devices a global batch is split over."""
+
+    def __init__(self, distribution=None, devices: int = 1, name: str = "none"):
+        self.distribution = distribution
+        self.num_replicas_in_sync = devices
+        self.name = name
+
+    def scope(self):
+        if self.distribution is None:
+            return contextlib.nullcontext()
+        return self.distribution.scope()
+
+    def __repr__(self):
+        return f"KerasDistribution({self.name}, devices={self.num_replicas_in_sync})"
+
+
+def _jax_distribution(spec: str) -> KerasDistribution:
+    import jax
+    import keras
+
+    if spec == "default":
+        return KerasDistribution()
+    if spec.startswith("cpu:"):
+        n = int(spec[4:])
+        devices = jax.devices("cpu")
+        if len(devices) != n:
+            raise ValueError(
+                f"On the JAX backend, {n} CPU devices exist only when "
+                f"XLA_FLAGS=--xla_force_host_platform_device_count={n} is set before JAX starts "
+                f"(this process has {len(devices)}). Received: strategy={spec!r}")
+    elif spec == "multiworker":
+        if jax.process_count() < 2:
+            raise ValueError(
+                "Strategy 'multiworker' on the JAX backend spans the hosts of a "
+                "jax.distributed.initialize(...) cluster; call it first on every host (see the "
+                f"README). Received: strategy={spec!r} with jax.process_count()=1")
+        devices = jax.devices()
+    elif spec == "tpu":
+        devices = jax.devices()
+        if devices[0].platform != "tpu":
+            raise RuntimeError(f"Strategy 'tpu' was requested but JAX runs on "
+                               f"{devices[0].platform!r}. Use 'auto'. Received: strategy='tpu'")
+    else:  # auto, mirrored
+        devices = jax.devices()
+    if len(devices) < 2:
+        return KerasDistribution()
+    distribution = keras.distribution.DataParallel(devices=devices)
+    return KerasDistribution(distribution, len(devices), "DataParallel")
+
+
+def resolve(spec: str = "auto"):
+    """What training runs under for ``spec`` on the current Keras backend (module docstring):
+    a ``tf.distribute.Strategy`` on TensorFlow, a :class:`KerasDistribution` on JAX/PyTorch."""
+    import keras
+
+    message = check_strategy(spec)
+    if message:
+        raise ValueError(f"Strategy {message}. {received('strategy', spec)}")
+    backend = keras.backend.backend()
+    if backend == "tensorflow":
+        return resolve_strategy(spec)
+    if backend == "jax":
+        return _jax_distribution(spec)
+    if spec not in ("auto", "default"):
+        raise ValueError(f"On the {backend} backend keras_normreg trains on one device: "
+                         f"use strategy 'auto' or 'default' (tf.distribute needs TensorFlow, "
+                         f"data parallelism JAX). Received: strategy={spec!r}")
+    return KerasDistribution()
 
 
 def _first_tensor(element):
-    return tf.nest.flatten(element)[0]
+    return _tf().nest.flatten(element)[0]
 
 
 def steps_per_epoch(num_examples: int, batch_size: int, replicas: int = 1) -> int:
@@ -190,6 +339,7 @@ def distribute_batches(strategy: tf.distribute.Strategy, dataset: tf.data.Datase
     ``model.fit`` / ``strategy.run``. Its cardinality is unknown (Keras learns the number of
     steps during the first epoch).
     """
+    tf = _tf()
     if not isinstance(dataset, tf.data.Dataset):
         raise ValueError(f"Argument `dataset` must be a tf.data.Dataset of batches. "
                          f"{received('dataset', dataset)}")

@@ -32,12 +32,14 @@ from keras_normreg import config as nr_config
 from keras_normreg import data as nr_data
 from keras_normreg._utils import received
 from keras_normreg._version import __version__
+from keras_normreg.data.streams import array_batches
 
 __all__ = [
     "CARD_FILE",
     "CardError",
     "ChecksumError",
     "LOSS_TOLERANCE",
+    "evaluation_batches",
     "MODEL_FILE",
     "MetricMismatchError",
     "RECIPE_FILE",
@@ -86,6 +88,19 @@ def file_sha256(path: str | os.PathLike) -> str:
 def _to_numpy(value):
     """A NumPy array from a NumPy array or a backend tensor (tf.data yields TF tensors)."""
     return value.numpy() if hasattr(value, "numpy") else np.asarray(value)
+
+
+def evaluation_batches(dataset: str, split: str, batch_size: int, *, data_dir=None,
+                 download: bool = False, autotune: bool = False):
+    """The evaluation batches of a split on the current backend, in order: the tf.data pipeline
+    (:func:`keras_normreg.data.load`) on TensorFlow; on JAX and PyTorch the embedded sets'
+    NumPy arrays (:func:`keras_normreg.data.arrays`, the same examples in the same order and
+    batches) and, for tensorflow-datasets sets, the tf.data pipeline where TensorFlow is
+    installed (a clear ImportError where it is not)."""
+    if keras.backend.backend() != "tensorflow" and nr_data.info(dataset).embedded:
+        return array_batches(*nr_data.arrays(dataset, split), batch_size)
+    return nr_data.load(dataset, split, batch_size, data_dir=data_dir, download=download,
+                        autotune=autotune)
 
 
 def evaluate_model(model: keras.Model, dataset) -> dict:
@@ -310,7 +325,7 @@ def evaluate_saved(name_or_path, *, data_dir=None, strict: bool = True) -> dict:
     """
     model, card = load_saved(name_or_path, return_card=True)
     recipe_data = card["recipe"].get("data", {})
-    ds = nr_data.load(card["dataset"], card["test_split"], card["batch_size"],
+    ds = evaluation_batches(card["dataset"], card["test_split"], card["batch_size"],
                       data_dir=data_dir if data_dir is not None else recipe_data.get("data_dir"))
     measured = evaluate_model(model, ds)
     expected = card["metrics"]

@@ -12,21 +12,23 @@ optimizer, compile) are the one data-and-compile path, shared with the tuner's t
 
 from __future__ import annotations
 
+import importlib.util
 import json
 import os
 import tempfile
 import time
 import types
-from typing import Any
 
 import keras
 import numpy as np
-import tensorflow as tf
 
+from keras_normreg import constraints as nr_constraints
 from keras_normreg import data as nr_data
 from keras_normreg import distribute, zoo
-from keras_normreg.data.pipelines import load_epochs
-from keras_normreg.saving import evaluate_model, file_sha256, save_entry
+from keras_normreg import optimizers as nr_optimizers
+from keras_normreg.data.numpy_arrays import EMBEDDED
+from keras_normreg.data.streams import ArrayEpochs
+from keras_normreg.saving import evaluate_model, evaluation_batches, file_sha256, save_entry
 
 __all__ = [
     "NaNLossError",
@@ -92,47 +94,10 @@ def build_optimizer(cfg: dict, steps_per_epoch: int, model: keras.Model | None =
     use the decoupled family for decay); ``sgdw``/``adamw`` are
     :class:`keras_normreg.optimizers.DecoupledWeightDecay` around SGD/Adam with additive
     exclusion rules; ``sgdp``/``adamp`` project out the radial update of scale-invariant weights.
+    Each name is built by its entry of :data:`keras_normreg.optimizers.RECIPES`.
     """
-    o = cfg["optimizer"]
     lr = build_schedule(cfg, steps_per_epoch)
-    common: dict[str, Any] = {}
-    if o["clipnorm"] is not None:
-        common["clipnorm"] = o["clipnorm"]
-    name = o["name"]
-    if name in ("sgd", "adam", "rmsprop", "lion") and o["weight_decay"]:
-        raise ValueError(
-            f"optimizer.name={name!r} is a plain Keras optimizer: use 'sgdw' or 'adamw' for "
-            f"weight decay (or 'regularization' for a coupled L2 penalty). "
-            f"Received: optimizer.weight_decay={o['weight_decay']!r}")
-    if name == "sgd":
-        return keras.optimizers.SGD(lr, momentum=o["momentum"], nesterov=o["nesterov"], **common)
-    if name == "adam":
-        return keras.optimizers.Adam(lr, beta_1=o["momentum"], **common)
-    if name == "rmsprop":
-        return keras.optimizers.RMSprop(lr, momentum=o["momentum"], **common)
-    if name == "lion":
-        return keras.optimizers.Lion(lr, beta_1=o["momentum"], **common)
-
-    from keras_normreg import optimizers as nr_opt
-
-    if name in ("sgdp", "adamp"):
-        if name == "sgdp":
-            return nr_opt.SGDP(lr, momentum=o["momentum"], nesterov=o["nesterov"],
-                               weight_decay=o["weight_decay"], **common)
-        return nr_opt.AdamP(lr, beta_1=o["momentum"], weight_decay=o["weight_decay"], **common)
-    inner = (keras.optimizers.SGD(lr, momentum=o["momentum"], nesterov=o["nesterov"], **common)
-             if name == "sgdw" else keras.optimizers.Adam(lr, beta_1=o["momentum"], **common))
-    si = None if o["scale_invariant"] == "none" else o["scale_invariant"]
-    opt = nr_opt.DecoupledWeightDecay(
-        inner, weight_decay=o["weight_decay"], semantics=o["decay_semantics"],
-        max_learning_rate=o["learning_rate"], base_learning_rate=o["learning_rate"],
-        exclude=tuple(o["exclude"]), scale_invariant=si)
-    if si is not None:
-        if model is None:
-            raise ValueError("optimizer.scale_invariant needs the model to find the "
-                             "scale-invariant weights. Received: model=None")
-        opt.bind(model)
-    return opt
+    return nr_optimizers.from_recipe(cfg["optimizer"], lr, model)
 
 
 def build_model(cfg: dict, input_shape=None, num_classes=None) -> keras.Model:
@@ -147,14 +112,7 @@ def build_model(cfg: dict, input_shape=None, num_classes=None) -> keras.Model:
         spec["targets"] = tuple(reg["targets"])
         spec["skip_scale_invariant"] = "auto" if reg["skip_scale_invariant"] else False
         regularization = spec
-    constraint = None
-    if m["constraint"] != "none":
-        from keras_normreg import constraints
-
-        value = m["constraint_value"]
-        constraint = {"unit_norm": lambda: constraints.UnitNorm(),
-                      "max_norm": lambda: constraints.MaxNorm(value),
-                      "fixed_norm": lambda: constraints.FixedNorm(value)}[m["constraint"]]()
+    constraint = nr_constraints.from_value(m["constraint"], m["constraint_value"])
     overrides = dict(m["overrides"])
     if m["dropout"]:
         overrides.setdefault("dropout", m["dropout"])
@@ -182,7 +140,19 @@ class _TerminateOnNaN(keras.callbacks.Callback):
 
 
 def _policy_for_mixed_precision() -> str:
-    return "mixed_float16" if tf.config.list_physical_devices("GPU") else "mixed_bfloat16"
+    """mixed_float16 (with loss scaling) on TensorFlow GPUs, as before; mixed_bfloat16
+    elsewhere (TPUs, CPUs, and the JAX/PyTorch backends, whose GPUs of interest run bf16)."""
+    if keras.backend.backend() == "tensorflow":
+        import tensorflow as tf
+
+        if tf.config.list_physical_devices("GPU"):
+            return "mixed_float16"
+    return "mixed_bfloat16"
+
+
+def _uses_tf_data() -> bool:
+    """TensorFlow trains on tf.data pipelines; JAX and PyTorch on NumPy batches."""
+    return keras.backend.backend() == "tensorflow"
 
 
 def _is_chief() -> bool:
@@ -205,12 +175,16 @@ def train(cfg: dict, *, callbacks=(), run_dir: str | None = None, save: bool = T
     ``card.json`` and the resolved ``recipe.toml`` beside it (written by the chief only).
     """
     t = cfg["train"]
-    strategy = distribute.resolve_strategy(t["strategy"])
+    strategy = distribute.resolve(t["strategy"])
     previous_policy = keras.mixed_precision.global_policy().name
     if t["mixed_precision"]:
         keras.mixed_precision.set_global_policy(_policy_for_mixed_precision())
     try:
-        return _train(cfg, strategy, callbacks, run_dir, save, command)
+        if _uses_tf_data():
+            return _train(cfg, strategy, callbacks, run_dir, save, command)
+        # keras.distribution must hold while the model is built AND while it trains
+        with strategy.scope():
+            return _train(cfg, strategy, callbacks, run_dir, save, command)
     finally:
         keras.mixed_precision.set_global_policy(previous_policy)
 
@@ -227,6 +201,8 @@ def prepare_data(cfg: dict, strategy=None) -> types.SimpleNamespace:
     split. ``data.batch_size`` is the global batch: with R replicas it must be a multiple of R,
     and each split must keep at least one batch.
     """
+    if not _uses_tf_data():
+        return _prepare_arrays(cfg, strategy)
     t, d = cfg["train"], cfg["data"]
     b = d["batch_size"]
     replicas = 1 if strategy is None else strategy.num_replicas_in_sync
@@ -240,12 +216,12 @@ def prepare_data(cfg: dict, strategy=None) -> types.SimpleNamespace:
     # iterators Keras opens (distributed fit opens one more to build the model), so one device
     # and N replicas see the same global batches; and fit runs a known number of steps (no
     # end-of-data detection across workers).
-    train_ds, num_examples = load_epochs(
+    train_ds, num_examples = nr_data.load_epochs(
         d["dataset"], d["train_split"], b, data_dir=d["data_dir"], augment=d["augment"],
         seed=t["seed"], download=d["download"], autotune=d["autotune"])
     val_ds, val_steps = None, None
     if d["validation_split"]:
-        val_ds, num_val = load_epochs(d["dataset"], d["validation_split"], b,
+        val_ds, num_val = nr_data.load_epochs(d["dataset"], d["validation_split"], b,
                                       data_dir=d["data_dir"], augment=False, shuffle=False,
                                       download=d["download"], autotune=d["autotune"])
         val_steps = distribute.steps_per_epoch(num_val, b, replicas)
@@ -261,6 +237,48 @@ def prepare_data(cfg: dict, strategy=None) -> types.SimpleNamespace:
         val_ds = None if val_ds is None else distribute.distribute_batches(strategy, val_ds)
     return types.SimpleNamespace(train=train_ds, val=val_ds, steps=steps, val_steps=val_steps,
                                  num_examples=num_examples)
+
+
+def _prepare_arrays(cfg: dict, strategy=None) -> types.SimpleNamespace:
+    """:func:`prepare_data` on the JAX and PyTorch backends: the embedded sets as NumPy arrays
+    (:func:`keras_normreg.data.arrays`) in :class:`~keras_normreg.data.streams.ArrayEpochs`
+    streams, epoch ``e`` ordered from ``(train.seed, e)``. Under JAX data parallelism the
+    global batch (and any partial last batch kept) is a multiple of the devices."""
+    t, d = cfg["train"], cfg["data"]
+    b = d["batch_size"]
+    devices = 1 if strategy is None else strategy.num_replicas_in_sync
+    backend = keras.backend.backend()
+    if d["augment"]:
+        raise ValueError(
+            f"On the {backend} backend training reads the embedded sets as NumPy arrays, without "
+            f"augmentation (the augmenting pipelines are tf.data: use the tensorflow backend). "
+            f"Received: data.augment={d['augment']!r}")
+    if not nr_data.info(d["dataset"], data_dir=d["data_dir"]).embedded:
+        raise ValueError(
+            f"On the {backend} backend training reads the embedded datasets "
+            f"({', '.join(EMBEDDED)}) as NumPy arrays; tensorflow-datasets sets need the "
+            f"tensorflow backend. Received: data.dataset={d['dataset']!r}")
+    x, y = nr_data.arrays(d["dataset"], d["train_split"])
+    train_ds = ArrayEpochs(x, y, b, shuffle=True, seed=t["seed"], multiple_of=devices)
+    val_ds = val_steps = None
+    if d["validation_split"]:
+        xv, yv = nr_data.arrays(d["dataset"], d["validation_split"])
+        val_ds = ArrayEpochs(xv, yv, b, shuffle=False, multiple_of=devices)
+        val_steps = len(val_ds)
+    if len(train_ds) < 1 or val_steps == 0:
+        raise ValueError(f"The training or validation split has fewer examples than the "
+                         f"{devices} devices. Received: data.train_split="
+                         f"{d['train_split']!r}, data.validation_split={d['validation_split']!r}")
+    return types.SimpleNamespace(train=train_ds, val=val_ds, steps=len(train_ds),
+                                 val_steps=val_steps, num_examples=len(x))
+
+
+def _tensorboard_callbacks(run_dir: str) -> list:
+    """TensorBoard logs where TensorFlow (its summary writer) is installed, on any backend."""
+    if importlib.util.find_spec("tensorflow") is None:
+        return []
+    return [keras.callbacks.TensorBoard(os.path.join(run_dir, "logs"), write_graph=False,
+                                        profile_batch=0)]
 
 
 def build_and_compile(cfg: dict, steps_per_epoch: int) -> keras.Model:
@@ -286,7 +304,7 @@ def build_and_compile(cfg: dict, steps_per_epoch: int) -> keras.Model:
 
 
 def _train(cfg, strategy, callbacks, run_dir, save, command):
-    t, d = cfg["train"], cfg["data"]
+    t = cfg["train"]
     out_dir = os.path.join(t["output_dir"], cfg["name"])
     chief = _is_chief()
     if run_dir is None:
@@ -295,7 +313,8 @@ def _train(cfg, strategy, callbacks, run_dir, save, command):
     # tf.data seeds combine with TensorFlow's global seed when the pipelines are built.
     keras.utils.set_random_seed(t["seed"])
     data = prepare_data(cfg, strategy)
-    test_ds = nr_data.load(d["dataset"], d["test_split"], d["batch_size"],
+    d = cfg["data"]
+    test_ds = evaluation_batches(d["dataset"], d["test_split"], d["batch_size"],
                            data_dir=d["data_dir"], download=d["download"],
                            autotune=d["autotune"])
     steps = data.steps
@@ -303,9 +322,7 @@ def _train(cfg, strategy, callbacks, run_dir, save, command):
         model = build_and_compile(cfg, steps)
     nan_guard = _TerminateOnNaN()
     cbs = [keras.callbacks.BackupAndRestore(os.path.join(run_dir, "backup")), nan_guard,
-           keras.callbacks.TensorBoard(os.path.join(run_dir, "logs"), write_graph=False,
-                                       profile_batch=0),
-           *callbacks]
+           *_tensorboard_callbacks(run_dir), *callbacks]
     start = time.perf_counter()
     history = model.fit(data.train, epochs=t["epochs"], steps_per_epoch=steps,
                         validation_data=data.val, validation_steps=data.val_steps, callbacks=cbs,

@@ -6,6 +6,7 @@ import os
 
 import keras
 import numpy as np
+import pytest
 
 
 def assert_config_roundtrip(obj, *, compare=None):
@@ -51,3 +52,67 @@ def numeric_grad(f, x, eps=1e-3):
         xm[i] -= eps
         g[i] = (f(xp) - f(xm)) / (2 * eps)
     return g
+
+
+# ----------------------------------------------------------------------------- backends
+#: The Keras backend this test session runs on.
+BACKEND = keras.backend.backend()
+
+#: Tests of TensorFlow-only machinery (tf.distribute, tf.function / XLA through TensorFlow).
+requires_tf = pytest.mark.skipif(
+    BACKEND != "tensorflow", reason="TensorFlow-only machinery (tf.distribute / tf.function)"
+)
+
+
+def float64_available() -> bool:
+    """Whether float64 tensors exist on this backend (JAX only with ``jax_enable_x64``)."""
+    if BACKEND != "jax":
+        return True
+    import jax
+
+    return bool(jax.config.jax_enable_x64)
+
+
+#: Tests that need real float64 arithmetic (finite differences, 1e-12 comparisons).
+requires_float64 = pytest.mark.skipif(
+    not float64_available(), reason="float64 needs JAX_ENABLE_X64=1 on the JAX backend"
+)
+
+
+def gradients(fn, inputs=(), variables=()):
+    """``(value, grads)`` of the scalar ``fn(*inputs)``: grads w.r.t. each input, then each
+    Keras variable, as NumPy arrays, on the current backend (``tf.GradientTape``,
+    ``jax.grad`` over a ``keras.StatelessScope``, ``torch.autograd.grad``). Assignments made
+    by ``fn`` (e.g. moving statistics) are applied on TensorFlow and torch, not on JAX."""
+    variables = list(variables)
+    if BACKEND == "tensorflow":
+        import tensorflow as tf
+
+        xs = [tf.convert_to_tensor(x) for x in inputs]
+        with tf.GradientTape() as tape:
+            for x in xs:
+                tape.watch(x)
+            out = fn(*xs)
+        grads = tape.gradient(out, xs + [v.value for v in variables])
+    elif BACKEND == "jax":
+        import jax
+        import jax.numpy as jnp
+
+        def value(xs, values):
+            with keras.StatelessScope(state_mapping=list(zip(variables, values, strict=True))):
+                return fn(*xs)
+
+        xs = [jnp.asarray(x) for x in inputs]
+        out, (gx, gv) = jax.value_and_grad(value, argnums=(0, 1))(
+            xs, [v.value for v in variables])
+        grads = list(gx) + list(gv)
+    elif BACKEND == "torch":
+        import torch
+
+        xs = [keras.ops.convert_to_tensor(x).detach().requires_grad_(True) for x in inputs]
+        out = fn(*xs)
+        grads = torch.autograd.grad(out, xs + [v.value for v in variables])
+    else:  # pragma: no cover
+        raise NotImplementedError(BACKEND)
+    return (keras.ops.convert_to_numpy(out),
+            [keras.ops.convert_to_numpy(g) for g in grads])

@@ -97,7 +97,7 @@ def test_volume_fractions_and_targets_hand_values():
 
 
 def test_search_against_table_counts_trials_by_hand():
-    from keras_normreg.tuning import compare
+    from experiments import compare
 
     tab = _load("_tabular")
     table = _table()

@@ -123,3 +123,28 @@ def test_missing_file_and_bad_toml(tmp_path):
         config.load_recipe(tmp_path / "nope.toml")
     with pytest.raises(ConfigError, match="invalid TOML"):
         config.load_recipe(write(tmp_path, "name = \n"))
+
+
+def test_drop_none_nested_and_in_lists():
+    d = {"a": None, "b": 1, "c": {"d": None, "e": [{"f": None, "g": 2}, 3, None]}, "h": {}}
+    assert config.drop_none(d) == {"b": 1, "c": {"e": [{"g": 2}, 3, None]}, "h": {}}
+    assert d["a"] is None and d["c"]["d"] is None  # the input is not modified
+    assert config.drop_none(5) == 5 and config.drop_none([None, {"x": None}]) == [None, {}]
+
+
+def test_field_choices_may_be_a_live_table():
+    table = ["a", "b"]
+    schema = {"k": config.Field(str, "a", choices=lambda: tuple(table))}
+    assert config.resolve({"k": "b"}, schema) == {"k": "b"}
+    with pytest.raises(ConfigError, match=r"'k' must be one of \['a', 'b'\]\. Received: k='c'"):
+        config.resolve({"k": "c"}, schema)
+    table.append("c")  # read at each validation
+    assert config.resolve({"k": "c"}, schema) == {"k": "c"}
+    assert config.choice_fields(schema) == {"k": ("a", "b", "c")}
+
+
+def test_choice_fields_of_the_recipe_schema():
+    fields = config.choice_fields()
+    assert fields["regularization.kind"] == ("none", "l1", "l2", "elastic_net")
+    assert fields["train.verbose"] == (0, 1, 2)
+    assert "optimizer.learning_rate" not in fields and "train.strategy" not in fields

@@ -220,3 +220,48 @@ def test_auto_and_default_on_this_machine(monkeypatch):
     monkeypatch.setenv("TF_CONFIG", json.dumps(
         {"cluster": {"chief": ["a:1"], "worker": ["b:1", "c:1"]}, "task": {"type": "chief"}}))
     assert distribute.num_workers_in_tf_config() == 3
+
+
+def test_strategy_table_imports_without_tensorflow(tmp_path):
+    """distribute's table and validator import without TensorFlow (TF is imported on first use).
+
+    Run in a subprocess with Keras on its NumPy backend, ``tensorflow`` blocked, and the package
+    __init__ (which checks for TensorFlow and imports the data pipelines) skipped.
+    """
+    root = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+    code = f"""
+import sys, types
+sys.modules["tensorflow"] = None  # `import tensorflow` raises ImportError
+pkg = types.ModuleType("keras_normreg")
+pkg.__path__ = [{os.path.join(root, "keras_normreg")!r}]
+sys.modules["keras_normreg"] = pkg
+from keras_normreg import distribute
+assert distribute.STRATEGIES[0] == "auto", distribute.STRATEGIES
+assert distribute.check_strategy("cpu:2") is None
+assert distribute.check_strategy("gpu").startswith("must be one of auto | default")
+assert distribute.steps_per_epoch(1409, 64, 2) == 22
+try:
+    distribute.resolve_strategy("default")
+except ImportError:
+    print("ok")
+"""
+    env = _env(KERAS_BACKEND="numpy")
+    proc = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True,
+                          timeout=300, env=env, cwd=str(tmp_path))
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    assert proc.stdout.strip().endswith("ok")
+
+
+def test_check_strategy_matches_resolve_strategy():
+    """Every name of the table but the 'cpu:N' pattern is accepted by check_strategy; a name
+    that check_strategy rejects is rejected by resolve_strategy with the table in the message."""
+    assert distribute.STRATEGIES[-1] == "cpu:N"
+    for name in distribute.STRATEGIES[:-1]:
+        assert distribute.check_strategy(name) is None
+    assert distribute.check_strategy("cpu:N") == distribute.check_strategy("gpu") is not None
+    with pytest.raises(ValueError, match=r"Strategy must be one of \['auto', 'default', "
+                                         r"'mirrored', 'multiworker', 'tpu', 'cpu:N'\]\. "
+                                         r"Received: strategy='gpu'"):
+        distribute.resolve_strategy("gpu")
+    with pytest.raises(ValueError, match=r"Strategy must be one of .*Received: strategy=3"):
+        distribute.resolve_strategy(3)

@@ -7,8 +7,10 @@
   (η/‖w‖² for SGD, η/‖w‖ for Adam-like optimizers), the angular update per step and the
   predicted equilibrium angular update (:func:`equilibrium_angular_update`); CSV and
   TensorBoard; warns once when L2 sits on scale-invariant weights.
-* :mod:`keras_normreg.diagnostics.study` — ``keras-normreg study l2-vs-bn``: BN + L2 vs unit norm
-  vs no BN on MNIST-1D, with a Markdown report and plots (:mod:`~keras_normreg.diagnostics.plots`).
+* :mod:`~keras_normreg.diagnostics.plots` — the figures of a :class:`NormMonitor` CSV.
+
+The ``keras-normreg study l2-vs-bn`` experiment (BN + L2 vs unit norm vs no BN on MNIST-1D,
+with a Markdown report) is ``experiments/l2_vs_bn.py`` of the source checkout, built on these.
 """
 
 from keras_normreg.diagnostics.auditor import AuditRow, InvarianceReport, scale_invariant_weights

@@ -6,12 +6,17 @@
   (trainable gain, or fixed gain = "bounded weight norm").
 * :class:`AutoGroupNormalization`: ``keras.layers.GroupNormalization`` whose number of groups
   is picked from the channel count at build time.
-* ``NORMALIZATIONS`` (name -> class, ``None`` for "none") and :func:`get_normalization`;
-  ``WEIGHT_NORMS``: the names of the weight-normalization choices, which wrap a layer instead
-  of inserting one (handled by the model zoo with :class:`WeightNormalization`).
+* The normalization table, the one list of normalization choices (recipes, CLI help, tuning
+  spaces and the model zoo all read it): ``NORMALIZATIONS`` (name -> class, ``None`` for
+  "none") and :func:`get_normalization`; ``WEIGHT_NORMS``: the names of the weight-normalization
+  choices, which wrap a layer instead of inserting one (handled by the model zoo with
+  :class:`WeightNormalization`); :func:`normalization_names` (both);
+  :func:`register_normalization` / :func:`unregister_normalization` to add a choice.
 """
 
 from __future__ import annotations
+
+import re
 
 import keras
 
@@ -72,6 +77,61 @@ NORMALIZATIONS = {
 #: ("weight": trainable gain; "weight_fixed": fixed gain) instead of inserting a layer.
 WEIGHT_NORMS = ("weight", "weight_fixed")
 
+_BUILTIN = frozenset(NORMALIZATIONS) | frozenset(WEIGHT_NORMS)
+_NAME = re.compile(r"[A-Za-z_][A-Za-z0-9_]*")
+
+
+def normalization_names() -> tuple[str, ...]:
+    """Every normalization choice, in table order: the layer names of ``NORMALIZATIONS``
+    (``"none"`` first; registered names after the built-in ones), then ``WEIGHT_NORMS``.
+
+    This is what ``model.norm`` of a recipe, ``space.norms`` of a study and ``norm=`` of
+    ``zoo.create`` accept as a string.
+    """
+    return (*NORMALIZATIONS, *WEIGHT_NORMS)
+
+
+def register_normalization(name: str, cls):
+    """Add the normalization choice ``name`` (a new layer inserted after conv/dense layers).
+
+    Args:
+        name: the new choice, an identifier (letters, digits, ``_``) not already a choice.
+        cls: a ``keras.layers.Layer`` subclass; the zoo calls ``cls(name=..., **kwargs)``
+            (e.g. ``axis=1`` for channels-first models), so its constructor must accept the
+            usual Layer keyword arguments. Register it with Keras too
+            (``keras.saving.register_keras_serializable``) for ``.keras`` files to load it.
+
+    Returns:
+        ``cls``, unchanged.
+
+    Raises:
+        ValueError: a name that is not an identifier or is already a choice, or a ``cls`` that
+            is not a Layer subclass.
+    """
+    if not isinstance(name, str) or not _NAME.fullmatch(name):
+        raise ValueError("Argument `name` must be an identifier (letters, digits, _). "
+                         f"{received('name', name)}")
+    if name in NORMALIZATIONS or name in WEIGHT_NORMS:
+        raise ValueError(f"Normalization {name!r} is already a choice "
+                         f"({list(normalization_names())}). {received('name', name)}")
+    if not (isinstance(cls, type) and issubclass(cls, keras.layers.Layer)):
+        raise ValueError("Argument `cls` must be a keras.layers.Layer subclass. "
+                         f"{received('cls', cls)}")
+    NORMALIZATIONS[name] = cls
+    return cls
+
+
+def unregister_normalization(name: str) -> None:
+    """Remove a choice added by :func:`register_normalization` (built-in ones stay)."""
+    if isinstance(name, str) and name in _BUILTIN:
+        raise ValueError(f"Normalization {name!r} is built in and cannot be unregistered. "
+                         f"{received('name', name)}")
+    if not isinstance(name, str) or name not in NORMALIZATIONS:
+        registered = sorted(set(NORMALIZATIONS) - _BUILTIN)
+        raise ValueError(f"Normalization {name!r} is not registered. Registered names: "
+                         f"{registered}. {received('name', name)}")
+    del NORMALIZATIONS[name]
+
 
 def _unknown(identifier):
     valid = sorted(NORMALIZATIONS)
@@ -102,7 +162,8 @@ def get_normalization(identifier, **kwargs):
         identifier: one of
 
             * a name from ``NORMALIZATIONS`` (``"none"``, ``"batch"``, ``"l1_batch"``,
-              ``"topk_batch"``, ``"layer"``, ``"group"``): a new layer built with ``kwargs``;
+              ``"topk_batch"``, ``"layer"``, ``"group"`` and any name added with
+              :func:`register_normalization`): a new layer built with ``kwargs``;
               ``"none"`` (and ``None``) give ``None``;
             * a ``keras.layers.Layer`` subclass: instantiated with ``kwargs``;
             * a layer instance: returned as is (``kwargs`` are ignored);
@@ -161,5 +222,8 @@ __all__ = [
     "WeightNormalization",
     "auto_groups",
     "get_normalization",
+    "normalization_names",
+    "register_normalization",
     "topk_scale",
+    "unregister_normalization",
 ]

@@ -6,37 +6,51 @@
 statistic (Hoffer et al. 2018, "Norm matters: efficient and accurate normalization schemes
 in deep networks"). A subclass only implements :meth:`_dispersion`.
 
-Cross-replica ("synchronized") statistics use the replica context of ``tf.distribute``:
-the helpers here are also used by :class:`WeightNormalization` for its data-dependent init.
+Written with ``keras.ops`` for the TensorFlow, JAX and torch backends. Cross-replica
+("synchronized") statistics go through :mod:`keras_normreg._replica` (the ``tf.distribute``
+replica context on TensorFlow; on JAX a ``keras.distribution.DataParallel`` step already sees
+the global batch); :class:`WeightNormalization` uses the same helpers for its data-dependent
+init.
 """
 
 from __future__ import annotations
 
 import keras
-import tensorflow as tf
 from keras import ops
 
+from keras_normreg._replica import all_gather, all_reduce_sum, replica_context
 from keras_normreg._utils import check_bool, check_number, received
 
+# Re-exported for the subclasses and WeightNormalization (one import site for the layers).
+sync_replica_context = replica_context
 
-def sync_replica_context():
-    """The current replica context if statistics must be all-reduced across replicas, else None.
+__all__ = [
+    "DispersionBatchNormalization",
+    "all_gather",
+    "all_reduce_sum",
+    "channel_count",
+    "constant",
+    "maximum",
+    "minimum",
+    "sync_replica_context",
+]
 
-    That is the case inside ``strategy.run`` (e.g. ``model.fit`` under a ``MirroredStrategy``)
-    with more than one replica in sync. In a cross-replica context (``strategy.scope()`` outside
-    ``run``) or with a single replica, the local statistics already are the global ones.
-    """
-    ctx = tf.distribute.get_replica_context()
-    if ctx is None or ctx.num_replicas_in_sync <= 1:
-        return None
-    return ctx
+
+def constant(value, dtype):
+    """A Python number as a tensor of ``dtype``, converted directly: ``ops.cast(0.9, "float64")``
+    goes through float32 on TensorFlow (0.8999999761581421), this gives 0.9 exactly."""
+    return ops.convert_to_tensor(value, dtype=dtype)
 
 
-def all_reduce_sum(ctx, value):
-    """Sum ``value`` over replicas (identity when ``ctx`` is None)."""
-    if ctx is None:
-        return value
-    return ctx.all_reduce(tf.distribute.ReduceOp.SUM, value)
+def maximum(a, b):
+    """Elementwise max keeping the dtype of same-dtype operands: ``ops.maximum`` follows Keras'
+    promotion, which returns float32 for float64 on JAX and torch (Keras 3.15)."""
+    return ops.where(a >= b, a, b)
+
+
+def minimum(a, b):
+    """Elementwise min keeping the dtype (see :func:`maximum`)."""
+    return ops.where(a <= b, a, b)
 
 
 def channel_count(x, axis):
@@ -77,10 +91,15 @@ class DispersionBatchNormalization(keras.layers.Layer):
     float32 (float64 for a float64 layer); the output is cast to the layer's compute dtype.
     Weights are float32 and not autocast.
 
+    float64: Python-number constants (momentum, epsilon, the dispersion factors) reach float64
+    inputs exactly, never through float32.
+
     ``synchronized=True`` (TensorFlow ``tf.distribute``): inside a replica context with more
     than one replica, the statistics are those of the global batch (see the subclass for how
     its dispersion is reduced; the mean uses one all-reduce of ``[sum x, count]``). Outside a
-    strategy it has no effect.
+    strategy it has no effect. On JAX it is not needed: under
+    ``keras.distribution.DataParallel`` the layer sees the global (sharded) batch, so its
+    batch statistics already are global. On torch (no in-graph replicas) it has no effect.
 
     Masks are not supported: every element contributes to the statistics and no mask is
     propagated to the next layer.
@@ -93,7 +112,8 @@ class DispersionBatchNormalization(keras.layers.Layer):
         beta_initializer, gamma_initializer, moving_mean_initializer,
         moving_variance_initializer, beta_regularizer, gamma_regularizer, beta_constraint,
         gamma_constraint: as in ``keras.layers.BatchNormalization``.
-        synchronized: bool, global-batch statistics across replicas under ``tf.distribute``.
+        synchronized: bool, global-batch statistics across replicas under ``tf.distribute``
+            (TensorFlow; JAX data parallelism is global-batch already).
         **kwargs: base layer arguments (``name``, ``dtype``, ...).
     """
 
@@ -214,7 +234,10 @@ class DispersionBatchNormalization(keras.layers.Layer):
         return mean, self._dispersion(x, mean, count, ctx)
 
     def call(self, inputs, training=None):
-        compute_dtype = keras.backend.result_type(inputs.dtype, "float32")
+        # float64 stays float64, anything else (float16/bfloat16/float32) computes in float32.
+        # Not keras.backend.result_type(dtype, "float32"): on torch it gives float32 for float64.
+        input_dtype = keras.backend.standardize_dtype(inputs.dtype)
+        compute_dtype = "float64" if input_dtype == "float64" else "float32"
         x = ops.cast(inputs, compute_dtype)
         if training and self.trainable:
             mean, sigma = self.batch_statistics(x)
@@ -228,7 +251,7 @@ class DispersionBatchNormalization(keras.layers.Layer):
         else:
             mean = ops.cast(self.moving_mean, compute_dtype)
             sigma = ops.sqrt(ops.cast(self.moving_variance, compute_dtype))
-        inv = 1.0 / (sigma + ops.cast(self.epsilon, compute_dtype))
+        inv = 1.0 / (sigma + constant(self.epsilon, compute_dtype))
         if self.scale:
             inv = inv * ops.cast(self.gamma, compute_dtype)
         # y = (x - mu) * inv + beta, folded into one full-size multiply-add as TF's own BN does:

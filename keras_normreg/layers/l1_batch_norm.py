@@ -7,7 +7,7 @@ import math
 from keras import ops
 
 from keras_normreg._utils import register
-from keras_normreg.layers._base import DispersionBatchNormalization, all_reduce_sum
+from keras_normreg.layers._base import DispersionBatchNormalization, all_reduce_sum, constant
 
 #: sqrt(pi/2): for x ~ N(mu, s^2), E|x - mu| = s * sqrt(2/pi), so this factor makes sigma_L1 ~ s.
 L1_SCALE = math.sqrt(math.pi / 2.0)
@@ -34,10 +34,11 @@ class L1BatchNormalization(DispersionBatchNormalization):
     statistics, mixed precision and masks.
 
     ``synchronized=True`` under ``tf.distribute``: exact global-batch statistics with two
-    all-reduces, first ``[sum x, count]`` (global mean), then ``sum |x - mu_global|``.
+    all-reduces, first ``[sum x, count]`` (global mean), then ``sum |x - mu_global|``. Under
+    JAX's ``keras.distribution.DataParallel`` the layer sees the global batch already.
     """
 
     def _dispersion(self, x, mean, count, ctx):
         centered = self._centered(x, mean)
         abs_sum = all_reduce_sum(ctx, ops.sum(ops.abs(centered), axis=self._reduction_axes))
-        return ops.cast(L1_SCALE, centered.dtype) * abs_sum / count
+        return constant(L1_SCALE, centered.dtype) * abs_sum / count

@@ -4,11 +4,16 @@ from __future__ import annotations
 
 import math
 
-import tensorflow as tf
 from keras import ops
 
 from keras_normreg._utils import check_number, register
-from keras_normreg.layers._base import DispersionBatchNormalization
+from keras_normreg.layers._base import (
+    DispersionBatchNormalization,
+    all_gather,
+    constant,
+    maximum,
+    minimum,
+)
 
 # Two-stage selection (see TopKBatchNormalization._local_top_chunked): the largest chunk size
 # used, and the smallest worth the second stage (below it the direct top-k is used).
@@ -19,14 +24,14 @@ MIN_CHUNK = 4
 def topk_scale(n):
     r"""The constant :math:`C(n) = \frac{1}{2}\,\frac{1 + \sqrt{\pi \ln 4}}{\sqrt{2 \ln n}}`.
 
-    Works on Python numbers and tensors. ``n`` below 2 is treated as 2 (``ln 1 = 0``); with a
+    Works on Python numbers and tensors (the constant reaches a float64 ``n`` exactly). ``n`` below 2 is treated as 2 (``ln 1 = 0``); with a
     single element per channel the centred values are all zero anyway.
     """
     numerator = 0.5 * (1.0 + math.sqrt(math.pi * math.log(4.0)))
     if isinstance(n, (int, float)):
         return numerator / math.sqrt(2.0 * math.log(max(float(n), 2.0)))
-    n = ops.maximum(n, ops.cast(2.0, n.dtype))
-    return ops.cast(numerator, n.dtype) / ops.sqrt(2.0 * ops.log(n))
+    n = maximum(n, constant(2.0, n.dtype))
+    return constant(numerator, n.dtype) / ops.sqrt(2.0 * ops.log(n))
 
 
 @register
@@ -58,7 +63,8 @@ class TopKBatchNormalization(DispersionBatchNormalization):
     ``|x - mu_global|`` per channel (padded with zeros to exactly ``k`` values when it has
     fewer than ``k`` elements), these are all-gathered, and the global top-k' is taken from
     the union, which contains the global top-k' because every global top-k' element is in
-    the top-k of its own replica. ``n`` is the global count.
+    the top-k of its own replica. ``n`` is the global count. Under JAX's
+    ``keras.distribution.DataParallel`` the layer sees the global batch already.
 
     **Cost.** For channels-last inputs of rank >= 3 (``axis=-1``, static spatial size) the
     local top-k is found in two exact stages: the largest deviation of every chunk of up to
@@ -84,8 +90,8 @@ class TopKBatchNormalization(DispersionBatchNormalization):
         else:
             top = self._local_top_chunked(x, mean, chunk)
         if ctx is not None:
-            top, _ = ops.top_k(ctx.all_gather(top, axis=1), self.k)
-        k_eff = ops.minimum(ops.cast(self.k, count.dtype), count)
+            top, _ = ops.top_k(all_gather(ctx, top, axis=1), self.k)
+        k_eff = minimum(constant(self.k, count.dtype), count)
         keep = ops.cast(ops.arange(self.k, dtype=count.dtype) < k_eff, top.dtype)
         mean_top = ops.sum(top * keep, axis=1) / k_eff
         return topk_scale(count) * mean_top
@@ -148,11 +154,14 @@ class TopKBatchNormalization(DispersionBatchNormalization):
         """
         channels = x.shape[-1]
         blocks = ops.reshape(x, (-1, chunk, channels))
-        score = ops.maximum(ops.max(blocks, axis=1) - mean, mean - ops.min(blocks, axis=1))
+        score = maximum(ops.max(blocks, axis=1) - mean, mean - ops.min(blocks, axis=1))
         score = ops.stop_gradient(ops.transpose(score))  # (channels, chunks): selection only
-        n_chunks = ops.shape(score)[1]
-        kc = ops.minimum(n_chunks, self.k)
-        _, best = tf.math.top_k(score, kc, sorted=False)  # (channels, kc)
+        n_chunks = score.shape[1]
+        if n_chunks is not None:
+            kc = min(n_chunks, self.k)
+        else:  # unknown batch size: only a TensorFlow graph gets here (JAX/torch shapes are static)
+            kc = ops.minimum(ops.shape(score)[1], self.k)
+        _, best = ops.top_k(score, kc, sorted=False)  # (channels, kc)
         channel = ops.arange(channels, dtype=best.dtype)[:, None, None]
         row = best[:, :, None] * chunk + ops.arange(chunk, dtype=best.dtype)[None, None, :]
         values = ops.take(ops.reshape(x, (-1,)), row * channels + channel)  # (channels, kc, chunk)

@@ -7,6 +7,7 @@ import math
 import keras
 from keras import ops
 
+from keras_normreg._compat import in_stateless_scope, stored_value
 from keras_normreg._kernels import column_norms
 from keras_normreg._utils import check_bool, check_number, received, register
 from keras_normreg.layers._base import all_reduce_sum, sync_replica_context
@@ -77,7 +78,14 @@ class WeightNormalization(keras.layers.Wrapper):
     variance per unit. With ``fixed_g`` only the bias is set (``-mu * fixed_g``, zero mean;
     the variance cannot be changed because the output is invariant to ``||v||``); without a
     bias only ``g`` is set. Under ``tf.distribute`` with several replicas the statistics are
-    all-reduced, so every replica initializes identically (global-batch statistics).
+    all-reduced, so every replica initializes identically (global-batch statistics); under
+    JAX's ``keras.distribution.DataParallel`` the layer sees the global batch already.
+    **JAX**: the trainer keeps no assignment to trainable variables made inside a train step,
+    so call the model once in training mode before ``fit`` (``model(x_batch,
+    training=True)``, eager). A ``stateless_call`` in training mode on an uninitialized
+    wrapper raises a ValueError saying so; inside ``fit`` JAX has detached the variable
+    values, so the check cannot see them and the init would be lost silently.
+    TensorFlow and torch initialize inside ``fit``.
 
     ``fixed_g=c`` ("bounded weight norm", Hoffer et al. 2018): ``g`` is a non-trainable
     constant ``c`` for every unit, so ``||w|| = c`` per unit at all times.
@@ -266,44 +274,64 @@ class WeightNormalization(keras.layers.Wrapper):
         count = ops.cast(ops.size(t) // ops.shape(t)[axis], "float32")
         return ops.stack([total, ops.sum(ops.square(t), axis=axes), ops.ones_like(total) * count])
 
-    def _assign_from_moments(self, sums):
-        mean = sums[0] / sums[2]
-        variance = ops.maximum(sums[1] / sums[2] - ops.square(mean), 0.0)
+    def _initial_values(self, sums):
+        """The data-init ``(g, bias)`` from the moment sums (either may be None: unchanged)."""
+        count = ops.maximum(sums[2], 1.0)  # zeros once initialized: keep the maths finite
+        mean = sums[0] / count
+        variance = ops.maximum(sums[1] / count - ops.square(mean), 0.0)
+        g = None
         if self.fixed_g is None:
             gain = 1.0 / ops.sqrt(variance + DATA_INIT_EPSILON)
-            self.g.assign(ops.cast(ops.reshape(gain, tuple(self.g.shape)), self.g.dtype))
+            g = ops.cast(ops.reshape(gain, tuple(self.g.shape)), self.g.dtype)
         else:
             gain = ops.reshape(ops.cast(self.g, "float32"), (-1,))
-        if self.bias is not None:
-            self.bias.assign(ops.cast(-mean * gain, self.bias.dtype))
-        self.initialized.assign(True)
-        return ops.convert_to_tensor(True)
+        bias = None if self.bias is None else ops.cast(-mean * gain, self.bias.dtype)
+        return g, bias
 
     def _maybe_initialize(self, x):
         """Data-dependent init on the first training call (a no-op afterwards).
 
-        Single replica: one ``cond`` computes the moments and assigns. Several replicas: a
-        collective cannot sit inside a ``cond``, so the first ``cond`` yields the local moment
-        sums (zeros once initialized), the (3 x units) sums are all-reduced unconditionally, and
-        a second ``cond`` assigns.
+        Written without side effects inside a ``cond`` (JAX traces both branches; a
+        collective cannot sit inside a ``cond`` under ``tf.distribute``): one ``cond`` yields
+        the local moment sums (zeros once initialized, so later steps skip the pass over the
+        batch), the (3 x units) sums are all-reduced across replicas (TensorFlow, several
+        replicas), and ``g`` / ``bias`` are assigned ``where(initialized, old, new)``.
         """
         done = self.initialized.value
-        ctx = sync_replica_context()
-        if ctx is None:
-            ops.cond(done, lambda: ops.convert_to_tensor(True),
-                     lambda: self._assign_from_moments(self._local_moment_sums(x)))
-            return
-        units = 1
-        for d in self.g.shape:
-            units *= d
+        units = math.prod(self.g.shape)
         local = ops.cond(done, lambda: ops.zeros((3, units), "float32"),
                          lambda: self._local_moment_sums(x))
-        sums = all_reduce_sum(ctx, local)
-        ops.cond(done, lambda: ops.convert_to_tensor(True),
-                 lambda: self._assign_from_moments(sums))
+        sums = all_reduce_sum(sync_replica_context(), local)
+        g, bias = self._initial_values(sums)
+        if g is not None:
+            self.g.assign(ops.where(done, self.g.value, g))
+        if bias is not None:
+            self.bias.assign(ops.where(done, self.bias.value, bias))
+        self.initialized.assign(ops.ones_like(done))
+
+    def _check_can_initialize(self):
+        """JAX: refuse to data-initialize inside a stateless (trainer) step, which would lose
+        the assignments to the trainable ``g`` / ``bias`` and keep ``initialized=True``."""
+        if keras.backend.backend() != "jax" or not in_stateless_scope():
+            return
+        value = stored_value(self.initialized)
+        if value is None:  # purged by JAX's fit while its step runs: the state is unknown here
+            return
+        try:
+            done = bool(ops.convert_to_numpy(value))
+        except Exception:  # a traced value: initialized inside the same trace, nothing to say
+            return
+        if not done:
+            raise ValueError(
+                "WeightNormalization(data_init=True) cannot initialize inside a JAX train step: "
+                "JAX's trainer keeps no assignment to trainable variables (g, bias). Call the "
+                "model once in training mode on a batch before fit, e.g. "
+                "`model(x_batch, training=True)`. Received: data_init=True"
+            )
 
     def call(self, inputs, training=None):
         if self.data_init and training:
+            self._check_can_initialize()
             self._maybe_initialize(inputs)
         x = inputs
         if self._scale_outputs(x):

@@ -7,7 +7,9 @@
 * :mod:`~keras_normreg.tuning.study`: :func:`run_study` (progress, resume, reports, export).
 * :mod:`~keras_normreg.tuning.report`: leaderboard (Markdown + CSV) and heatmap (PNG).
 * :mod:`~keras_normreg.tuning.launcher`: chief + workers on one or several machines.
-* :mod:`~keras_normreg.tuning.compare`: trials each parametrization needs to reach a target.
+
+(Trials each parametrization needs to reach a target: ``experiments/compare.py`` of the
+source checkout, a benchmark helper.)
 
 The submodules that need keras-tuner are imported on first use, so ``spec`` and ``space``
 stay light.
@@ -25,24 +27,18 @@ __all__ = [
     "NormRegHyperModel",
     "PARAMETRIZATIONS",
     "STUDY_SCHEMA",
-    "compare_parametrizations",
-    "covering_space",
     "declare",
     "load_study",
     "resolve_study",
     "run_study",
     "study_budget",
     "trial_recipe",
-    "trials_to_target",
     "write_reports",
 ]
 
 _LAZY = {
     "NormRegHyperModel": "keras_normreg.tuning.hypermodel",
     "run_study": "keras_normreg.tuning.study",
-    "compare_parametrizations": "keras_normreg.tuning.compare",
-    "covering_space": "keras_normreg.tuning.compare",
-    "trials_to_target": "keras_normreg.tuning.compare",
     "write_reports": "keras_normreg.tuning.report",
 }
 

@@ -18,7 +18,8 @@ from __future__ import annotations
 import json
 
 import keras_tuner as kt
-from keras_tuner.src.engine import trial as trial_module
+
+from keras_normreg import _compat
 
 __all__ = ["EagerGridOracle", "grid_points"]
 
@@ -71,8 +72,9 @@ class EagerGridOracle(kt.Oracle):
     """
 
     def populate_space(self, trial_id):
+        status = _compat.kt_trial_status()
         taken = {_key(t.hyperparameters.values) for t in self.trials.values()}
         for values in grid_points(self.get_space()):
             if _key(values) not in taken:
-                return {"status": trial_module.TrialStatus.RUNNING, "values": values}
-        return {"status": trial_module.TrialStatus.STOPPED, "values": None}
+                return {"status": status.RUNNING, "values": values}
+        return {"status": status.STOPPED, "values": None}

@@ -15,12 +15,6 @@ from keras_normreg.tuning import space as nr_space
 __all__ = ["NormRegHyperModel"]
 
 
-def _drop_none(d):
-    if isinstance(d, dict):
-        return {k: _drop_none(v) for k, v in d.items() if v is not None}
-    return d
-
-
 class NormRegHyperModel(kt.HyperModel):
     """A zoo architecture on a dataset, with the whole λ × normalization space in ``build(hp)``.
 
@@ -68,8 +62,8 @@ class NormRegHyperModel(kt.HyperModel):
                              f"Received: base={base!r}")
         self.arch = arch
         self.dataset = dataset
-        raw = nr_config.merge(_drop_none(dict(base or {})), {"model": {"arch": arch},
-                                                     "data": {"dataset": dataset}})
+        raw = nr_config.merge(nr_config.drop_none(dict(base or {})),
+                              {"model": {"arch": arch}, "data": {"dataset": dataset}})
         raw.pop("name", None)
         data = raw.setdefault("data", {})
         if data.get("validation_split") is None and "train_split" not in data:

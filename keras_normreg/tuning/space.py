@@ -55,6 +55,7 @@ from collections.abc import Mapping
 from typing import Any
 
 from keras_normreg import config as nr_config
+from keras_normreg import layers as nr_layers
 from keras_normreg.config import ConfigError, Field
 
 __all__ = [
@@ -84,8 +85,11 @@ DEFAULT_LAMBDA = {"min": 1e-6, "max": 1e-2, "sampling": "log"}
 DEFAULT_ETA_LAMBDA = {"min": 1e-7, "max": 1e-3, "sampling": "log"}
 
 
-def _unique_subset(valid):
+def _unique_subset(choices):
+    """``check`` for a list of distinct values of ``choices`` (a sequence, or a callable that
+    returns the current one, e.g. a family table's names)."""
     def check(values):
+        valid = tuple(choices() if callable(choices) else choices)
         if not values:
             return "must not be empty"
         bad = [v for v in values if v not in valid]
@@ -102,7 +106,7 @@ DIM_TYPES = (int, float, list, dict)
 SPACE_SCHEMA: dict[str, Any] = {
     "parametrization": Field(str, "independent", choices=PARAMETRIZATIONS,
                              doc="independent: sample λ and η; product: sample ηλ and η"),
-    "norms": Field(list, ["batch"], item_type=str, check=_unique_subset(nr_config.NORMS),
+    "norms": Field(list, ["batch"], item_type=str, check=_unique_subset(nr_layers.normalization_names),
                    doc="normalization choices (model.norm)"),
     "decay": Field(list, ["decoupled"], item_type=str, check=_unique_subset(tuple(DECAY_MODES)),
                    doc="decay modes: l2 | decoupled | unit_norm | none"),
@@ -348,10 +352,4 @@ def trial_recipe(base: Mapping, point: Mapping, space: Mapping, name: str) -> di
         opt["scale_invariant"] = "sphere"
     else:
         opt["name"] = family
-    return nr_config.resolve(_drop_none(cfg))
-
-
-def _drop_none(d):
-    if isinstance(d, dict):
-        return {k: _drop_none(v) for k, v in d.items() if v is not None}
-    return d
+    return nr_config.resolve(nr_config.drop_none(cfg))

@@ -46,6 +46,7 @@ from collections.abc import Mapping, Sequence
 from typing import Any
 
 from keras_normreg import config as nr_config
+from keras_normreg import distribute
 from keras_normreg.config import ConfigError, Field
 from keras_normreg.tuning import space as nr_space
 
@@ -66,7 +67,7 @@ def _strategy(v):
     if v == "multiworker":
         return ("cannot be 'multiworker': keras-tuner runs each trial under a single-worker "
                 "strategy (spread trials over machines with --role/--oracle instead)")
-    return nr_config._strategy(v)
+    return distribute.check_strategy(v)
 
 
 def _at_least(n):

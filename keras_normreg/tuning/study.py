@@ -30,13 +30,10 @@ import warnings
 from collections.abc import Mapping
 
 import keras_tuner as kt
-from keras_tuner.src.distribute import utils as kt_dist
-from keras_tuner.src.engine import conditions as kt_conditions
-from keras_tuner.src.engine import oracle as kt_oracle
 
+from keras_normreg import _compat, distribute, saving
 from keras_normreg import config as nr_config
 from keras_normreg import data as nr_data
-from keras_normreg import distribute, saving
 from keras_normreg.tuning import launcher, report
 from keras_normreg.tuning import space as nr_space
 from keras_normreg.tuning import spec as nr_spec
@@ -48,7 +45,9 @@ __all__ = ["ProgressDisplay", "budget", "export_best", "format_duration", "make_
 
 # keras-tuner 1.4.8's Parent.to_proto prints its first value (a leftover debug print) every
 # time a conditional hyperparameter crosses gRPC; a module global shadows the builtin there.
-kt_conditions.print = lambda *args, **kwargs: None
+_compat.kt_silence_conditions()
+# keras-tuner's distribution helpers (has_chief_oracle, is_chief_oracle)
+kt_dist = _compat.kt_distribute()
 
 RESULT_FILE = "result.json"
 RECIPE_FILE = "recipe.toml"
@@ -87,7 +86,7 @@ def _describe(values: Mapping) -> str:
     return " ".join(parts)
 
 
-class ProgressDisplay(kt_oracle.Display):
+class ProgressDisplay(_compat.kt_display_class()):
     """The oracle's display: one line when a trial starts and one when it ends, with the
     count against the budget, the best score so far and an ETA from this session's pace
     (trials finished per second since the session started, workers included)."""
@@ -248,11 +247,7 @@ def budget(spec: Mapping, oracle=None) -> int | None:
     if n is not None:
         return n
     oracle = oracle or make_oracle(spec)
-    total = 0
-    for bracket in range(oracle._get_num_brackets()):
-        for rnd in range(oracle._get_num_rounds(bracket)):
-            total += oracle._get_size(bracket, rnd)
-    return total * spec["tuner"]["hyperband_iterations"]
+    return _compat.hyperband_budget(oracle) * spec["tuner"]["hyperband_iterations"]
 
 
 def _strategy(spec):
@@ -272,7 +267,7 @@ def make_tuner(spec: Mapping, *, directory: str | None = None, overwrite: bool =
                                    spec["space"], base=base, strategy=strategy,
                                    name=f"{spec['name']}_trial")
     oracle = make_oracle(spec)
-    oracle._display = ProgressDisplay(oracle, budget(spec, oracle), out=out)
+    _compat.set_oracle_display(oracle, ProgressDisplay(oracle, budget(spec, oracle), out=out))
     project = nr_spec.project_dir(spec, directory)
     tuner_id = os.environ.get("KERASTUNER_TUNER_ID", "tuner0")
     is_worker = kt_dist.has_chief_oracle() and not kt_dist.is_chief_oracle()
@@ -296,12 +291,10 @@ def serve_oracle(oracle, host: str, port: int, poll: float = 0.5) -> None:
     from concurrent import futures
 
     import grpc
-    from keras_tuner.src import protos
-    from keras_tuner.src.distribute import oracle_chief
 
     server = grpc.server(futures.ThreadPoolExecutor(max_workers=4))
-    servicer = oracle_chief.OracleServicer(oracle)
-    protos.get_service_grpc().add_OracleServicer_to_server(servicer, server)
+    servicer, add_to_server, exit_chief = _compat.oracle_servicer(oracle)
+    add_to_server(servicer, server)
     try:
         bound = server.add_insecure_port(f"{host}:{port}")
     except RuntimeError as e:
@@ -314,7 +307,7 @@ def serve_oracle(oracle, host: str, port: int, poll: float = 0.5) -> None:
                       f"this machine's). Received: oracle='{host}:{port}'") from cause
     server.start()
     try:
-        while not (servicer.stop_triggered and oracle_chief.exit_chief(oracle)):
+        while not (servicer.stop_triggered and exit_chief(oracle)):
             time.sleep(poll)
     finally:
         server.stop(grace=2)
@@ -337,7 +330,7 @@ def export_best(tuner, spec: Mapping, *, command: str | None = None, out=None) -
         print("no completed trial: nothing to export", file=out)
         return None
     trial = best[0]
-    ckpt = tuner._get_checkpoint_fname(trial.trial_id)
+    ckpt = _compat.tuner_checkpoint_path(tuner, trial.trial_id)
     if not os.path.isfile(ckpt):
         print(f"best trial {trial.trial_id}: no checkpoint at {ckpt} (workers on other machines "
               "need a shared --directory); export skipped", file=out)
@@ -418,7 +411,7 @@ def run_study(study, *, directory: str | None = None, overwrite: bool = False,
         if overwrite and os.path.isdir(project):
             shutil.rmtree(project)
         tuner = make_tuner(spec, directory=directory, overwrite=False, out=out)
-        total = tuner.oracle._display.total if role != "worker" else None
+        total = _compat.oracle_display(tuner.oracle).total if role != "worker" else None
         if role != "worker":
             done = trials_done(tuner.oracle)
             where = f" (resuming {project})" if done else f" -> {project}"

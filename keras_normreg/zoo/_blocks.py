@@ -1,10 +1,12 @@
 """Building blocks shared by the zoo families: layers with the normalization knob applied.
 
-``norm`` is one of :data:`keras_normreg.config.NORMS` or a normalization layer class, instance or
-config dict. Conventions used by every family:
+``norm`` is a name of the normalization table (:func:`keras_normreg.layers.normalization_names`:
+the layers of ``NORMALIZATIONS``, registered ones included, and ``WEIGHT_NORMS``) or a
+normalization layer class, instance or config dict. Conventions used by every family:
 
-* ``"batch"``-like and ``"layer"``/``"group"`` norms: conv/dense without bias, then the norm layer,
-  then the activation (the bias would be removed by the norm's centering anyway).
+* ``"batch"``-like and ``"layer"``/``"group"`` norms (and any other layer of the table): conv/dense
+  without bias, then the norm layer, then the activation (the bias would be removed by the norm's
+  centering anyway).
 * ``"none"``: conv/dense with bias, no norm layer.
 * ``"weight"``: conv/dense wrapped in :class:`~keras_normreg.layers.WeightNormalization`
   (trainable gain g), with bias; ``"weight_fixed"``: the same with g fixed at sqrt(2) (the norm of
@@ -20,8 +22,8 @@ import math
 import keras
 
 from keras_normreg import layers as nr_layers
+from keras_normreg.layers import WEIGHT_NORMS
 
-WEIGHT_NORMS = ("weight", "weight_fixed")
 FIXED_G = math.sqrt(2.0)
 
 
@@ -39,7 +41,7 @@ def check_norm(norm):
     if norm is None or isinstance(norm, keras.layers.Layer):
         return norm
     if isinstance(norm, str):
-        valid = [*nr_layers.NORMALIZATIONS, *WEIGHT_NORMS]
+        valid = list(nr_layers.normalization_names())
         if norm not in valid:
             raise ValueError(f"Unknown normalization. Valid names: {valid}. "
                              f"Received: norm={norm!r}")

@@ -16,7 +16,9 @@ from collections.abc import Callable, Mapping
 
 import keras
 
+from keras_normreg import constraints, regularizers
 from keras_normreg._utils import received
+from keras_normreg.zoo._blocks import check_norm
 
 __all__ = ["ModelSpec", "create", "get_spec", "list_models", "register_model"]
 
@@ -105,15 +107,19 @@ def create(name: str, *, num_classes: int | None = None, input_shape: tuple | No
         name: a name from :func:`list_models`.
         num_classes: output units (default: the entry's).
         input_shape: input shape without the batch axis (default: the entry's).
-        norm: ``"none"``, ``"batch"``, ``"l1_batch"``, ``"topk_batch"``, ``"layer"``,
-            ``"group"``, ``"weight"`` (WeightNormalization on every conv/dense),
-            ``"weight_fixed"`` (bounded weight norm: g fixed), or a normalization layer class,
-            instance or config dict (cloned for each use).
+        norm: a name of the normalization table
+            (:func:`keras_normreg.layers.normalization_names`: ``"none"``, ``"batch"``,
+            ``"l1_batch"``, ``"topk_batch"``, ``"layer"``, ``"group"``, the names added with
+            :func:`keras_normreg.layers.register_normalization`, ``"weight"``
+            (WeightNormalization on every conv/dense), ``"weight_fixed"`` (bounded weight norm:
+            g fixed)), or a normalization layer class, instance or config dict (cloned for each
+            use).
         regularization: ``None``, a regularizer (``regularizers.L2(1e-4)``), a name, or a spec
             dict such as ``{"l2": 1e-4}``; applied to kernels with ``skip_scale_invariant="auto"``
             unless the spec dict also gives ``targets`` / ``skip_scale_invariant``.
-        constraint: ``None``, ``"unit_norm"``, ``"max_norm"``, ``"fixed_norm"`` or a constraint;
-            attached to every kernel with axes inferred per layer kind.
+        constraint: ``None``, a name of :data:`keras_normreg.constraints.CONSTRAINTS`
+            (``"unit_norm"``, ``"max_norm"``, ``"fixed_norm"``, ``"non_neg"``, registered ones)
+            or a constraint; attached to every kernel with axes inferred per layer kind.
         **overrides: the builder's own options (``spec.options``), e.g. ``width=2``.
     """
     spec = get_spec(name)
@@ -133,15 +139,11 @@ def create(name: str, *, num_classes: int | None = None, input_shape: tuple | No
             isinstance(d, int) and not isinstance(d, bool) and d > 0 for d in input_shape):
         raise ValueError(f"Argument `input_shape` must be a tuple of positive integers (no batch "
                          f"axis). {received('input_shape', input_shape)}")
-    from keras_normreg.zoo._blocks import check_norm
-
     check_norm(norm)
     kwargs = {**spec.defaults, **overrides}
     model = spec.builder(num_classes=num_classes, input_shape=tuple(input_shape), norm=norm,
                          name=name, **kwargs)
     if constraint is not None:
-        from keras_normreg import constraints
-
         c = constraints.get(constraint)
         try:
             constraints.attach(model, c, targets=("kernel", "depthwise_kernel"))
@@ -149,8 +151,6 @@ def create(name: str, *, num_classes: int | None = None, input_shape: tuple | No
             raise ValueError(f"Constraint {constraint!r} cannot be used with zoo model {name!r} "
                              f"(norm={norm!r}): {e}") from None
     if regularization is not None:
-        from keras_normreg import regularizers
-
         opts = {}
         reg = regularization
         if isinstance(regularization, Mapping) and (

@@ -127,3 +127,21 @@ def test_auto_group_config_and_save(tmp_path):
 def test_auto_group_errors(groups, match):
     with pytest.raises(ValueError, match=match):
         layers.AutoGroupNormalization(groups=groups)
+
+
+def test_normalization_names_and_registration():
+    assert layers.normalization_names() == (*layers.NORMALIZATIONS, *layers.WEIGHT_NORMS)
+    layers.register_normalization("unit_test_layer_norm", keras.layers.LayerNormalization)
+    try:
+        assert layers.normalization_names()[-3:] == ("unit_test_layer_norm", "weight",
+                                                     "weight_fixed")
+        layer = layers.get_normalization("unit_test_layer_norm", epsilon=1e-3)
+        assert type(layer) is keras.layers.LayerNormalization and layer.epsilon == 1e-3
+        by_dict = layers.get_normalization({"class_name": "unit_test_layer_norm",
+                                            "config": {"epsilon": 0.5}})
+        assert by_dict.epsilon == 0.5
+    finally:
+        layers.unregister_normalization("unit_test_layer_norm")
+    with pytest.raises(ValueError, match=r"Unknown normalization.*"
+                                         r"Received: identifier='unit_test_layer_norm'$"):
+        layers.get_normalization("unit_test_layer_norm")

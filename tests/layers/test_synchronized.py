@@ -17,6 +17,10 @@ import sys
 import numpy as np
 import pytest
 
+from tests.helpers import requires_tf
+
+pytestmark = requires_tf  # tf.distribute.MirroredStrategy: TensorFlow only
+
 ROOT = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 
 

@@ -4,7 +4,7 @@ import math
 
 import pytest
 
-from keras_normreg.tuning import compare
+from experiments import compare
 from keras_normreg.tuning import space as S
 
 PRODUCT = {"parametrization": "product", "decay": ["decoupled"],

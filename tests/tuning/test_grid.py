@@ -3,12 +3,12 @@
 from __future__ import annotations
 
 import keras_tuner as kt
-from keras_tuner.src.engine import trial as trial_module
 
+from keras_normreg import _compat
 from keras_normreg.tuning.grid import EagerGridOracle, grid_points
 
-RUNNING = trial_module.TrialStatus.RUNNING
-STOPPED = trial_module.TrialStatus.STOPPED
+RUNNING = _compat.kt_trial_status().RUNNING
+STOPPED = _compat.kt_trial_status().STOPPED
 
 
 def space():
@@ -81,7 +81,7 @@ def test_parallel_workers_get_distinct_points_without_waiting(tmp_path):
     ref._set_project_dir(str(tmp_path / "ref"), "p")
     ref.update_space(space())
     statuses = [ref.create_trial(f"tuner{i}").status for i in range(3)]
-    assert statuses == [RUNNING, RUNNING, trial_module.TrialStatus.IDLE]
+    assert statuses == [RUNNING, RUNNING, _compat.kt_trial_status().IDLE]
 
 
 def test_resume_skips_taken_points_and_respects_max_trials(tmp_path):

@@ -6,8 +6,9 @@ import os
 
 import pytest
 
+from experiments import compare
 from keras_normreg import cli, config, evaluate
-from keras_normreg.tuning import compare, launcher, study
+from keras_normreg.tuning import launcher, study
 from keras_normreg.tuning import spec as nr_spec
 
 from .conftest import read_trials, write_tiny_spec

@@ -12,10 +12,10 @@ import keras
 import numpy as np
 import pytest
 
-from keras_normreg import config, zoo
+from keras_normreg import layers, zoo
 from tests.helpers import assert_saved_model_equal
 
-NORMS = config.NORMS
+NORMS = layers.normalization_names()
 NUM_CLASSES = 5
 
 #: Overrides that make an entry cheap, per family (a new slow family must add one here).

@@ -1,7 +1,8 @@
 """The ``l2-vs-bn`` study: what does L2 do to a batch-normalized network?
 
-``keras-normreg study l2-vs-bn [--epochs N] [--out docs/study_l2_vs_bn]`` runs
-:func:`run_l2_vs_bn`: the 1-D CNN of the zoo (``cnn1d``: 4 × [Conv1D → BN → ReLU], GAP, Dense)
+An experiment of the source checkout, not part of the installed package:
+``keras-normreg study l2-vs-bn [--epochs N] [--out docs/study_l2_vs_bn]`` (run from a checkout,
+e.g. after ``pip install -e .``) calls :func:`cli`, which runs :func:`run_l2_vs_bn`: the 1-D CNN of the zoo (``cnn1d``: 4 × [Conv1D → BN → ReLU], GAP, Dense)
 on MNIST-1D (4000 train / 1000 test), SGD with momentum at a constant learning rate, and
 
 * the BN net with a coupled L2 penalty ``L2(λ)`` (``λ·Σw²`` added to the loss) on *all* kernels,
@@ -20,6 +21,8 @@ Every run is monitored by :class:`~keras_normreg.diagnostics.NormMonitor` (every
 the per-epoch means, the plots (‖w‖, effective LR, angular update, test accuracy) and a Markdown
 report (accuracy table, figures, the command, a discussion) are written next to ``out_dir``:
 ``<out_dir>/*.png``, ``<out_dir>/epochs.csv``, ``<out_dir>/results.json`` and ``<out_dir>.md``.
+The report's prose is ``experiments/templates/l2_vs_bn.md`` (:func:`render_report` fills it from
+the results; :func:`load_results` reads a ``results.json`` back).
 """
 
 from __future__ import annotations
@@ -30,22 +33,30 @@ import json
 import math
 import os
 import platform
+import re
+import string
+import sys
 import tempfile
 import time
 
 import keras
 import numpy as np
 
+from keras_normreg import constraints, regularizers, zoo
+from keras_normreg import data as nr_data
+from keras_normreg._invariance import find_scale_invariant
 from keras_normreg._utils import check_number, received
 from keras_normreg.diagnostics import plots
-from keras_normreg.diagnostics.auditor import scale_invariant_weights
+from keras_normreg.diagnostics.auditor import AuditRow, InvarianceReport, scale_invariant_weights
 from keras_normreg.diagnostics.monitor import NormMonitor, equilibrium_angular_update
 
-__all__ = ["DEFAULT_L2_VALUES", "run_l2_vs_bn"]
+__all__ = ["DEFAULT_L2_VALUES", "cli", "load_results", "load_template", "render_report",
+           "run_l2_vs_bn"]
 
 DEFAULT_L2_VALUES = (0.0, 1e-5, 1e-4, 1e-3, 1e-2)
 _MEAN_METRICS = ("norm", "effective_lr", "angular_update", "predicted_angular_update",
                  "unit_norm", "unit_effective_lr", "unit_angular_update", "rms_effective_lr")
+_FIGURES = ("norm", "effective_lr", "angular_update", "accuracy")
 
 
 def _label(run):
@@ -59,14 +70,10 @@ def _label(run):
 
 
 def _train_one(run, *, epochs, batch_size, momentum, seed, work_dir, verbose):
-    from keras_normreg import constraints, data, regularizers, zoo
-
     keras.utils.set_random_seed(seed)
     norm = "none" if run["kind"] == "no_bn" else "batch"
     model = zoo.create("cnn1d", norm=norm)
     if run["kind"] in ("bn_unit", "bn_pinned"):
-        from keras_normreg._invariance import find_scale_invariant
-
         paths = sorted(find_scale_invariant(model))
         for path in paths:
             pin = (constraints.UnitNorm() if run["kind"] == "bn_unit"
@@ -79,8 +86,8 @@ def _train_one(run, *, epochs, batch_size, momentum, seed, work_dir, verbose):
     model.compile(optimizer=keras.optimizers.SGD(run["lr"], momentum=momentum),
                   loss=keras.losses.SparseCategoricalCrossentropy(from_logits=True),
                   metrics=["accuracy"])
-    train = data.load("mnist1d", "train", batch_size, seed=seed)
-    test = data.load("mnist1d", "test", 1000)
+    train = nr_data.load("mnist1d", "train", batch_size, seed=seed)
+    test = nr_data.load("mnist1d", "test", 1000)
     csv_path = os.path.join(work_dir, f"{run['name']}.csv")
     monitor = NormMonitor(every_n_steps=1, layers="all", per_unit=True, csv_path=csv_path,
                           warn=False)
@@ -167,8 +174,6 @@ def run_l2_vs_bn(epochs=30, out_dir="docs/study_l2_vs_bn", *, l2_values=DEFAULT_
     results = {"command": command, "epochs": epochs, "learning_rate": learning_rate,
                "momentum": momentum, "batch_size": batch_size, "seed": seed,
                "match_l2": match_l2, "runs": []}
-    from keras_normreg import data as nr_data
-
     results["steps_per_epoch"] = math.ceil(nr_data.info("mnist1d").splits["train"] / batch_size)
     kw = {"epochs": epochs, "batch_size": batch_size, "momentum": momentum, "seed": seed,
           "verbose": verbose}
@@ -225,8 +230,6 @@ def run_l2_vs_bn(epochs=30, out_dir="docs/study_l2_vs_bn", *, l2_values=DEFAULT_
                 execute({"name": f"no_bn_l2_{float(match_l2):g}", "kind": "no_bn",
                          "l2": float(match_l2), "lr": learning_rate})
         x_probe = next(iter(nr_data.load("mnist1d", "train", 256, shuffle=False)))[0]
-        from keras_normreg import zoo
-
         keras.utils.set_random_seed(seed)
         audit = scale_invariant_weights(zoo.create("cnn1d"), x_probe)
     results["total_seconds"] = round(time.perf_counter() - t_start, 1)
@@ -235,28 +238,27 @@ def run_l2_vs_bn(epochs=30, out_dir="docs/study_l2_vs_bn", *, l2_values=DEFAULT_
                            "tensorflow": _tf_version(), "machine": platform.machine()}
 
     _write_epochs_csv(os.path.join(out_dir, "epochs.csv"), per_epoch_all)
-    figures = _plot(out_dir, per_epoch_all, results)
+    _plot(out_dir, per_epoch_all, results)
     with open(os.path.join(out_dir, "results.json"), "w") as f:
         json.dump(results, f, indent=1, default=float)
     with open(report_path, "w") as f:
-        f.write(_report(results, figures, audit, out_dir, report_path))
+        f.write(render_report(results, audit, out_dir))
     results["report"] = report_path
     return results
 
 
-def cli(args) -> int:
-    """``keras-normreg study l2-vs-bn [--epochs N] [--out DIR]`` (called by the CLI)."""
-    import sys
-
-    if args.epochs < 1:
-        print(f"keras-normreg study: error: --epochs must be >= 1. Received: epochs={args.epochs}",
+def cli(*, epochs=30, out="docs/study_l2_vs_bn", which="l2-vs-bn") -> int:
+    """``keras-normreg study l2-vs-bn [--epochs N] [--out DIR]``: the CLI's handler calls this
+    with the parsed values; returns the exit code (2: bad ``epochs``)."""
+    if epochs < 1:
+        print(f"keras-normreg study: error: --epochs must be >= 1. Received: epochs={epochs}",
               file=sys.stderr)
         return 2
-    command = f"keras-normreg study {args.which} --epochs {args.epochs} --out {args.out}"
-    print(f"keras-normreg study {args.which}: cnn1d on MNIST-1D, {args.epochs} epochs per run, "
-          f"BN + L2 λ in {list(DEFAULT_L2_VALUES)}, unit norm, no BN -> {args.out}.md",
+    command = f"keras-normreg study {which} --epochs {epochs} --out {out}"
+    print(f"keras-normreg study {which}: cnn1d on MNIST-1D, {epochs} epochs per run, "
+          f"BN + L2 λ in {list(DEFAULT_L2_VALUES)}, unit norm, no BN -> {out}.md",
           flush=True)
-    results = run_l2_vs_bn(epochs=args.epochs, out_dir=args.out, verbose=1, command=command)
+    results = run_l2_vs_bn(epochs=epochs, out_dir=out, verbose=1, command=command)
     print(f"report: {results['report']} ({results['total_seconds']:.0f} s)")
     return 0
 
@@ -283,7 +285,7 @@ def _write_epochs_csv(path, per_epoch_all):
 
 
 def _plot(out_dir, per_epoch_all, results):
-    styles, figures, colors = {}, {}, {}
+    styles, colors = {}, {}
     for i, (run, _, _) in enumerate(per_epoch_all.values()):
         label = _label(run)
         colors[run["name"]] = f"C{i % 10}"
@@ -306,12 +308,9 @@ def _plot(out_dir, per_epoch_all, results):
             out.append((path, lines))
         return out
 
-    base = os.path.basename(out_dir)
-    figures["norm"] = f"{base}/norm.png"
     plots.line_grid(os.path.join(out_dir, "norm.png"), panels("unit_norm"),
                     ylabel="RMS unit norm ‖w_j‖", logy=True, styles=styles,
                     title="Weight norm per output unit (epoch mean)")
-    figures["effective_lr"] = f"{base}/effective_lr.png"
     plots.line_grid(os.path.join(out_dir, "effective_lr.png"), panels("rms_effective_lr"),
                     ylabel="η/‖w_j‖² (RMS unit norm)", logy=True, styles=styles,
                     title="Effective learning rate per output unit (epoch mean)")
@@ -326,17 +325,14 @@ def _plot(out_dir, per_epoch_all, results):
             for _, lines in ang_panels:
                 e = next(iter(lines.values()))[0]
                 lines[lab] = (e, np.full(len(e), entry["predicted_angular_update"]))
-    figures["angular_update"] = f"{base}/angular_update.png"
     plots.line_grid(os.path.join(out_dir, "angular_update.png"), ang_panels,
                     ylabel="angle per step (rad)", logy=True, styles=ang_styles,
                     title="Angular update per step (epoch mean) vs the equilibrium prediction")
     acc = {}
     for _, (run, _, hist) in per_epoch_all.items():
         acc[_label(run)] = (np.arange(1, len(hist["val_accuracy"]) + 1), hist["val_accuracy"])
-    figures["accuracy"] = f"{base}/accuracy.png"
     plots.line_grid(os.path.join(out_dir, "accuracy.png"), [("MNIST-1D test accuracy", acc)],
                     ylabel="test accuracy", ncols=1, styles=styles)
-    return figures
 
 
 def _relaxation_steps(lr, l2, momentum):
@@ -344,96 +340,90 @@ def _relaxation_steps(lr, l2, momentum):
     return (1 - momentum) / (8 * lr * l2)
 
 
-def _report(results, figures, audit, out_dir, report_path):
+# ------------------------------------------------------------------------------ the report
+TEMPLATE = os.path.join(os.path.dirname(os.path.abspath(__file__)), "templates", "l2_vs_bn.md")
+_SECTION = re.compile(r"^<!-- @section (\w+) -->$", re.MULTILINE)
+
+
+_SECTIONS = ("report", "row", "matched", "matched_unit", "matched_pinned", "item1", "item1_norm",
+             "item1_monotonic", "item2", "item3", "item3_part", "item3_rise_note", "item4",
+             "item4_reference", "item4_unit", "item4_pinned", "item4_less_rotation",
+             "item4_similar_rotation", "item4_unit_rotates", "item4_annealing", "item5",
+             "item5_run", "overall", "overall_decreasing")
+
+
+def load_template(path=TEMPLATE) -> dict[str, string.Template]:
+    """``{name: string.Template}``, one per ``<!-- @section name -->`` block of ``path``
+    (leading and trailing blank lines dropped); every section :func:`render_report` uses must
+    be there."""
+    with open(path, encoding="utf-8") as f:
+        text = f.read()
+    pieces = _SECTION.split(text)  # [preamble, name, body, name, body, ...]
+    sections = {name: string.Template(body.strip("\n"))
+                for name, body in zip(pieces[1::2], pieces[2::2], strict=True)}
+    missing = [name for name in _SECTIONS if name not in sections]
+    if missing:
+        raise ValueError(f"Argument `path` must be an l2-vs-bn report template with the sections "
+                         f"{list(_SECTIONS)} (`<!-- @section name -->` lines); missing: "
+                         f"{missing}. {received('path', os.fspath(path))}")
+    return sections
+
+
+def load_results(path):
+    """``(results, audit)`` from a ``results.json`` written by :func:`run_l2_vs_bn` (JSON's
+    string keys of ``effective_lr_by_epoch`` back to the λ floats)."""
+    with open(path, encoding="utf-8") as f:
+        results = json.load(f)
+    results["effective_lr_by_epoch"] = {
+        float(k): v for k, v in results.get("effective_lr_by_epoch", {}).items()}
+    audit = InvarianceReport(AuditRow(**row) for row in results["audit"])
+    return results, audit
+
+
+def render_report(results, audit, out_dir, template=None) -> str:
+    """The Markdown report of ``results`` (what :func:`run_l2_vs_bn` writes to ``<out_dir>.md``;
+    figures and data are linked under ``basename(out_dir)/``)."""
+    t = template or load_template()
     runs = results["runs"]
     bn = [r for r in runs if r["kind"] == "bn_l2"]
     unit = next((r for r in runs if r["kind"] == "bn_unit"), None)
     pinned = next((r for r in runs if r["kind"] == "bn_pinned"), None)
-    lr, mom = results["learning_rate"], results["momentum"]
-    steps = results["steps_per_epoch"] * results["epochs"]
-    L = []
-    L.append("# Study: L2 regularization versus batch normalization\n")
-    L.append(f"Produced by (CPU, {results['total_seconds'] / 60:.1f} min wall time on a shared "
-             "2-core machine):\n")
-    L.append(f"```\n{results['command']}\n```\n")
-    L.append(
-        f"**Setup.** Zoo `cnn1d` (4 × [Conv1D → BatchNorm → ReLU], global average pooling, Dense "
-        f"classifier) on MNIST-1D (4000 train / 1000 test, the embedded set); SGD, momentum "
-        f"{mom:g}, constant learning rate η = {lr:g}, batch {results['batch_size']}, "
-        f"{results['epochs']} epochs ({steps} steps), seed {results['seed']} (the same "
-        "initialization for every BN run). L2 is the coupled penalty `regularizers.L2(λ)` = "
-        "λ·Σw² on *all* kernels, the BN'd conv kernels included (`skip_scale_invariant=False`). "
-        "Every step is monitored by `NormMonitor(every_n_steps=1, layers='all', per_unit=True)`. Numbers and "
-        "plots are for the four conv kernels, per output unit j (each unit is scale-invariant on "
-        "its own before a per-channel BN): the RMS unit norm ‖w_j‖ = sqrt(mean_j ‖w_j‖²) and "
-        "the effective learning rate η/‖w_j‖² at that RMS norm (a mean of η/‖w_j‖² over units "
-        "would be dominated by dead units shrinking to 0 under L2). "
-        f"Keras {results['versions']['keras']}, TensorFlow {results['versions']['tensorflow']}."
-        "\n")
+    lr = results["learning_rate"]
+    base = os.path.basename(os.fspath(out_dir).rstrip("/\\"))
+    matched = ""
     if unit is not None:
         m = results["matched"]
-        pins = ", ".join(f"{v:.3g}" for v in m["unit_norms"].values())
-        L.append(
-            f"**Matched runs.** Both replace L2 on the BN'd kernels by a fixed norm, matched to "
-            f"the λ = {m['l2']:g} run, whose conv kernels ended at RMS unit norms {pins}:\n")
-        L.append(
-            f"* *unit norm*: every unit of the four BN'd conv kernels held at ‖w_j‖ = 1 "
-            f"(`constraints.UnitNorm` attached to the scale-invariant kernels only), no L2, and "
-            f"η = {unit['lr']:.4g} = {lr:g} / mean(‖w_j‖²): with ‖w_j‖ = 1 the effective "
-            "learning rate of a unit *is* η, so this η matches the λ run's final effective "
-            "learning rate (averaged over the four layers). It applies to the classifier and "
-            "the BN γ/β too.")
+        matched = t["matched"].substitute(
+            l2=f"{m['l2']:g}", pins=", ".join(f"{v:.3g}" for v in m["unit_norms"].values()))
+        matched += "\n\n" + t["matched_unit"].substitute(unit_lr=f"{unit['lr']:.4g}", lr=f"{lr:g}")
         if pinned is not None:
-            L.append(
-                f"* *norms pinned*: each conv kernel's units held at that layer's final norm "
-                f"(`constraints.FixedNorm(r)`), η = {lr:g}, and L2(λ = {pinned['l2']:g}) on the "
-                "kernels that are not scale-invariant (the classifier) only. The function only "
-                "sees w/‖w‖, and SGD on w = r·ŵ with learning rate η is SGD on the unit-norm ŵ "
-                "with η/r² — so this is the unit-norm net with the λ run's final effective rate "
-                "per layer, everything else (classifier, γ/β, their L2) unchanged: the λ run with "
-                "its BN'd kernels' norm trajectory replaced by the end point.")
-        L.append("")
-    L.append("## Results\n")
-    L.append("| run | η | final ‖w_j‖ | final η/‖w_j‖² | angular update, measured / "
-             "predicted (rad/step) | train loss | test acc. (final) | test acc. (mean of the "
-             "last 5 epochs) |")
-    L.append("|---|---|---|---|---|---|---|---|")
+            matched += "\n" + t["matched_pinned"].substitute(lr=f"{lr:g}",
+                                                             l2=f"{pinned['l2']:g}")
+        matched += "\n\n"
+    rows = []
     for r in runs:
         last = r["last_epoch_conv_mean"]
-        L.append(f"| {r['label']} | {r['lr']:.4g} | {_fmt(last['unit_norm'])} | "
-                 f"{_fmt(last['rms_effective_lr'])} | {_fmt(last['angular_update'])} / "
-                 f"{_fmt(r['predicted_angular_update'])} | {r['train_loss']:.4f} | "
-                 f"{r['test_accuracy']:.4f} | {r['last5_test_accuracy']:.4f} |")
-    L.append("")
-    L.append("Means over the four conv kernels and over the last epoch's steps. The angular "
-             "update is the angle between the whole kernel before and after a step; the "
-             "prediction is the SGDM equilibrium sqrt(2ηλ'/(1+α)) with λ' = 2λ (the gradient of "
-             "λ·Σw² is 2λw), from `diagnostics.equilibrium_angular_update` (Wan et al. 2021). "
-             "For the no-BN net the norm and effective learning rate are shown for comparison "
-             "only (its kernels are not scale-invariant). One seed per run: on 1000 test "
-             "examples, accuracy differences below ~1 point are noise.\n")
-    for key, caption in (("norm", "Weight norm per output unit"),
-                         ("effective_lr", "Effective learning rate per output unit"),
-                         ("angular_update", "Angular update per step vs the prediction"),
-                         ("accuracy", "Test accuracy")):
-        L.append(f"![{caption}]({figures[key]})\n")
-    L.append("## Discussion\n")
-    L += _discussion(results, bn, unit, pinned, [r for r in runs if r["kind"] == "no_bn"])
-    L.append("\n## Which weights L2 cannot regularize here\n")
-    L.append("`diagnostics.scale_invariant_weights(model, x)` on the BN net at initialization "
-             "(graph walk, confirmed by scaling each weight by 3 and comparing training-mode "
-             "outputs on 256 training examples). The γ rows are disagreements by design: at "
-             "initialization β = 0, so ReLU(γ·x̂) is homogeneous in γ and the probe sees no "
-             "change, but the walk cannot prove invariance once β ≠ 0; the verdict stays "
-             "'no'.\n")
-    L.append(audit.to_markdown())
-    L.append("")
-    L.append(f"\nData: `{os.path.basename(out_dir)}/epochs.csv` (per-epoch means per run and "
-             f"weight) and `{os.path.basename(out_dir)}/results.json` (summary, versions).\n")
-    return "\n".join(L)
+        rows.append(t["row"].substitute(
+            label=r["label"], lr=f"{r['lr']:.4g}", norm=_fmt(last["unit_norm"]),
+            effective_lr=_fmt(last["rms_effective_lr"]),
+            angular_update=_fmt(last["angular_update"]),
+            predicted=_fmt(r["predicted_angular_update"]), train_loss=f"{r['train_loss']:.4f}",
+            test_accuracy=f"{r['test_accuracy']:.4f}",
+            last5_test_accuracy=f"{r['last5_test_accuracy']:.4f}"))
+    items = _discussion(t, results, bn, unit, pinned, [r for r in runs if r["kind"] == "no_bn"])
+    versions = results["versions"]
+    return t["report"].substitute(
+        minutes=f"{results['total_seconds'] / 60:.1f}", command=results["command"],
+        momentum=f"{results['momentum']:g}", lr=f"{lr:g}", batch_size=results["batch_size"],
+        epochs=results["epochs"], steps=results["steps_per_epoch"] * results["epochs"],
+        seed=results["seed"], keras=versions["keras"], tensorflow=versions["tensorflow"],
+        matched=matched, rows="\n".join(rows), discussion="\n".join(items[:-1]) + "\n\n"
+        + items[-1], audit_table=audit.to_markdown(), data_dir=base,
+        **{f"fig_{key}": f"{base}/{key}.png" for key in _FIGURES}) + "\n"
 
 
-def _discussion(results, bn, unit, pinned, nobn):
+def _discussion(t, results, bn, unit, pinned, nobn):
+    """The numbered discussion items, then the closing paragraph (the last element)."""
     out = []
     lr = results["learning_rate"]
     by = {r["l2"]: r for r in bn}
@@ -442,134 +432,88 @@ def _discussion(results, bn, unit, pinned, nobn):
     init = bn[0]["initial_unit_norm"]
     norms = [last[lam]["unit_norm"] for lam in lams]
     effs = [last[lam]["rms_effective_lr"] for lam in lams]
-    mono = all(a >= b for a, b in zip(norms, norms[1:], strict=False))
-    out.append(
-        "1. **L2 on the BN'd kernels sets their norm, and through it the effective learning "
-        f"rate.** The conv units start at ‖w_j‖ ≈ {init:.3g} (He initialization). After "
-        f"{results['epochs']} epochs: "
-        + ", ".join(f"‖w_j‖ = {n:.3g} (λ = {lam:g})" for lam, n in zip(lams, norms, strict=True))
-        + (" — falling monotonically with λ —" if mono else "")
-        + " and the effective learning rate η/‖w_j‖² goes the other way: "
-        + ", ".join(f"{e:.3g}" for e in effs)
-        + f", a {max(effs) / min(effs):.1f}× range with the *same* η = {lr:g}. The penalty "
-        "cannot change what these kernels compute: BatchNorm removes their scale (the auditor "
-        "at the end proves it; tripling a kernel changes the training-mode output by 1e-4 to "
-        "1e-3, BN's epsilon). This is the "
-        "seeds' claim: 'L2 regularization has no regularizing effect when combined with "
-        "normalization. Instead, regularization has an influence on the scale of weights, and "
-        "thereby on the effective learning rate'.")
+    out.append(t["item1"].substitute(
+        init=f"{init:.3g}", epochs=results["epochs"],
+        norms=", ".join(t["item1_norm"].substitute(norm=f"{n:.3g}", l2=f"{lam:g}")
+                        for lam, n in zip(lams, norms, strict=True)),
+        monotonic=" " + t["item1_monotonic"].substitute() if _decreasing(norms) else "",
+        effective_lrs=", ".join(f"{e:.3g}" for e in effs),
+        spread=f"{max(effs) / min(effs):.1f}", lr=f"{lr:g}"))
     if 0.0 in by:
         r0 = last[0.0]
-        out.append(
-            "2. **Without L2 the norm grows by itself and the effective learning rate decays.** "
-            f"With λ = 0, ‖w_j‖ goes from {init:.3g} to {r0['unit_norm']:.3g} and η/‖w_j‖² from "
-            f"{lr / init ** 2:.3g} to {r0['rms_effective_lr']:.3g}: every step on a "
-            "scale-invariant weight is orthogonal to it and so adds to its norm. 'If no "
-            "regularization is used, then the norm of the weights tends to increase over time, "
-            "and so the effective learning rate decreases' — an implicit learning-rate decay "
-            "set by the early, large steps rather than by a schedule.")
+        out.append(t["item2"].substitute(
+            init=f"{init:.3g}", norm=f"{r0['unit_norm']:.3g}",
+            initial_effective_lr=f"{lr / init ** 2:.3g}",
+            effective_lr=f"{r0['rms_effective_lr']:.3g}"))
     parts = []
     for lam in lams:
         if lam <= 0:
             continue
         m, p = last[lam]["angular_update"], by[lam]["predicted_angular_update"]
-        tau = _relaxation_steps(lr, lam, results["momentum"])
-        parts.append(f"λ = {lam:g}: {m:.3g} vs {p:.3g} ({100 * (m / p - 1):+.0f}%; "
-                     f"(1−α)/(8ηλ) ≈ {tau:.0f} steps)")
+        parts.append(t["item3_part"].substitute(
+            l2=f"{lam:g}", measured=f"{m:.3g}", predicted=f"{p:.3g}",
+            deviation=f"{100 * (m / p - 1):+.0f}",
+            relaxation_steps=f"{_relaxation_steps(lr, lam, results['momentum']):.0f}"))
     if parts:
-        out.append(
-            "3. **With L2 the BN'd kernels head for a rotational equilibrium: the angle they "
-            "turn per step, not their effective learning rate, settles at a value set by η and "
-            "λ** (spherical motion dynamics, Wan et al. 2021): last-epoch mean vs "
-            "sqrt(2η·2λ/(1+α)): " + "; ".join(parts) + ". The norm relaxes in about "
-            "(1−α)/(8ηλ) steps, so the small-λ runs are still in transit after "
-            f"{results['steps_per_epoch'] * results['epochs']} steps, and the target itself "
-            "moves as the gradients shrink during training" + _rise_note(results, by)
-            + ". The remaining gaps come from the assumptions (uncorrelated successive gradients, "
-            "no loss spikes); the controlled check of the formula is "
-            "`tests/diagnostics/test_equilibrium.py` (a BN MLP trained to equilibrium: within "
-            "a few percent).")
+        out.append(t["item3"].substitute(
+            parts="; ".join(parts), steps=results["steps_per_epoch"] * results["epochs"],
+            rise_note=_rise_note(t, results)))
     if pinned is not None or unit is not None:
-        ref = by[results["match_l2"]]
-        rl = ref["last_epoch_conv_mean"]
-        lines = [
-            f"   * the λ = {ref['l2']:g} run: test accuracy {ref['test_accuracy']:.4f} (mean of "
-            f"the last 5 epochs {ref['last5_test_accuracy']:.4f}), train loss "
-            f"{ref['train_loss']:.3f}, angular update {rl['angular_update']:.3g} rad/step;"]
-        if unit is not None:
-            ul = unit["last_epoch_conv_mean"]
-            lines.append(
-                f"   * *unit norm*, η = {unit['lr']:.3g} for the whole net, no L2: "
-                f"{unit['test_accuracy']:.4f} ({unit['last5_test_accuracy']:.4f}), train loss "
-                f"{unit['train_loss']:.3f}, angular update {ul['angular_update']:.3g};")
-        ratio = float("nan")
-        if pinned is not None:
-            pl = pinned["last_epoch_conv_mean"]
-            ratio = rl["angular_update"] / pl["angular_update"]
-            lines.append(
-                f"   * *norms pinned*, η = {lr:g}, L2 on the classifier only: "
-                f"{pinned['test_accuracy']:.4f} ({pinned['last5_test_accuracy']:.4f}), train "
-                f"loss {pinned['train_loss']:.3f}, angular update {pl['angular_update']:.3g} — "
-                "at the *same* final effective learning rate as the λ run, "
-                + (f"{ratio:.1f}× less rotation." if ratio > 1.5 else "a similar rotation."))
-        if unit is not None and pinned is not None:
-            u_rot = unit["last_epoch_conv_mean"]["angular_update"]
-            if u_rot > 1.5 * pinned["last_epoch_conv_mean"]["angular_update"]:
-                lines.append(
-                    f"   * the unit-norm run keeps rotating like the λ run ({u_rot:.3g} vs "
-                    f"{rl['angular_update']:.3g} rad/step; last-5-epoch accuracy "
-                    f"{unit['last5_test_accuracy']:.4f} vs {ref['last5_test_accuracy']:.4f}); "
-                    f"unlike the pinned run, its larger η = {unit['lr']:.3g} also drives the "
-                    "classifier and the BN γ/β.")
-        out.append(
-            "4. **Replacing L2 on the BN'd kernels by a fixed norm** (matched to the final "
-            f"effective learning rate of the λ = {ref['l2']:g} run):\n" + "\n".join(lines)
-            + "\n\n   " + ("Same effective learning rate, different rotation: with the "
-                             "norm held fixed, the rotation slows down by itself as the gradients "
-                             "shrink (an implicit annealing); under L2 the norm keeps shrinking "
-                             "until the rotation is back at the equilibrium of item 3, i.e. the "
-                             "effective learning rate *rises* during training to keep the "
-                             "weights turning. " if ratio > 1.5 else "")
-            + "That is all λ does to "
-            "these weights: it sets their steady rotation rate — an optimization knob, not a "
-            "constraint on the function. Forcing the norm removes it: 'a direct solution of "
-            "forcing ‖w‖ = 1 solves the problem. By doing this we also remove one "
-            "hyperparameter from the training procedure' (van Laarhoven 2017); the rate is then "
-            "chosen through η (and its schedule). Matching the end point of the λ run's effective "
-            "learning rate is not matching its trajectory (nor its rotation), so the matched "
-            "runs need not reproduce its accuracy.")
+        out.append(_matched_item(t, results, by[results["match_l2"]], unit, pinned))
     if nobn:
-        parts = "; ".join(f"{r['label']}: train loss {r['train_loss']:.3f}, test accuracy "
-                          f"{r['test_accuracy']:.4f}" for r in nobn)
-        out.append(
-            f"5. **Without BN, L2 regularizes the function.** The same net without BN: {parts}. "
-            "There the scale of the kernels is the scale of the function, so the penalty "
-            "changes what is fitted (the training loss), not only how fast.")
+        out.append(t["item5"].substitute(runs="; ".join(
+            t["item5_run"].substitute(label=r["label"], train_loss=f"{r['train_loss']:.3f}",
+                                      test_accuracy=f"{r['test_accuracy']:.4f}")
+            for r in nobn)))
     best = max(bn, key=lambda r: r["last5_test_accuracy"])
     worst = min(bn, key=lambda r: r["last5_test_accuracy"])
-    out.append(
-        f"\n**Overall.** Averaged over their last 5 epochs the BN + L2 runs range from "
-        f"{worst['last5_test_accuracy']:.4f} (λ = {worst['l2']:g}) to "
-        f"{best['last5_test_accuracy']:.4f} (λ = {best['l2']:g})"
-        + ("; with a constant η, larger λ means more rotation at the end and lower accuracy "
-           "here" if _decreasing([by[lam]["last5_test_accuracy"] for lam in lams]) else "")
-        + ". On the BN'd kernels λ "
-        "acts through the effective learning rate (item 1) and the rotation rate (items 3-4); "
-        "the only kernel on which it acts as a regularizer is the one that no normalization "
-        "follows, the classifier ('the only parameters that are actually regularized are "
-        "[those] of the last layer'). So, as the seeds put it, using both is allowed and "
-        "changes the result, but 'they do not work as regularizer together': treat λ on "
-        "normalized weights as a learning-rate setting (or fix their norm and set η "
-        "directly), and keep L2 for the weights that are not scale-invariant — what "
-        "`regularizers.apply(..., skip_scale_invariant='auto')` does.")
+    decreasing = _decreasing([by[lam]["last5_test_accuracy"] for lam in lams])
+    out.append(t["overall"].substitute(
+        worst_accuracy=f"{worst['last5_test_accuracy']:.4f}", worst_l2=f"{worst['l2']:g}",
+        best_accuracy=f"{best['last5_test_accuracy']:.4f}", best_l2=f"{best['l2']:g}",
+        decreasing="; " + t["overall_decreasing"].substitute() if decreasing else ""))
     return out
+
+
+def _matched_item(t, results, ref, unit, pinned):
+    """Item 4: the λ run against its matched unit-norm / pinned runs."""
+    rl = ref["last_epoch_conv_mean"]
+
+    def facts(run):
+        return {"test_accuracy": f"{run['test_accuracy']:.4f}",
+                "last5_test_accuracy": f"{run['last5_test_accuracy']:.4f}",
+                "train_loss": f"{run['train_loss']:.3f}",
+                "angular_update": f"{run['last_epoch_conv_mean']['angular_update']:.3g}"}
+
+    lines = [t["item4_reference"].substitute(l2=f"{ref['l2']:g}", **facts(ref))]
+    if unit is not None:
+        lines.append(t["item4_unit"].substitute(lr=f"{unit['lr']:.3g}", **facts(unit)))
+    ratio = float("nan")
+    if pinned is not None:
+        ratio = rl["angular_update"] / pinned["last_epoch_conv_mean"]["angular_update"]
+        rotation = (t["item4_less_rotation"].substitute(ratio=f"{ratio:.1f}") if ratio > 1.5
+                    else t["item4_similar_rotation"].substitute())
+        lines.append(t["item4_pinned"].substitute(lr=f"{results['learning_rate']:g}",
+                                                  rotation=rotation, **facts(pinned)))
+    if unit is not None and pinned is not None:
+        u_rot = unit["last_epoch_conv_mean"]["angular_update"]
+        if u_rot > 1.5 * pinned["last_epoch_conv_mean"]["angular_update"]:
+            lines.append(t["item4_unit_rotates"].substitute(
+                angular_update=f"{u_rot:.3g}",
+                reference_angular_update=f"{rl['angular_update']:.3g}",
+                last5_test_accuracy=f"{unit['last5_test_accuracy']:.4f}",
+                reference_last5_test_accuracy=f"{ref['last5_test_accuracy']:.4f}",
+                lr=f"{unit['lr']:.3g}"))
+    annealing = t["item4_annealing"].substitute() + " " if ratio > 1.5 else ""
+    return t["item4"].substitute(l2=f"{ref['l2']:g}", lines="\n".join(lines),
+                                 annealing=annealing)
 
 
 def _decreasing(values):
     return all(a >= b for a, b in zip(values, values[1:], strict=False))
 
 
-def _rise_note(results, by):
+def _rise_note(t, results):
     """Where the reference run's effective learning rate reaches 90% of its final value."""
     lam = results.get("match_l2")
     curve = results.get("effective_lr_by_epoch", {}).get(lam)
@@ -577,5 +521,4 @@ def _rise_note(results, by):
         return ""
     final = curve[-1]
     epoch = next(i + 1 for i, v in enumerate(curve) if v >= 0.9 * final)
-    return (f" (at λ = {lam:g} the effective learning rate reaches 90% of its final value only "
-            f"at epoch {epoch} of {len(curve)}, second figure)")
+    return " " + t["item3_rise_note"].substitute(l2=f"{lam:g}", epoch=epoch, epochs=len(curve))

@@ -11,6 +11,9 @@ box ``ηλ ∈ [λ_min η_min, λ_max η_max]`` every (η, λ) of the independen
 Objectives: any callable of the decoded point (``norm``, ``decay``, ``learning_rate``,
 ``lambda``, ``eta_lambda``); :func:`training_objective` trains the study's model for a point
 and returns its best validation score (what a benchmark uses).
+
+A helper of the source checkout's benchmarks (``bench/bench_tuning.py``, ``bench/_tabular.py``),
+not part of the installed package: ``from experiments import compare`` from the repository root.
 """
 
 from __future__ import annotations
@@ -23,6 +26,7 @@ from collections.abc import Callable, Iterable, Mapping, Sequence
 import keras_tuner as kt
 
 from keras_normreg.tuning import space as nr_space
+from keras_normreg.tuning.hypermodel import NormRegHyperModel
 
 __all__ = ["compare_parametrizations", "covering_space", "search_scores", "trials_to_target",
            "training_objective"]
@@ -134,7 +138,8 @@ def compare_parametrizations(objective: Callable[[dict], float], space: Mapping,
     """Trials needed to reach ``target`` with each parametrization, same budget and seeds.
 
     Args:
-        objective: ``f(point) -> score``; ``point`` as :func:`space.decode` returns it.
+        objective: ``f(point) -> score``; ``point`` as :func:`keras_normreg.tuning.space.decode`
+            returns it.
         space: a space (either parametrization).
         target: the score to reach.
         budget: trials per search.
@@ -178,8 +183,6 @@ def compare_parametrizations(objective: Callable[[dict], float], space: Mapping,
 def training_objective(spec: Mapping) -> Callable[[dict], float]:
     """``f(point) -> best objective`` training the study's model (a resolved study spec) once
     per call, in this process (for benchmarks of :func:`compare_parametrizations`)."""
-    from keras_normreg.tuning.hypermodel import NormRegHyperModel
-
     base = spec["base"]
     obj, direction = spec["objective"]["name"], spec["objective"]["direction"]
 

@@ -1,0 +1,10 @@
+"""Experiments and benchmark helpers of the source checkout (not part of the installed package).
+
+* :mod:`experiments.l2_vs_bn` — ``keras-normreg study l2-vs-bn``: BN + L2 vs unit norm vs no BN
+  on MNIST-1D, with a Markdown report (prose in ``experiments/templates/l2_vs_bn.md``) and plots.
+* :mod:`experiments.compare` — invariance-aware search: trials each parametrization (λ, η) or
+  (ηλ, η) needs to reach a target (used by ``bench/bench_tuning.py``).
+
+They import ``keras_normreg``; nothing in ``keras_normreg`` imports them (the CLI's ``study``
+subcommand loads :mod:`experiments.l2_vs_bn` from the checkout it runs in).
+"""
