@@ -16,7 +16,7 @@ from keras_normreg import optimizers
 from keras_normreg._invariance import ScaleInvariance
 from keras_normreg.optimizers import DecoupledWeightDecay
 from keras_normreg.optimizers import decoupled as decoupled_module
-from tests.backend_marks import requires_float64, requires_float64_ops, requires_tensorflow
+from tests.backend_marks import requires_float64, requires_tensorflow
 from tests.helpers import (
     assert_config_roundtrip,
     assert_saved_model_equal,
@@ -679,7 +679,7 @@ def test_constant_goes_straight_to_the_dtype():
     assert constant(t32, "float64").dtype == ops.convert_to_tensor(0.0, "float64").dtype
 
 
-@requires_float64_ops
+@requires_float64
 @pytest.mark.parametrize("semantics", ["lr", "schedule", "corrected"])
 def test_float64_update_matches_numpy_to_machine_precision(semantics):
     """Python-float constants (λ = 0.1, lr_0, lr_max, the sphere epsilon) reach a float64
@@ -706,7 +706,7 @@ def test_float64_update_matches_numpy_to_machine_precision(semantics):
     assert variables["bias"].dtype == "float64"
 
 
-@requires_float64_ops
+@requires_float64
 def test_sphere_epsilon_reaches_float64_exactly():
     from keras_normreg.optimizers import _sphere
 

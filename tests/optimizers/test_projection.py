@@ -10,7 +10,7 @@ from keras import ops
 
 from keras_normreg import optimizers
 from keras_normreg.optimizers import SGDP, AdamP
-from tests.backend_marks import requires_float64_ops
+from tests.backend_marks import requires_float64
 from tests.helpers import (
     assert_config_roundtrip,
     assert_saved_model_equal,
@@ -236,7 +236,7 @@ def test_project_radial_matches_reference(branch):
 
 
 # ----------------------------------------------------------------------------- ε placement
-@requires_float64_ops
+@requires_float64
 @pytest.mark.parametrize("branch", ["channel", "none"])
 @pytest.mark.parametrize("placement", ["pytorch", "keras"])
 def test_adamp_epsilon_placement_against_numpy(placement, branch):
@@ -299,7 +299,7 @@ def test_epsilon_placement_config_and_error():
 
 
 # ----------------------------------------------------------------------------- float64
-@requires_float64_ops
+@requires_float64
 @pytest.mark.parametrize("name", ["sgdp_dampening", "sgdp_nesterov", "adamp", "adamp_nesterov"])
 def test_float64_step_matches_numpy_to_machine_precision(name):
     """Python-float constants (β₁ = 0.9, μ, τ, λ, ε, δ, wd_ratio) reach float64 variables
