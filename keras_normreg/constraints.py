@@ -54,6 +54,16 @@ from keras_normreg._utils import check_choice, check_number, get_from_table, rec
 LAYER_KINDS = ("dense", "conv", "conv_transpose", "depthwise", "embedding")
 _EPS = 1e-12
 
+
+def _floored(norms):
+    """``max(norms, 1e-12)`` in the norms' dtype. Written with ``where``: Keras' torch
+    ``ops.maximum`` / ``ops.minimum`` return float32 for float64 inputs (its type promotion maps
+    float64 to float32 off TensorFlow); ``where`` keeps float64 on every backend. Python floats
+    reach the dtype with ``convert_to_tensor(x, dtype)`` (TensorFlow's ``ops.cast`` of a Python
+    float goes through float32)."""
+    floor = ops.convert_to_tensor(_EPS, dtype=norms.dtype)
+    return ops.where(norms < floor, floor, norms)
+
 __all__ = ["UnitNorm", "MaxNorm", "FixedNorm", "get", "from_value", "attach", "CONSTRAINTS",
            "LAYER_KINDS", "VALUE_ARGUMENTS", "register_constraint", "unregister_constraint"]
 
@@ -156,7 +166,7 @@ class FixedNorm(_PerUnitNormConstraint):
     def __call__(self, w):
         w = ops.convert_to_tensor(w)
         norms = self.unit_norms(w)
-        return w * (ops.cast(self.value, w.dtype) / ops.maximum(norms, _EPS))
+        return w * (ops.convert_to_tensor(self.value, dtype=w.dtype) / _floored(norms))
 
     def get_config(self):
         return {"value": self.value, **super().get_config()}
@@ -202,10 +212,9 @@ class MaxNorm(_PerUnitNormConstraint):
     def __call__(self, w):
         w = ops.convert_to_tensor(w)
         norms = self.unit_norms(w)
-        factor = ops.minimum(
-            ops.cast(1.0, w.dtype), ops.cast(self.max_value, w.dtype) / ops.maximum(norms, _EPS)
-        )
-        return w * factor
+        ratio = ops.convert_to_tensor(self.max_value, dtype=w.dtype) / _floored(norms)
+        one = ops.ones((), dtype=w.dtype)
+        return w * ops.where(ratio < one, ratio, one)  # min(1, ratio), see _floored
 
     def get_config(self):
         return {"max_value": self.max_value, **super().get_config()}

@@ -5,6 +5,7 @@ import numpy as np
 import pytest
 
 from keras_normreg import constraints
+from tests.backend_marks import requires_float64
 from tests.helpers import (
     assert_config_roundtrip,
     assert_saved_model_equal,
@@ -110,6 +111,21 @@ def test_max_norm_clips_only_units_above_max():
     small = scales <= 2.0
     np.testing.assert_array_equal(out[..., small], w[..., small])  # untouched exactly
     np.testing.assert_allclose(_unit_norms(out, (0, 1, 2))[~small], 2.0, rtol=1e-5)
+
+
+@requires_float64
+def test_float64_constraints_match_numpy_to_machine_precision():
+    """float64 weights stay float64 (also on torch, where Keras' ops.maximum/minimum would give
+    float32): FixedNorm / MaxNorm equal the float64 NumPy formulas to ~1e-15."""
+    w = np.random.default_rng(5).normal(size=(3, 4))
+    w[:, 3] *= 0.1  # one unit under the MaxNorm cap: left exactly as is
+    n = np.linalg.norm(w, axis=0, keepdims=True)
+    for c, ref in ((constraints.FixedNorm(0.7), w * (0.7 / n)),
+                   (constraints.MaxNorm(0.5), w * np.minimum(1.0, 0.5 / n))):
+        out = keras.ops.convert_to_numpy(c(keras.ops.convert_to_tensor(w)))
+        assert out.dtype == np.float64, type(c).__name__
+        np.testing.assert_allclose(out, ref, rtol=1e-14, atol=0, err_msg=type(c).__name__)
+    assert (keras.ops.convert_to_numpy(constraints.MaxNorm(0.5)(w))[:, 3] == w[:, 3]).all()
 
 
 def test_keras_unit_norm_is_wrong_on_conv_kernels_ours_is_right():

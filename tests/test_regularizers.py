@@ -5,10 +5,10 @@ import math
 import keras
 import numpy as np
 import pytest
-import tensorflow as tf
 
 from keras_normreg import regularizers
 from keras_normreg.regularizers import L1, L2, ElasticNet
+from tests.backend_marks import requires_float64, requires_tensorflow
 from tests.helpers import (
     assert_config_roundtrip,
     assert_saved_model_equal,
@@ -53,7 +53,10 @@ def test_penalty_equals_numpy(reg, expected):
         float(expected(w.astype(np.float64))), rel=1e-5)
 
 
+@requires_tensorflow
 def test_pytorch_weight_decay_convention():
+    import tensorflow as tf
+
     """PyTorch weight decay λ adds λ*w to the gradient; that is L2(λ/2)."""
     lam = 5e-4
     w = _w((3, 4), seed=1)
@@ -61,7 +64,14 @@ def test_pytorch_weight_decay_convention():
     with tf.GradientTape() as tape:
         penalty = L2(lam / 2)(var)
     np.testing.assert_allclose(_np(tape.gradient(penalty, var)), lam * w, rtol=1e-6)
-    # finite differences in float64 agree too (independent of autodiff)
+
+
+@requires_float64
+def test_pytorch_weight_decay_convention_finite_differences():
+    """The same convention on every backend: finite differences in float64 (independent of
+    autodiff) give λ*w for L2(λ/2)."""
+    lam = 5e-4
+    w = _w((3, 4), seed=1)
     g = numeric_grad(lambda x: float(_np(L2(lam / 2)(x))), w.astype(np.float64))
     np.testing.assert_allclose(g, lam * w, rtol=1e-4, atol=1e-9)
 

@@ -17,7 +17,9 @@ depthwise kernels, embeddings, normalization scales ``gamma``, WeightNormalizati
    BatchNormalization removes the scale; in inference mode the moving statistics do not rescale.
    Every variable of the model (weights, BN moving statistics, dropout seed states) is
    snapshotted before the probe and restored after each forward pass, so the model is left
-   exactly as it was and every pass sees the same dropout masks.
+   exactly as it was and every pass sees the same dropout masks. On the torch backend an
+   unseeded ``Dropout`` draws from torch's global generator instead of a seed variable, so its
+   state (CPU and CUDA) is snapshotted and restored the same way.
 
 The verdict (``invariant``) is True only when both say invariant (the walk's verdict alone when
 the probe is off or inconclusive). When they disagree the row says so
@@ -138,6 +140,29 @@ def _outputs(model, x):
     return np.concatenate(parts) if parts else np.zeros((0,))
 
 
+def _global_rng_state():
+    """What else than the model's variables decides the dropout masks: on torch, an unseeded
+    ``Dropout`` uses torch's global generator (Keras' fast path); None on other backends,
+    where every random layer draws from a SeedGenerator state variable."""
+    if keras.backend.backend() != "torch":
+        return None
+    import torch  # heavy external package: only on the torch backend
+
+    cuda = torch.cuda.get_rng_state_all() if torch.cuda.is_available() else None
+    return torch.get_rng_state(), cuda
+
+
+def _set_global_rng_state(state):
+    if state is None:
+        return
+    import torch
+
+    cpu, cuda = state
+    torch.set_rng_state(cpu)
+    if cuda is not None:
+        torch.cuda.set_rng_state_all(cuda)
+
+
 def _relative_change(y, y0):
     if not (np.all(np.isfinite(y)) and np.all(np.isfinite(y0))):
         return float("nan")
@@ -214,10 +239,12 @@ def scale_invariant_weights(model, x, *, factor=3.0, rtol=1e-2, probe=True,
     noise = 0.0
     if probe and pairs:
         state = [(v, np.array(v.numpy(), copy=True)) for v in model.variables]
+        rng_state = _global_rng_state()
 
         def restore():
             for v, value in state:
                 v.assign(value)
+            _set_global_rng_state(rng_state)
 
         try:
             y0 = _outputs(model, x)

@@ -53,8 +53,11 @@ def norms(x, granularity="unit", epsilon=0.0):
     norm = ops.sqrt(ops.sum(ops.square(x), axis=axes, keepdims=True))
     if not epsilon:
         return norm
-    # epsilon straight in x's dtype (ops.cast of a Python float goes through float32)
-    return ops.maximum(norm, ops.convert_to_tensor(epsilon, dtype=norm.dtype))
+    # epsilon straight in x's dtype (ops.cast of a Python float goes through float32); max via
+    # where: Keras' torch ops.maximum returns float32 for two float64 tensors (its type
+    # promotion maps float64 to float32 off TensorFlow), where keeps the dtype; NaN stays NaN
+    floor = ops.convert_to_tensor(epsilon, dtype=norm.dtype)
+    return ops.where(norm < floor, floor, norm)
 
 
 def granularities(found):

@@ -18,6 +18,7 @@ from keras import ops
 from keras_normreg import _compat, _invariance
 from keras_normreg._utils import check_choice, check_number, received, register
 from keras_normreg.optimizers import _rules, _sphere
+from keras_normreg.optimizers._apply import for_each_variable, shrink
 
 SEMANTICS = ("lr", "schedule", "corrected")
 SCALE_INVARIANT = (None, "exclude", "sphere")
@@ -48,39 +49,6 @@ class Treatment(NamedTuple):
     kind: str
     reason: str
     granularity: str | tuple[int, ...] | None = None
-
-
-def _tf():
-    import tensorflow as tf
-
-    return tf
-
-
-def _unwrap(variable):
-    """The backend (tf.Variable, possibly distributed) behind a Keras variable."""
-    return variable.value if isinstance(variable, keras.Variable) else variable
-
-
-def for_each_variable(variables, fn):
-    """Run ``fn(var)`` on every (per-device) copy of every variable, tf.distribute-aware.
-
-    Called in a replica context (as ``optimizer.apply`` is), it merges into the cross-replica
-    context and updates each mirrored copy with ``strategy.extended.update`` — the same path
-    Keras' TensorFlow optimizer uses for its own weight decay. Without a strategy it simply
-    calls ``fn`` on each variable.
-    """
-    tf = _tf()
-    tf_vars = [_unwrap(v) for v in variables]
-    if not tf_vars:
-        return
-
-    def merged(distribution, tf_vars):
-        for var in tf_vars:
-            distribution.extended.update(var, fn, group=False)
-
-    tf.__internal__.distribute.interim.maybe_merge_call(
-        merged, tf.distribute.get_strategy(), tf_vars
-    )
 
 
 def _initial_learning_rate(optimizer):
@@ -544,7 +512,7 @@ class DecoupledWeightDecay(keras.optimizers.Optimizer):
 
     def _decay_variables(self, variables):
         def decay(var):
-            var.assign_sub(var * self.effective_decay(var.dtype))
+            shrink(var, self.effective_decay(var.dtype))
 
         for_each_variable(variables, decay)
 

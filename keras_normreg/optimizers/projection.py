@@ -56,6 +56,7 @@ def projection_coefficients(w, g, p, delta, wd_ratio, epsilon):
     reductions (``Σw², Σg², Σw·g, Σw·p`` over the fan axis) decide the branch and give the
     coefficient, and applying it is one pass over the weight.
     """
+    w, g, p = (ops.convert_to_tensor(x) for x in (w, g, p))
     shape = tuple(w.shape)
     units = int(shape[-1])
     fan = int(math.prod(shape[:-1]))
@@ -90,6 +91,7 @@ def projection_coefficients(w, g, p, delta, wd_ratio, epsilon):
 def project_radial(w, g, p, delta, wd_ratio, epsilon):
     """Return ``(p', r)``: ``p`` with its radial part removed if ``w`` looks scale-invariant
     (see the SGDP/AdamP docstrings for the formulas), and the decay ratio ``r``."""
+    w, g, p = (ops.convert_to_tensor(x) for x in (w, g, p))
     coef, ratio = projection_coefficients(w, g, p, delta, wd_ratio, epsilon)
     return p - w * coef, ratio
 

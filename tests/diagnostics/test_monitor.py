@@ -48,7 +48,7 @@ class _Recorder(keras.callbacks.Callback):
 
     def on_train_batch_begin(self, batch, logs=None):
         self.before.append(self._get())
-        self.lr.append(float(self.model.optimizer.learning_rate.numpy()))
+        self.lr.append(float(keras.ops.convert_to_numpy(self.model.optimizer.learning_rate)))
 
     def on_train_batch_end(self, batch, logs=None):
         self.after.append(self._get())
@@ -329,3 +329,84 @@ def test_errors():
         model.fit(x, y, verbose=0, callbacks=[NormMonitor(layers=["dense9"])])
     with pytest.raises(ValueError, match=r"`last_steps`.*Received: last_steps=0"):
         NormMonitor().equilibrium(last_steps=0)
+
+
+def test_log_dir_without_tensorflow_says_use_csv(monkeypatch, tmp_path):
+    """TensorBoard logs need tf.summary: without TensorFlow, log_dir fails at construction with
+    what to do instead; csv_path keeps working."""
+    from keras_normreg.diagnostics import monitor as monitor_module
+
+    monkeypatch.setattr(monitor_module, "_has_tensorflow", lambda: False)
+    with pytest.raises(ValueError, match=r"`log_dir` needs TensorFlow.*csv_path=.*install "
+                                         r"tensorflow\. Received: log_dir="):
+        NormMonitor(log_dir=str(tmp_path / "tb"))
+    model = _bn_mlp()
+    mon = NormMonitor(every_n_steps=1, csv_path=str(tmp_path / "m.csv"))
+    _fit(model, keras.optimizers.SGD(0.1), mon, steps=2)
+    with open(tmp_path / "m.csv") as f:
+        assert len(list(csv.reader(f))) == 1 + 2 * len(mon.tracked)
+
+
+NO_TF_SCRIPT = r"""
+import sys
+for _name in ("tensorflow", "tensorflow_datasets"):
+    sys.modules[_name] = None  # `import tensorflow` raises ImportError
+import csv, json, os
+import keras
+import numpy as np
+from keras_normreg import optimizers
+from keras_normreg.diagnostics import NormMonitor, scale_invariant_weights
+
+out = {"backend": keras.backend.backend()}
+try:
+    NormMonitor(log_dir=os.path.join(sys.argv[1], "tb"))
+except ValueError as err:
+    out["log_dir_error"] = str(err)
+keras.utils.set_random_seed(0)
+inp = keras.Input((6,))
+h = keras.layers.Dense(8, use_bias=False, name="d1")(inp)
+h = keras.layers.BatchNormalization(name="bn1")(h)
+model = keras.Model(inp, keras.layers.Dense(3, name="head")(keras.layers.ReLU()(h)))
+model.compile(optimizer=optimizers.SGDW(0.1, weight_decay=5e-3, scale_invariant="sphere").bind(model),
+              loss=keras.losses.SparseCategoricalCrossentropy(from_logits=True))
+rng = np.random.default_rng(0)
+x, y = rng.normal(size=(32, 6)).astype("float32"), rng.integers(0, 3, size=32)
+mon = NormMonitor(every_n_steps=1, csv_path=os.path.join(sys.argv[1], "m.csv"), layers="all")
+model.fit(x, y, batch_size=8, epochs=1, verbose=0, callbacks=[mon])
+with open(os.path.join(sys.argv[1], "m.csv")) as f:
+    out["csv_rows"] = len(list(csv.reader(f)))
+out["d1_norm"] = mon.history["d1/kernel"]["norm"].tolist()
+out["invariant"] = sorted(scale_invariant_weights(model, x).invariant)
+out["tf_loaded"] = any(m == "tensorflow" or m.startswith("tensorflow.")
+                       for m, v in sys.modules.items() if v is not None)
+print("RESULT " + json.dumps(out))
+"""
+
+
+@pytest.mark.parametrize("backend", ["jax", "torch"])
+def test_monitor_sphere_and_auditor_without_tensorflow(backend, tmp_path):
+    """With TensorFlow not importable: log_dir says to use csv_path, the CSV is written, the
+    sphere-mode kernels (SGDW) are measured at unit norm per unit (√units for the tensor), the
+    auditor's probe runs, and TensorFlow is never imported."""
+    import importlib.util
+    import json
+    import subprocess
+    import sys
+
+    if importlib.util.find_spec(backend) is None:
+        pytest.skip(f"{backend} is not installed")
+    root = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
+    env = dict(os.environ, KERAS_BACKEND=backend,
+               PYTHONPATH=root + os.pathsep + os.environ.get("PYTHONPATH", ""))
+    proc = subprocess.run([sys.executable, "-c", NO_TF_SCRIPT, str(tmp_path)], cwd=root, env=env,
+                          capture_output=True, text=True, timeout=600)
+    lines = [ln for ln in proc.stdout.splitlines() if ln.startswith("RESULT ")]
+    if not lines and "KERAS_BACKEND" in proc.stderr and "ImportError" in proc.stderr:
+        pytest.skip(f"keras_normreg refuses KERAS_BACKEND={backend}: {proc.stderr[-300:]}")
+    assert proc.returncode == 0 and lines, proc.stdout[-3000:] + proc.stderr[-3000:]
+    out = json.loads(lines[-1][len("RESULT "):])
+    assert out["backend"] == backend and out["tf_loaded"] is False
+    assert "csv_path" in out["log_dir_error"] and "Received: log_dir=" in out["log_dir_error"]
+    assert out["csv_rows"] == 1 + 4 * 2  # header + 4 steps x (d1, head) kernels
+    np.testing.assert_allclose(out["d1_norm"], math.sqrt(8), rtol=1e-5)
+    assert out["invariant"] == ["d1/kernel"]

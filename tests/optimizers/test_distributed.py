@@ -15,6 +15,8 @@ import textwrap
 
 import pytest
 
+from tests.backend_marks import requires_tensorflow
+
 SCRIPT = textwrap.dedent(
     r"""
     import os
@@ -85,6 +87,7 @@ SCRIPT = textwrap.dedent(
 )
 
 
+@requires_tensorflow
 def test_mirrored_strategy_matches_single_device():
     root = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
     env = dict(os.environ, KERAS_BACKEND="tensorflow", TF_CPP_MIN_LOG_LEVEL="3",
