@@ -10,16 +10,14 @@ comma  := ,
 STAMP  := $(VENV)/.installed-$(subst $(comma),-,$(EXTRAS))
 PYTEST_ARGS ?=
 # The blocks' tests run again on the JAX and PyTorch backends (TensorFlow-only tests skip
-# themselves there). The cross-backend subprocess tests already start every backend from the
-# TensorFlow run, so they are not repeated.
+# themselves there, and so do the tests that start every backend in subprocesses: those run once,
+# from the TensorFlow session; see tests/backend_marks.py).
 BACKEND_TESTS ?= tests/layers tests/test_kernels.py tests/test_backend.py \
 	tests/test_constraints.py tests/test_regularizers.py tests/test_selectors.py \
 	tests/test_invariance.py tests/optimizers tests/diagnostics/test_monitor.py \
 	tests/diagnostics/test_auditor.py tests/diagnostics/test_equilibrium.py \
 	tests/zoo/test_zoo_layers.py tests/zoo/test_param_counts.py tests/zoo/test_families.py \
 	tests/data/test_arrays.py tests/data/test_streams.py
-BACKEND_SKIP := --ignore=tests/layers/test_cross_backend.py \
-	--ignore=tests/optimizers/test_cross_backend.py
 
 .PHONY: demo test test-slow lint bench clean install
 
@@ -40,8 +38,8 @@ lint: $(STAMP)
 test: $(STAMP)
 	$(BIN)/ruff check .
 	$(BIN)/python -m pytest -m "not slow" $(PYTEST_ARGS)
-	KERAS_BACKEND=jax $(BIN)/python -m pytest -m "not slow" $(BACKEND_SKIP) $(BACKEND_TESTS)
-	KERAS_BACKEND=torch $(BIN)/python -m pytest -m "not slow" $(BACKEND_SKIP) $(BACKEND_TESTS)
+	KERAS_BACKEND=jax $(BIN)/python -m pytest -m "not slow" $(BACKEND_TESTS)
+	KERAS_BACKEND=torch $(BIN)/python -m pytest -m "not slow" $(BACKEND_TESTS)
 
 test-slow: $(STAMP)
 	$(BIN)/python -m pytest -m slow $(PYTEST_ARGS)

@@ -12,7 +12,7 @@ from __future__ import annotations
 import keras
 import pytest
 
-__all__ = ["BACKEND", "FLOAT64", "requires_float64", "requires_tensorflow"]
+__all__ = ["BACKEND", "FLOAT64", "requires_float64", "requires_tensorflow", "spawns_backends"]
 
 BACKEND = keras.backend.backend()
 
@@ -33,4 +33,12 @@ requires_tensorflow = pytest.mark.skipif(
 
 requires_float64 = pytest.mark.skipif(
     not FLOAT64, reason="float64 on JAX needs 64-bit mode: run with JAX_ENABLE_X64=1"
+)
+
+#: Tests that start every backend in subprocesses themselves (cross-backend equivalence, JAX
+#: data parallelism, TensorFlow hidden): run once, from the TensorFlow session of `make test`,
+#: not again from the JAX and torch sessions.
+spawns_backends = pytest.mark.skipif(
+    BACKEND != "tensorflow",
+    reason="starts its own jax/torch subprocesses: runs once, from the TensorFlow session",
 )

@@ -6,7 +6,6 @@ import os
 
 import keras
 import numpy as np
-import pytest
 
 
 def assert_config_roundtrip(obj, *, compare=None):
@@ -55,28 +54,8 @@ def numeric_grad(f, x, eps=1e-3):
 
 
 # ----------------------------------------------------------------------------- backends
-#: The Keras backend this test session runs on.
-BACKEND = keras.backend.backend()
-
-#: Tests of TensorFlow-only machinery (tf.distribute, tf.function / XLA through TensorFlow).
-requires_tf = pytest.mark.skipif(
-    BACKEND != "tensorflow", reason="TensorFlow-only machinery (tf.distribute / tf.function)"
-)
-
-
-def float64_available() -> bool:
-    """Whether float64 tensors exist on this backend (JAX only with ``jax_enable_x64``)."""
-    if BACKEND != "jax":
-        return True
-    import jax
-
-    return bool(jax.config.jax_enable_x64)
-
-
-#: Tests that need real float64 arithmetic (finite differences, 1e-12 comparisons).
-requires_float64 = pytest.mark.skipif(
-    not float64_available(), reason="float64 needs JAX_ENABLE_X64=1 on the JAX backend"
-)
+# The backend markers live in tests/backend_marks.py; re-exported here for the helpers below.
+from tests.backend_marks import BACKEND, requires_float64  # noqa: E402, F401
 
 
 def gradients(fn, inputs=(), variables=()):

@@ -12,6 +12,7 @@ import pytest
 
 from keras_normreg import optimizers, regularizers, zoo
 from keras_normreg.diagnostics import NormMonitor, equilibrium_angular_update, optimizer_facts
+from tests.backend_marks import spawns_backends
 from tests.helpers import assert_config_roundtrip, assert_serialize_roundtrip
 
 L = keras.layers
@@ -383,6 +384,7 @@ print("RESULT " + json.dumps(out))
 """
 
 
+@spawns_backends
 @pytest.mark.parametrize("backend", ["jax", "torch"])
 def test_monitor_sphere_and_auditor_without_tensorflow(backend, tmp_path):
     """With TensorFlow not importable: log_dir says to use csv_path, the CSV is written, the

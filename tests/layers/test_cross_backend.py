@@ -20,6 +20,10 @@ import sys
 import numpy as np
 import pytest
 
+from tests.backend_marks import spawns_backends
+
+pytestmark = spawns_backends
+
 ROOT = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 BACKENDS = ("tensorflow", "jax", "torch")
 MOMENTUM, EPSILON, K = 0.9, 1e-3, 3

@@ -17,9 +17,9 @@ import sys
 import numpy as np
 import pytest
 
-from tests.helpers import requires_tf
+from tests.backend_marks import requires_tensorflow
 
-pytestmark = requires_tf  # tf.distribute.MirroredStrategy: TensorFlow only
+pytestmark = requires_tensorflow  # tf.distribute.MirroredStrategy: TensorFlow only
 
 ROOT = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 

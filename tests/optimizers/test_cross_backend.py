@@ -30,6 +30,10 @@ import textwrap
 import numpy as np
 import pytest
 
+from tests.backend_marks import spawns_backends
+
+pytestmark = spawns_backends
+
 BACKENDS = ("tensorflow", "jax", "torch")
 RTOL, ATOL = 1e-6, 1e-6
 LR_SGD, LR_ADAM, MU, LAM = 0.1, 0.01, 0.9, 0.05

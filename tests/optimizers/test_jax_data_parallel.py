@@ -25,6 +25,10 @@ import textwrap
 import numpy as np
 import pytest
 
+from tests.backend_marks import spawns_backends
+
+pytestmark = spawns_backends
+
 # Measured max |distributed - single| over all weights: 6e-8 (sgd_sphere and adamp);
 # 1e-6 leaves a >10x margin and is 5000x below one step's decay of a unit-size weight.
 ATOL = 1e-6
