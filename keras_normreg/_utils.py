@@ -34,6 +34,18 @@ def variable_path(variable) -> str:
     return path
 
 
+def unregister_choice(family: str, table: dict, builtin, name) -> None:
+    """Delete ``name`` from a choice ``table`` (a family's one table of names) unless it is
+    one of the ``builtin`` names; errors name the family and list the registered names."""
+    if isinstance(name, str) and name in builtin:
+        raise ValueError(f"{family} {name!r} is built in and cannot be unregistered. "
+                         f"{received('name', name)}")
+    if not isinstance(name, str) or name not in table:
+        raise ValueError(f"{family} {name!r} is not registered. Registered names: "
+                         f"{sorted(set(table) - set(builtin))}. {received('name', name)}")
+    del table[name]
+
+
 def check_number(name: str, value, *, low=None, high=None, low_inclusive=True,
                  high_inclusive=True, integer=False, allow_none=False):
     """Validate a scalar argument and return it; raise ValueError naming the argument otherwise."""

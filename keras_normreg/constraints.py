@@ -49,7 +49,14 @@ import keras
 from keras import ops
 
 from keras_normreg import _targeting, selectors
-from keras_normreg._utils import check_choice, check_number, get_from_table, received, register
+from keras_normreg._utils import (
+    check_choice,
+    check_number,
+    get_from_table,
+    received,
+    register,
+    unregister_choice,
+)
 
 LAYER_KINDS = ("dense", "conv", "conv_transpose", "depthwise", "embedding")
 _EPS = 1e-12
@@ -274,13 +281,7 @@ def register_constraint(name: str, cls, *, value_argument: str | None = None):
 
 def unregister_constraint(name: str) -> None:
     """Remove a name added by :func:`register_constraint` (built-in ones stay)."""
-    if isinstance(name, str) and name in _BUILTIN:
-        raise ValueError(f"Constraint {name!r} is built in and cannot be unregistered. "
-                         + received("name", name))
-    if not isinstance(name, str) or name not in CONSTRAINTS:
-        raise ValueError(f"Constraint {name!r} is not registered. Registered names: "
-                         f"{sorted(set(CONSTRAINTS) - _BUILTIN)}. " + received("name", name))
-    del CONSTRAINTS[name]
+    unregister_choice("Constraint", CONSTRAINTS, _BUILTIN, name)
     VALUE_ARGUMENTS.pop(name, None)
 
 

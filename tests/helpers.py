@@ -2,7 +2,10 @@
 
 from __future__ import annotations
 
+import importlib.util
 import os
+import sys
+from pathlib import Path
 
 import keras
 import numpy as np
@@ -95,3 +98,21 @@ def gradients(fn, inputs=(), variables=()):
         raise NotImplementedError(BACKEND)
     return (keras.ops.convert_to_numpy(out),
             [keras.ops.convert_to_numpy(g) for g in grads])
+
+
+# ------------------------------------------------------------------------------ bench/
+BENCH_DIR = Path(__file__).resolve().parents[1] / "bench"
+
+
+def load_bench(name: str):
+    """Import ``bench/<name>.py`` (bench/ is scripts, not a package) once per session."""
+    if str(BENCH_DIR) not in sys.path:
+        sys.path.insert(0, str(BENCH_DIR))
+    module_name = f"_bench_{name}"
+    if module_name in sys.modules:
+        return sys.modules[module_name]
+    spec = importlib.util.spec_from_file_location(module_name, BENCH_DIR / f"{name}.py")
+    module = importlib.util.module_from_spec(spec)
+    sys.modules[module_name] = module
+    spec.loader.exec_module(module)
+    return module

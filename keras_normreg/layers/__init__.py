@@ -20,7 +20,7 @@ import re
 
 import keras
 
-from keras_normreg._utils import check_number, received, register
+from keras_normreg._utils import check_number, received, register, unregister_choice
 from keras_normreg.layers._base import DispersionBatchNormalization
 from keras_normreg.layers.l1_batch_norm import L1BatchNormalization
 from keras_normreg.layers.topk_batch_norm import TopKBatchNormalization, topk_scale
@@ -123,14 +123,7 @@ def register_normalization(name: str, cls):
 
 def unregister_normalization(name: str) -> None:
     """Remove a choice added by :func:`register_normalization` (built-in ones stay)."""
-    if isinstance(name, str) and name in _BUILTIN:
-        raise ValueError(f"Normalization {name!r} is built in and cannot be unregistered. "
-                         f"{received('name', name)}")
-    if not isinstance(name, str) or name not in NORMALIZATIONS:
-        registered = sorted(set(NORMALIZATIONS) - _BUILTIN)
-        raise ValueError(f"Normalization {name!r} is not registered. Registered names: "
-                         f"{registered}. {received('name', name)}")
-    del NORMALIZATIONS[name]
+    unregister_choice("Normalization", NORMALIZATIONS, _BUILTIN, name)
 
 
 def _unknown(identifier):

@@ -22,7 +22,7 @@ from collections.abc import Callable, Mapping
 
 import keras
 
-from keras_normreg._utils import received
+from keras_normreg._utils import received, unregister_choice
 from keras_normreg.optimizers import _rules
 from keras_normreg.optimizers._rules import KEYWORDS as RULE_KEYWORDS
 from keras_normreg.optimizers._sphere import norms as sphere_norms
@@ -194,13 +194,7 @@ def register_recipe(name: str, build: Callable):
 
 def unregister_recipe(name: str) -> None:
     """Remove a name added by :func:`register_recipe` (built-in ones stay)."""
-    if isinstance(name, str) and name in _BUILTIN_RECIPES:
-        raise ValueError(f"Optimizer {name!r} is built in and cannot be unregistered. "
-                         f"{received('name', name)}")
-    if not isinstance(name, str) or name not in RECIPES:
-        raise ValueError(f"Optimizer {name!r} is not registered. Registered names: "
-                         f"{sorted(set(RECIPES) - _BUILTIN_RECIPES)}. {received('name', name)}")
-    del RECIPES[name]
+    unregister_choice("Optimizer", RECIPES, _BUILTIN_RECIPES, name)
 
 
 def from_recipe(section: Mapping, learning_rate=None, model=None):
