@@ -21,6 +21,8 @@ to install. Preprocessing constants are documented in :mod:`keras_normreg.data.r
 
 import importlib
 
+import keras
+
 from keras_normreg.data import _deps
 from keras_normreg.data.numpy_arrays import arrays
 from keras_normreg.data.registry import DatasetInfo, info, list_datasets
@@ -40,12 +42,21 @@ _LAZY_MODULES = ("pipelines", "digits", "mnist1d", "_common")
 
 __all__ = ["DatasetInfo", "arrays", "info", "list_datasets"]
 
-if _deps.tfds_available():
-    # Registers the embedded builders with tfds, as ``import keras_normreg`` always has (this
-    # imports TensorFlow). Without TensorFlow the builders cannot exist; arrays() still works.
-    from keras_normreg.data import digits, mnist1d  # noqa: F401
 
-    __all__ += sorted(_LAZY)
+def register_tfds_builders() -> None:
+    """Register the embedded sets (mnist1d, digits) as tfds builders, so that
+    ``tfds.load("mnist1d")`` works; imports TensorFlow. Done at import on the TensorFlow
+    backend and on first use of a tf.data name (``load``, ...) on the others; idempotent."""
+    for module in ("digits", "mnist1d"):
+        importlib.import_module(f"{__name__}.{module}")
+
+
+if _deps.tfds_available():
+    __all__ += sorted([*_LAZY, "register_tfds_builders"])
+    if keras.backend.backend() == "tensorflow":
+        # ``tfds.load("mnist1d")`` works after ``import keras_normreg``, as it always has. On
+        # the JAX and torch backends TensorFlow is imported only when a tf.data name is used.
+        register_tfds_builders()
 
 
 def __getattr__(name):
@@ -55,6 +66,7 @@ def __getattr__(name):
     missing = _deps.missing_modules()
     if missing:
         raise _deps.missing_error(f"keras_normreg.data.{name}", missing)
+    register_tfds_builders()
     value = importlib.import_module(f"{__name__}.{module}")
     if name in _LAZY:
         value = getattr(value, name)

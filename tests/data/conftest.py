@@ -8,6 +8,9 @@ import pytest
 def data_dir(tmp_path_factory):
     pytest.importorskip("tensorflow")  # the tfds tests skip without TensorFlow
     tfds = pytest.importorskip("tensorflow_datasets")
+    from keras_normreg import data
+
+    data.register_tfds_builders()  # done at import on the TensorFlow backend only
     path = tmp_path_factory.mktemp("tfds")
     tfds.builder("mnist1d", data_dir=str(path)).download_and_prepare()
     tfds.builder("digits", data_dir=str(path)).download_and_prepare()
