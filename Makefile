@@ -12,7 +12,7 @@ PYTEST_ARGS ?=
 # The blocks' tests run again on the JAX and PyTorch backends (TensorFlow-only tests skip
 # themselves there, and so do the tests that start every backend in subprocesses: those run once,
 # from the TensorFlow session; see tests/backend_marks.py). Parameter counts are the same on every
-# backend and their big models cost ~1.5 min on JAX: they run on TensorFlow only.
+# backend and their big models cost ~35 s on JAX: they run on TensorFlow only.
 BACKEND_TESTS ?= tests/layers tests/test_kernels.py tests/test_backend.py \
 	tests/test_constraints.py tests/test_regularizers.py tests/test_selectors.py \
 	tests/test_invariance.py tests/optimizers tests/diagnostics/test_monitor.py \
