@@ -71,10 +71,11 @@ TensorFlow on a loaded 2-core CPU) is what counts on small models, so the defaul
 ``every_n_steps=10``. Measured with
 ``bench/bench_monitor.py`` on the cnn1d MNIST-1D training (batch 128, ~13-19 ms/step, 2 shared
 CPU cores, load 3-4; monitor on/off alternating epoch by epoch in one ``fit``):
-``every_n_steps=10``: 116 µs/step inside the monitor = 0.68% of the step, with/without step-time
-ratio 1.005 (median of 20 epoch pairs); with TensorBoard and ``per_unit=True`` too: 155 µs/step
-= 0.81%. ``every_n_steps=1``: 0.60 ms/step = 3.8% — use it for short diagnostic runs (the
-study and the equilibrium test do).
+``every_n_steps=10``: 186 µs/step inside the monitor = 0.62% of the step, with/without step-time
+ratio 1.011 (median of the epoch pairs; after the keras.ops rewrite, TensorFlow fast path, load
+~4; 116 µs = 0.68% and 1.005 before it). Measured before the rewrite only: with TensorBoard and
+``per_unit=True`` too, 155 µs/step = 0.81%; ``every_n_steps=1``, 0.60 ms/step = 3.8% — use it
+for short diagnostic runs (the study and the equilibrium test do).
 """
 
 from __future__ import annotations
