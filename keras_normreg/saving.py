@@ -22,6 +22,8 @@ import importlib.metadata
 import json
 import os
 import platform
+import tempfile
+import zipfile
 from collections.abc import Mapping
 from pathlib import Path
 
@@ -38,6 +40,8 @@ __all__ = [
     "CARD_FILE",
     "CardError",
     "ChecksumError",
+    "DestinationError",
+    "EntryLoadError",
     "LOSS_TOLERANCE",
     "evaluation_batches",
     "MODEL_FILE",
@@ -45,6 +49,7 @@ __all__ = [
     "RECIPE_FILE",
     "REQUIRED_CARD_KEYS",
     "evaluate_model",
+    "check_destination",
     "evaluate_saved",
     "file_sha256",
     "find_entry",
@@ -73,6 +78,34 @@ class ChecksumError(ValueError):
 
 class MetricMismatchError(RuntimeError):
     """Re-evaluation does not reproduce the card's metrics."""
+
+
+class DestinationError(ValueError):
+    """The folder an entry is to be written into cannot be written."""
+
+
+class EntryLoadError(ValueError):
+    """model.keras matches its card but cannot be loaded (damaged archive, or refused by
+    ``safe_mode``); the message is one line."""
+
+
+def check_destination(out_dir: str | os.PathLike, *, argument: str = "train.output_dir") -> None:
+    """Raise :class:`DestinationError` now if an entry cannot be written into ``out_dir``.
+
+    Creates the folder (and its parents) and a temporary file in it, then removes the file;
+    called before training starts, so a read-only or missing-permission destination costs
+    nothing. ``argument`` names the recipe key or option the folder came from.
+    """
+    out_dir = os.fspath(out_dir)
+    try:
+        os.makedirs(out_dir, exist_ok=True)
+        with tempfile.NamedTemporaryFile(dir=out_dir, prefix=".write-check-"):
+            pass
+    except OSError as e:
+        raise DestinationError(
+            f"Cannot write the saved entry into {out_dir!r}: {e.strerror or e}. Choose a "
+            f"writable folder ({argument}, or --set {argument}=\"...\" on the command line). "
+            f"Received: {argument}={out_dir!r}") from None
 
 
 # -- checksums and metrics --------------------------------------------------------------------
@@ -312,7 +345,15 @@ def load_saved(name_or_path: str | os.PathLike, *, verify: bool = True,
     entry = find_entry(name_or_path)
     card = load_card(entry)
     model_path = _verify_checksum(entry, card) if verify else entry / card["model_file"]
-    model = keras.saving.load_model(str(model_path), safe_mode=True)
+    try:
+        model = keras.saving.load_model(str(model_path), safe_mode=True)
+    except (zipfile.BadZipFile, OSError, ValueError, TypeError, KeyError) as e:
+        first = (str(e).strip().splitlines() or [type(e).__name__])[0]
+        raise EntryLoadError(
+            f"{model_path}: cannot be loaded ({type(e).__name__}: {first}). The file matches "
+            f"its card's sha256, so the entry was written damaged or holds objects that "
+            f"safe_mode refuses to run; retrain it with `keras-normreg train "
+            f"{entry}/recipe.toml`.") from e
     return (model, card) if return_card else model
 
 
