@@ -266,12 +266,13 @@ def warn_if_exposed(host: str, port: int, err=None) -> bool:
 
 # ------------------------------------------------------------------------- the launcher
 def _exit_status(rc: int) -> str:
+    """``"was killed by SIGKILL"``, ``"exited with status 2"``."""
     if rc < 0:
         try:
-            return f"killed by {signal.Signals(-rc).name}"
+            return f"was killed by {signal.Signals(-rc).name}"
         except ValueError:
-            return f"killed by signal {-rc}"
-    return f"exit status {rc}"
+            return f"was killed by signal {-rc}"
+    return f"exited with status {rc}"
 
 
 def _shell_code(rc: int) -> int:
@@ -444,7 +445,7 @@ def run_local(study: str, workers: int, *, project_dir: str, directory: str | No
         follow()
         if rc != 0:
             _stop(list(procs.values()), grace)
-            print(f"tune: error: the chief exited with {_exit_status(rc)} (its log: "
+            print(f"tune: error: the chief {_exit_status(rc)} (its log: "
                   f"{chief_log_path}); the workers were stopped. Run the same command again to "
                   "resume the study.", file=sys.stderr, flush=True)
             return _shell_code(rc)

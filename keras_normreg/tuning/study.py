@@ -25,6 +25,7 @@ import datetime
 import json
 import os
 import shutil
+import signal
 import socket
 import sys
 import tempfile
@@ -806,7 +807,8 @@ def run_study(study, *, directory: str | None = None, overwrite: bool = False,
         if do_export:
             check_writable(spec["output"]["export_dir"], "output.export_dir")
     lock = launcher.study_lock(project) if role != "worker" else contextlib.nullcontext()
-    with lock, launcher.tuner_environment(role, oracle, worker_id):
+    graceful = _exit_on_sigterm() if role != "worker" else contextlib.nullcontext()
+    with lock, graceful, launcher.tuner_environment(role, oracle, worker_id):
         if overwrite and os.path.isdir(project):
             _clear_project(project)
         tuner = make_tuner(spec, directory=directory, overwrite=False, out=out)
@@ -853,6 +855,25 @@ def run_study(study, *, directory: str | None = None, overwrite: bool = False,
         return {"project_dir": project, "role": role or "single", "done": done,
                 "budget": total, "reports": reports, "export": exported,
                 "best": best_rows[0] if best_rows else None}
+
+
+@contextlib.contextmanager
+def _exit_on_sigterm():
+    """SIGTERM ends the chief (or a one-process run) as SystemExit(143) would: the server
+    stops, the oracle state is saved once more and the study lock is released on the way out
+    (the launcher sends SIGTERM to stop a study). Only from the main thread."""
+    if threading.current_thread() is not threading.main_thread():
+        yield
+        return
+
+    def stop(signum, frame):
+        raise SystemExit(128 + signum)
+
+    previous = signal.signal(signal.SIGTERM, stop)
+    try:
+        yield
+    finally:
+        signal.signal(signal.SIGTERM, previous)
 
 
 def _write_text(path: str, text: str) -> None:

@@ -177,6 +177,34 @@ def test_sigterm_to_the_launcher_stops_everything_and_the_rerun_completes(tmp_pa
     _check_every_trial_once(project, budget)
 
 
+@pytest.mark.slow
+@needs_proc
+def test_launcher_whose_chief_dies_stops_the_workers_and_says_so(tmp_path):
+    path = write_tiny_spec(tmp_path, output={"export": False})
+    project = str(tmp_path / "runs" / "tiny_digits")
+    proc = subprocess.Popen(_cli(path, "--workers", "2", "--max-trials", "4"), cwd=ROOT,
+                            env=_env(), stdout=subprocess.DEVNULL, stderr=subprocess.PIPE,
+                            text=True)
+    kids = []
+    try:
+        _wait_for(lambda: os.path.isfile(os.path.join(project, "oracle.json")), [proc], TIMEOUT,
+                  "the chief")
+        kids = _children(proc.pid)
+        chief = [k for k in kids if "--role chief" in _cmdline(k)]
+        assert len(chief) == 1 and len(kids) == 3
+        os.kill(chief[0], signal.SIGKILL)
+        _, err = proc.communicate(timeout=60)
+    finally:
+        _kill_all([proc])
+    assert proc.returncode == 128 + signal.SIGKILL
+    lines = [ln for ln in err.splitlines() if ln.startswith("tune: error:")]
+    assert len(lines) == 1, err
+    assert "the chief was killed by SIGKILL" in lines[0]
+    assert os.path.join(project, "chief.log") in lines[0]
+    assert "Traceback" not in err
+    assert not [k for k in kids if _alive(k)], [(k, _cmdline(k)) for k in kids]
+
+
 # --------------------------------------------------------- (c) a worker that never returns
 @pytest.mark.slow
 def test_stopped_worker_trial_is_retried_elsewhere(tmp_path):
