@@ -14,10 +14,20 @@ are set by environment variables, which :func:`tuner_environment` sets from the 
   on 127.0.0.1, starts the chief and N workers (``tuner0`` .. ``tuner{N-1}``) as
   subprocesses, restarts a worker that dies (with the same id, so it resumes the trial it was
   running: the chief hands an id its unfinished trial back) and waits for the chief to finish.
-  Worker logs go to ``<directory>/<name>/workers/<id>.log``.
+  Worker logs go to ``<directory>/<name>/workers/<id>.log``, the chief's to
+  ``<directory>/<name>/chief.log`` (and to the terminal). SIGTERM/SIGINT to the launcher is
+  forwarded to every process (SIGKILL after a grace period), waited for, and the launcher
+  exits with ``128 + signum``; a chief that dies stops the workers with a one-line error
+  naming its exit status and log.
 * Several machines, sharing the study directory (for the export):
   ``keras-normreg tune STUDY --role chief --oracle HOST:PORT`` on one,
   ``keras-normreg tune STUDY --role worker --oracle HOST:PORT [--worker-id ID]`` on the others.
+  keras-tuner's gRPC oracle has no authentication: a chief bound to an address that is not
+  loopback warns (:func:`exposure_warning`); keep it on 127.0.0.1 with SSH tunnels, or on a
+  private network.
+
+One chief per study: the chief (or a one-process run) holds ``<directory>/<name>/.study.lock``
+(:func:`study_lock`) while it runs; a second one is refused with the holder's pid.
 
 keras-tuner's distributed mode needs ``grpcio`` and ``tensorboard``
 (``pip install 'keras_normreg[distributed]'``); :func:`check_distributed_dependencies` says so

@@ -14,6 +14,13 @@ Distributed (keras-tuner's chief/worker protocol over gRPC): with ``role="chief"
 serves the oracle on ``address`` until every worker has been told to stop, then writes the
 reports; with ``role="worker"`` it asks the chief for trials and runs them. Workers must share
 the study directory with the chief for the export (same machine, or a shared file system).
+
+Faults (issue 16): the oracle (:class:`_StudyOracle`) saves its state atomically and after each
+trial has left ``ongoing_trials``, so a finished study reruns nothing; a worker sends a
+heartbeat while it trains, and one silent for ``distributed.worker_timeout`` seconds loses its
+trial to another worker (its late reports, tagged with its id, are ignored); checkpoints are
+written through a temporary file; the export waits until no trial runs. The chief and a
+one-process run hold the study lock (:func:`launcher.study_lock`) and end cleanly on SIGTERM.
 """
 
 from __future__ import annotations
