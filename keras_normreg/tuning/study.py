@@ -458,8 +458,16 @@ class _StudyMixin:
                       "(this one was silent too long): its result is discarded", flush=True)
         super().on_trial_end(trial)
 
-    def _revoked(self) -> bool:
-        return self._heartbeat is not None and self._heartbeat.revoked
+    def _revoked(self, trial_id=None) -> bool:
+        """Whether the chief has handed this worker's trial to another worker (with
+        ``trial_id``: ask the chief now, before writing the trial's files)."""
+        beat = self._heartbeat
+        if beat is None:
+            return False
+        if not beat.revoked and trial_id is not None:
+            with contextlib.suppress(Exception):
+                beat.revoked = not self.oracle.heartbeat(trial_id)
+        return beat.revoked
 
     def _build_hypermodel(self, hp):
         with warnings.catch_warnings():
@@ -487,7 +495,7 @@ class _StudyMixin:
         return results
 
     def _record(self, trial, results, seconds, execution):
-        if self._revoked():  # another worker runs this trial now: leave its files alone
+        if self._revoked(trial.trial_id):  # another worker has it now: leave its files alone
             return
         trial_dir = self.get_trial_dir(trial.trial_id)
         cfg = self.hypermodel.recipe(trial.hyperparameters)

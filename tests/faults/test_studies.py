@@ -207,10 +207,12 @@ def test_launcher_whose_chief_dies_stops_the_workers_and_says_so(tmp_path):
 
 # --------------------------------------------------------- (c) a worker that never returns
 @pytest.mark.slow
-def test_stopped_worker_trial_is_retried_elsewhere(tmp_path):
-    """A chief and two workers (processes of this test); one worker is SIGSTOPped for good
-    while it runs a trial: with worker_timeout = 5 s the chief hands its trial to the other
-    worker, and the study ends with every trial exactly once."""
+@pytest.mark.parametrize("comes_back", [False, True], ids=["stopped-for-good", "comes-back"])
+def test_stopped_worker_trial_is_retried_elsewhere(tmp_path, comes_back):
+    """A chief and two workers (processes of this test); one worker is SIGSTOPped while it
+    runs a trial: with worker_timeout = 5 s the chief hands its trial to the other worker and
+    the study ends with every trial exactly once, whether the stopped worker never returns or
+    is resumed after the handover (it then drops the trial and writes nothing)."""
     budget = 4
     path = write_tiny_spec(tmp_path, output={"export": False}, base={"train": {"epochs": 3}},
                            distributed={"worker_timeout": 5})
@@ -242,8 +244,16 @@ def test_stopped_worker_trial_is_retried_elsewhere(tmp_path):
             if held is not None:
                 break
             os.kill(workers["w0"].pid, signal.SIGCONT)  # it had just finished: try again
+        _wait_for(lambda: f"trial {held} handed back" in open(tmp_path / "chief.log").read(),
+                  [chief], TIMEOUT, "the chief handing w0's trial back")
+        if comes_back:
+            # w0 comes back while the study still runs: its heartbeat learns that the trial
+            # is no longer its own; it stops training it and writes nothing
+            os.kill(workers["w0"].pid, signal.SIGCONT)
         chief.wait(timeout=TIMEOUT)
         workers["w1"].wait(timeout=60)
+        if comes_back:
+            workers["w0"].wait(timeout=60)
     finally:
         _kill_all(procs)
         for f in (chief_log, *logs.values()):
@@ -254,6 +264,10 @@ def test_stopped_worker_trial_is_retried_elsewhere(tmp_path):
     assert "worker w0 silent for" in text and f"trial {held} handed back" in text, text
     _check_every_trial_once(project, budget, text)
     assert read_trials(project, "result.json")[held]["tuner_id"] == "w1"
+    if comes_back:
+        w0 = open(tmp_path / "w0.log").read()
+        assert workers["w0"].returncode == 0, w0[-3000:]
+        assert f"trial {held} was handed to another worker" in w0, w0[-3000:]
 
 
 # -------------------------------------------------------------- (d) one chief per study

@@ -194,3 +194,52 @@ def test_worker_timeout_default_and_override(tmp_path):
 @pytest.mark.parametrize("timeout,expected", [(600, 60.0), (5, 1.25), (0.1, 0.2)])
 def test_heartbeat_interval(timeout, expected):
     assert launcher.heartbeat_interval(timeout) == expected
+
+
+def test_export_waits_until_no_trial_runs(tmp_path):
+    """The chief does not export while a trial is still being written."""
+
+    class Oracle:
+        ongoing_trials = {"tuner1": kt.engine.trial.Trial(kt.HyperParameters(), trial_id="2")}
+
+        def get_best_trials(self, n):  # pragma: no cover - must not be reached
+            raise AssertionError("looked for the best trial while one runs")
+
+    class Tuner:
+        oracle = Oracle()
+
+    out = io.StringIO()
+    assert study.export_best(Tuner(), {}, out=out) is None
+    assert "trial(s) 2 still running: export skipped" in out.getvalue()
+
+
+def test_checkpoints_are_written_atomically(tmp_path, monkeypatch):
+    import keras
+    import numpy as np
+
+    model = keras.Sequential([keras.Input((3,)), keras.layers.Dense(2)])
+    path = str(tmp_path / "checkpoint.weights.h5")
+    study._atomic_save_weights(model, path)
+    assert os.listdir(tmp_path) == ["checkpoint.weights.h5"]
+    before = open(path, "rb").read()
+    model.layers[0].kernel.assign(np.ones((3, 2), "float32"))
+
+    def broken(self, filepath, *args, **kwargs):
+        with open(filepath, "wb") as f:
+            f.write(b"half")
+        raise OSError("disk full")
+
+    monkeypatch.setattr(keras.Model, "save_weights", broken)
+    with pytest.raises(OSError, match="disk full"):
+        study._atomic_save_weights(model, path)
+    assert open(path, "rb").read() == before  # the previous checkpoint is intact
+    assert os.listdir(tmp_path) == ["checkpoint.weights.h5"]
+
+
+def test_checkpoint_callback_gets_the_atomic_writer():
+    cb = study._compat.kt_save_best_epoch_class()(kt.Objective("val_accuracy", "max"),
+                                                  filepath="x.weights.h5")
+    calls = []
+    study._compat.set_checkpoint_writer(cb, lambda model, path: calls.append(path))
+    cb.on_epoch_end(0, {"val_accuracy": 0.5})
+    assert calls == ["x.weights.h5"]
