@@ -209,9 +209,10 @@ class _StudyOracle:
 
     def save(self):
         path = _compat.oracle_state_path(self)
-        fd, tmp = tempfile.mkstemp(dir=os.path.dirname(path), prefix=".oracle-", suffix=".tmp")
+        tmp = os.path.join(os.path.dirname(path),
+                           f".oracle-{os.getpid()}-{threading.get_ident()}.tmp")
         try:
-            with os.fdopen(fd, "w", encoding="utf-8") as f:
+            with open(tmp, "w", encoding="utf-8") as f:
                 json.dump(self.get_state(), f)
             os.replace(tmp, path)
         except BaseException:
