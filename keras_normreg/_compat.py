@@ -224,3 +224,33 @@ def in_stateless_scope() -> bool:
 def stored_value(variable):
     """A variable's own value, ignoring any StatelessScope mapping (``variable._value``)."""
     return variable._value
+
+
+# ------------------------------------------------------------------------------------------
+# Distributed studies under faults (added by branch f-dist, issue 16): the study oracle keeps
+# its state consistent, hands the trial of a silent worker back and writes checkpoints
+# atomically; these reach into keras-tuner 1.4's Oracle / Tuner internals.
+def oracle_retry_queue(oracle) -> list:
+    """The trial ids waiting to be run again (``_retry_queue``; ``create_trial`` pops the
+    last one first)."""
+    return oracle._retry_queue
+
+
+def oracle_state_path(oracle) -> str:
+    """Where the oracle's state is saved: ``<project_dir>/oracle.json``
+    (``_get_oracle_fname``)."""
+    return oracle._get_oracle_fname()
+
+
+def kt_save_best_epoch_class():
+    """keras-tuner's per-trial checkpoint callback (``tuner_utils.SaveBestEpoch``: writes the
+    best epoch's weights to ``filepath`` through its ``_save_model``)."""
+    from keras_tuner.src.engine import tuner_utils
+
+    return tuner_utils.SaveBestEpoch
+
+
+def set_checkpoint_writer(callback, write) -> None:
+    """Make a ``SaveBestEpoch`` callback write its weights with ``write(model, filepath)``
+    instead of ``model.save_weights(filepath)`` (replaces ``_save_model`` on the instance)."""
+    callback._save_model = lambda: write(callback.model, callback.filepath)

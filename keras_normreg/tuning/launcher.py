@@ -14,10 +14,20 @@ are set by environment variables, which :func:`tuner_environment` sets from the 
   on 127.0.0.1, starts the chief and N workers (``tuner0`` .. ``tuner{N-1}``) as
   subprocesses, restarts a worker that dies (with the same id, so it resumes the trial it was
   running: the chief hands an id its unfinished trial back) and waits for the chief to finish.
-  Worker logs go to ``<directory>/<name>/workers/<id>.log``.
+  Worker logs go to ``<directory>/<name>/workers/<id>.log``, the chief's to
+  ``<directory>/<name>/chief.log`` (and to the terminal). SIGTERM/SIGINT to the launcher is
+  forwarded to every process (SIGKILL after a grace period), waited for, and the launcher
+  exits with ``128 + signum``; a chief that dies stops the workers with a one-line error
+  naming its exit status and log.
 * Several machines, sharing the study directory (for the export):
   ``keras-normreg tune STUDY --role chief --oracle HOST:PORT`` on one,
   ``keras-normreg tune STUDY --role worker --oracle HOST:PORT [--worker-id ID]`` on the others.
+  keras-tuner's gRPC oracle has no authentication: a chief bound to an address that is not
+  loopback warns (:func:`exposure_warning`); keep it on 127.0.0.1 with SSH tunnels, or on a
+  private network.
+
+One chief per study: the chief (or a one-process run) holds ``<directory>/<name>/.study.lock``
+(:func:`study_lock`) while it runs; a second one is refused with the holder's pid.
 
 keras-tuner's distributed mode needs ``grpcio`` and ``tensorboard``
 (``pip install 'keras_normreg[distributed]'``); :func:`check_distributed_dependencies` says so
@@ -28,18 +38,24 @@ from __future__ import annotations
 
 import contextlib
 import importlib.util
+import ipaddress
+import math
 import os
 import shutil
 import signal
 import socket
 import subprocess
 import sys
+import threading
 import time
 
+from keras_normreg._locks import FileLock
 from keras_normreg._utils import check_bool, environ
 
-__all__ = ["DistributedDependencyError", "check_distributed_dependencies", "free_port",
-           "parse_address", "run_local", "tuner_environment", "worker_cpus"]
+__all__ = ["DEFAULT_WORKER_TIMEOUT", "DistributedDependencyError", "check_distributed_dependencies",
+           "check_study_free", "check_worker_timeout", "exposure_warning", "free_port",
+           "is_loopback", "parse_address", "run_local", "study_lock", "tuner_environment",
+           "warn_if_exposed", "worker_cpus"]
 
 ENV_KEYS = ("KERASTUNER_TUNER_ID", "KERASTUNER_ORACLE_IP", "KERASTUNER_ORACLE_PORT")
 ROLES = ("chief", "worker")
@@ -195,22 +211,130 @@ def _affinity(mask):
     return lambda: os.sched_setaffinity(0, mask)
 
 
+# ---------------------------------------------------------------- one study, one chief
+LOCK_FILE = ".study.lock"
+
+
+def study_lock(project_dir: str) -> FileLock:
+    """The lock a chief (or a one-process tuner) holds on its study directory for as long as
+    it runs: ``<project_dir>/.study.lock`` (workers do not take it). A second chief, launcher
+    or one-process ``tune`` on the same directory gets :class:`~keras_normreg._locks.LockError`
+    naming the holder; the lock dies with its holder."""
+    return FileLock(os.path.join(project_dir, LOCK_FILE), f"study {project_dir}")
+
+
+def check_study_free(project_dir: str) -> None:
+    """Raise :class:`~keras_normreg._locks.LockError` (naming the holder) if a chief or a
+    one-process tuner runs the study in ``project_dir`` now; the launcher checks before it
+    deletes (``--overwrite``) or starts anything."""
+    if not os.path.isfile(os.path.join(project_dir, LOCK_FILE)):
+        return
+    with study_lock(project_dir):
+        pass
+
+
+# ------------------------------------------------------------ who can reach the oracle
+def is_loopback(host: str) -> bool:
+    """Whether ``host`` (an address or a name) is this machine's loopback interface only."""
+    if not isinstance(host, str) or not host:
+        return False
+    try:
+        return ipaddress.ip_address(host.strip("[]")).is_loopback
+    except ValueError:
+        pass
+    if host.lower() == "localhost":
+        return True
+    try:
+        infos = socket.getaddrinfo(host, None)
+    except OSError:
+        return False
+    return bool(infos) and all(ipaddress.ip_address(i[4][0]).is_loopback for i in infos)
+
+
+def exposure_warning(host: str, port: int) -> str | None:
+    """The warning for a chief listening on ``host:port`` when ``host`` is not loopback
+    (None when it is): keras-tuner's oracle speaks unauthenticated gRPC."""
+    if is_loopback(host):
+        return None
+    return (f"tune: warning: the oracle listens on {host}:{port}, which is not a loopback "
+            f"address. keras-tuner's oracle has no authentication: anyone who can reach this "
+            f"port can read the study (every trial's hyperparameters and scores) and insert or "
+            f"overwrite results (a fake trial can rank first and be exported). Run it only on a "
+            f"private network, or keep the chief on 127.0.0.1 and give each worker an SSH "
+            f"tunnel (ssh -N -L {port}:127.0.0.1:{port} CHIEF_HOST, then --oracle "
+            f"127.0.0.1:{port} on the worker).")
+
+
+def warn_if_exposed(host: str, port: int, err=None) -> bool:
+    """Print :func:`exposure_warning` to ``err`` (default stderr) if it applies; returns
+    whether it did."""
+    text = exposure_warning(host, port)
+    if text:
+        print(text, file=err or sys.stderr, flush=True)
+    return text is not None
+
+
+# ------------------------------------------------------------------------- the launcher
+def _exit_status(rc: int) -> str:
+    """``"was killed by SIGKILL"``, ``"exited with status 2"``."""
+    if rc < 0:
+        try:
+            return f"was killed by {signal.Signals(-rc).name}"
+        except ValueError:
+            return f"was killed by signal {-rc}"
+    return f"exited with status {rc}"
+
+
+def _shell_code(rc: int) -> int:
+    """A process's return code as a shell exit code (killed by signal N: 128 + N)."""
+    return 128 - rc if rc < 0 else rc
+
+
+class _Follow:
+    """Copies what the chief writes into its log file to ``out`` as it comes."""
+
+    def __init__(self, path, out):
+        self.path, self.out, self.pos = path, out, os.path.getsize(path)
+
+    def __call__(self):
+        try:
+            with open(self.path, encoding="utf-8", errors="replace") as f:
+                f.seek(self.pos)
+                text = f.read()
+                self.pos = f.tell()
+        except OSError:
+            return
+        if text:
+            self.out.write(text)
+            self.out.flush()
+
+
 def run_local(study: str, workers: int, *, project_dir: str, directory: str | None = None,
               overwrite: bool = False, max_trials: int | None = None, max_restarts: int = 3,
               timeout: float | None = None, host: str = "127.0.0.1", out=None,
               python: str | None = None, pin_cpus: bool = False,
-              cpu_shares: int | None = None) -> int:
-    """Run ``study`` with a chief and ``workers`` workers on this machine; returns the chief's
-    exit code (non-zero when the chief or a worker failed for good).
+              cpu_shares: int | None = None, worker_timeout: float | None = None,
+              grace: float = 10.0) -> int:
+    """Run ``study`` with a chief and ``workers`` workers on this machine; returns the exit
+    code for the shell: 0 when the study ended, non-zero when the chief or a worker failed for
+    good, ``128 + signum`` when this process got SIGTERM/SIGINT.
+
+    The chief's output goes to ``<project_dir>/chief.log`` and is copied to ``out`` as it
+    comes; each worker's to ``<project_dir>/workers/<id>.log``. SIGTERM or SIGINT (Ctrl-C) is
+    forwarded to the chief and the workers as SIGTERM, SIGKILL after ``grace`` seconds, and
+    waited for: no process is left behind. A chief that dies stops the workers, with a line
+    naming its exit status and its log. A study that another chief (or one-process ``tune``)
+    runs is refused before anything starts (:class:`~keras_normreg._locks.LockError`).
 
     Args:
         study: path of the study TOML (the subprocesses read it).
         workers: number of worker processes (>= 1).
-        project_dir: ``<directory>/<name>`` (for ``--overwrite`` and the worker logs).
+        project_dir: ``<directory>/<name>`` (for ``--overwrite``, the lock and the logs).
         directory, max_trials: passed on to the chief and the workers.
         overwrite: delete the project directory before starting.
         max_restarts: restarts allowed per worker that exits abnormally.
         timeout: seconds before everything is stopped (None: no limit).
+        host: the address the chief listens on (127.0.0.1: this machine only).
         pin_cpus: restrict each worker to its own share of this process's CPUs (Linux
             ``sched_setaffinity``, :func:`worker_cpus`), and the chief to worker 0's share.
             This emulates one machine per worker with the chief on the first (the speedup
@@ -219,6 +343,9 @@ def run_local(study: str, workers: int, *, project_dir: str, directory: str | No
         cpu_shares: with ``pin_cpus``, split the CPUs into this many shares (default: one
             per worker, >= ``workers``): with a fixed ``cpu_shares`` every worker gets the
             same CPUs whether 1 or N workers run, i.e. 1 vs N equal machines.
+        worker_timeout: passed on as ``--worker-timeout`` (None: the study's
+            ``distributed.worker_timeout``).
+        grace: seconds between SIGTERM and SIGKILL when stopping the processes.
     """
     out = out or sys.stdout
     _check_workers(workers)
@@ -228,10 +355,13 @@ def run_local(study: str, workers: int, *, project_dir: str, directory: str | No
             raise ValueError("`cpu_shares` needs pin_cpus=True. "
                              f"Received: cpu_shares={cpu_shares!r}, pin_cpus={pin_cpus!r}")
         _check_shares("cpu_shares", cpu_shares, workers)
+    if worker_timeout is not None:
+        check_worker_timeout(worker_timeout)
     ids = [f"tuner{i}" for i in range(workers)]
     masks = (dict(zip(ids, worker_cpus(workers, shares=cpu_shares), strict=True)) if pin_cpus
              else {})
     check_distributed_dependencies()
+    check_study_free(project_dir)
     if overwrite and os.path.isdir(project_dir):
         shutil.rmtree(project_dir)
     log_dir = os.path.join(project_dir, "workers")
@@ -240,32 +370,51 @@ def run_local(study: str, workers: int, *, project_dir: str, directory: str | No
     env = dict(os.environ)
     for k in ENV_KEYS:
         env.pop(k, None)
-    print(f"tune: chief on {address}, {workers} worker(s); worker logs in {log_dir}/",
-          file=out, flush=True)
-    chief = subprocess.Popen(_tune_command(study, "chief", address, directory=directory,
-                                           max_trials=max_trials, python=python), env=env,
-                             preexec_fn=_affinity(masks.get(ids[0])))
+    extra = [] if worker_timeout is None else ["--worker-timeout", str(worker_timeout)]
+    chief_log_path = os.path.join(project_dir, "chief.log")
+    print(f"tune: chief on {address}, {workers} worker(s); worker logs in {log_dir}/, "
+          f"chief log {chief_log_path}", file=out, flush=True)
+    chief_log = open(chief_log_path, "a", encoding="utf-8")
+    follow = _Follow(chief_log_path, out)
     procs: dict[str, subprocess.Popen] = {}
     logs: dict[str, object] = {}
     restarts = dict.fromkeys(ids, 0)
+    got_signal: list[int] = []
 
-    def start(wid):
-        if wid in logs:
-            logs[wid].close()
-        logs[wid] = open(os.path.join(log_dir, f"{wid}.log"), "a", encoding="utf-8")
-        procs[wid] = subprocess.Popen(
-            _tune_command(study, "worker", address, directory=directory, max_trials=max_trials,
-                          worker_id=wid, python=python),
-            env=env, stdout=logs[wid], stderr=subprocess.STDOUT,
-            preexec_fn=_affinity(masks.get(wid)))
+    def on_signal(signum, frame):
+        got_signal.append(signum)
 
-    started = time.monotonic()
-    finished: set[str] = set()
-    failed = None
+    previous = {}
+    if threading.current_thread() is threading.main_thread():
+        for s in (signal.SIGTERM, signal.SIGINT):
+            previous[s] = signal.signal(s, on_signal)
+    chief = None
     try:
+        chief = subprocess.Popen(
+            _tune_command(study, "chief", address, directory=directory,
+                          max_trials=max_trials, python=python) + extra,
+            env=env, stdout=chief_log, stderr=subprocess.STDOUT,
+            preexec_fn=_affinity(masks.get(ids[0])))
+
+        def start(wid):
+            if wid in logs:
+                logs[wid].close()
+            logs[wid] = open(os.path.join(log_dir, f"{wid}.log"), "a", encoding="utf-8")
+            procs[wid] = subprocess.Popen(
+                _tune_command(study, "worker", address, directory=directory,
+                              max_trials=max_trials, worker_id=wid, python=python) + extra,
+                env=env, stdout=logs[wid], stderr=subprocess.STDOUT,
+                preexec_fn=_affinity(masks.get(wid)))
+
+        started = time.monotonic()
+        finished: set[str] = set()
+        failed = None
         for wid in restarts:
+            if got_signal:
+                break
             start(wid)
-        while chief.poll() is None:
+        while chief.poll() is None and not got_signal:
+            follow()
             if timeout is not None and time.monotonic() - started > timeout:
                 failed = f"timed out after {timeout:.0f} s"
                 break
@@ -287,22 +436,58 @@ def run_local(study: str, workers: int, *, project_dir: str, directory: str | No
             if failed:
                 break
             time.sleep(0.3)
+        if got_signal:
+            name = signal.Signals(got_signal[0]).name
+            _stop([chief, *procs.values()], grace)
+            follow()
+            print(f"tune: stopped by {name}: the chief and {len(procs)} worker(s) were sent "
+                  f"SIGTERM (SIGKILL after {grace:g} s) and have exited; run the same command "
+                  "again to resume the study.", file=sys.stderr, flush=True)
+            return 128 + got_signal[0]
         if failed:
+            _stop([chief, *procs.values()], grace)
+            follow()
             print(f"tune: error: {failed}", file=sys.stderr, flush=True)
             print("tune: the study can be resumed by running the same command again.",
                   file=sys.stderr, flush=True)
-            _stop([chief, *procs.values()])
             return 1
         rc = chief.returncode
+        follow()
+        if rc != 0:
+            _stop(list(procs.values()), grace)
+            print(f"tune: error: the chief {_exit_status(rc)} (its log: "
+                  f"{chief_log_path}); the workers were stopped. Run the same command again to "
+                  "resume the study.", file=sys.stderr, flush=True)
+            return _shell_code(rc)
         deadline = time.monotonic() + 60
         for p in procs.values():
             with contextlib.suppress(subprocess.TimeoutExpired):
                 p.wait(timeout=max(0.1, deadline - time.monotonic()))
-        return rc
-    except BaseException:
-        _stop([chief, *procs.values()])
-        raise
+        return 0
     finally:
-        _stop([chief, *procs.values()])
+        _stop([p for p in (chief, *procs.values()) if p is not None], grace)
+        for s, h in previous.items():
+            signal.signal(s, h)
         for f in logs.values():
             f.close()
+        chief_log.close()
+
+
+# ------------------------------------------------------------------------ worker timeout
+#: seconds a worker may stay silent before the chief hands its trial to another worker
+DEFAULT_WORKER_TIMEOUT = 600.0
+
+
+def check_worker_timeout(value, name: str = "worker_timeout") -> float:
+    """``value`` as seconds (> 0, finite), else ValueError naming ``name``."""
+    if isinstance(value, bool) or not isinstance(value, (int, float)) or \
+            not math.isfinite(value) or value <= 0:
+        raise ValueError(f"`{name}` must be a positive number of seconds. "
+                         f"Received: {name}={value!r}")
+    return float(value)
+
+
+def heartbeat_interval(worker_timeout: float) -> float:
+    """How often a worker tells the chief it is alive: a quarter of the timeout, between
+    0.2 s and 60 s."""
+    return min(60.0, max(0.2, worker_timeout / 4))

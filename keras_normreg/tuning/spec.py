@@ -26,6 +26,8 @@ train) that every trial fills in with a point of the search space, plus how to s
     max_trials = 8                        # hyperband: max_epochs instead
     [objective]
     name = "val_accuracy"
+    [distributed]
+    worker_timeout = 600                  # s a worker may stay silent (chief/worker studies)
     [output]
     directory = "runs/tuning"
 
@@ -40,6 +42,7 @@ This module does not import TensorFlow.
 from __future__ import annotations
 
 import copy
+import math
 import os
 import re
 from collections.abc import Mapping, Sequence
@@ -51,7 +54,7 @@ from keras_normreg.config import ConfigError, Field
 from keras_normreg.tuning import space as nr_space
 
 __all__ = ["STUDY_SCHEMA", "TUNERS", "OBJECTIVES", "load_study", "resolve_study",
-           "study_budget", "study_to_toml", "project_dir"]
+           "study_budget", "study_to_toml", "project_dir", "with_worker_timeout"]
 
 TUNERS = ("random", "bayesian", "hyperband", "grid")
 OBJECTIVES = {"val_accuracy": "max", "val_loss": "min", "accuracy": "max", "loss": "min"}
@@ -74,6 +77,10 @@ def _at_least(n):
     def check(v):
         return None if v >= n else f"must be >= {n}"
     return check
+
+
+def _positive_seconds(v):
+    return None if math.isfinite(v) and v > 0 else "must be a positive, finite number of seconds"
 
 
 BASE_SCHEMA = {k: v for k, v in nr_config.RECIPE_SCHEMA.items() if k not in ("name",
@@ -108,6 +115,11 @@ STUDY_SCHEMA: dict[str, Any] = {
         "name": Field(str, "val_accuracy", choices=tuple(OBJECTIVES),
                       doc="metric the tuner optimizes"),
         "direction": Field(str, None, choices=("max", "min"), doc="default: from the name"),
+    },
+    "distributed": {
+        "worker_timeout": Field(float, 600.0, check=_positive_seconds,
+                                doc="seconds a worker may stay silent before the chief hands "
+                                    "its trial to another worker"),
     },
     "output": {
         "directory": Field(str, os.path.join("runs", "tuning"),
@@ -199,6 +211,20 @@ def with_max_trials(spec: Mapping, max_trials: int | None) -> dict:
             raise ConfigError(f"--max-trials must be a positive integer. "
                               f"Received: max_trials={max_trials!r}")
         spec["budget"]["max_trials"] = max_trials
+    return spec
+
+
+def with_worker_timeout(spec: Mapping, worker_timeout: float | None) -> dict:
+    """A copy of a resolved spec with ``distributed.worker_timeout`` replaced (None:
+    unchanged); ValueError naming ``worker_timeout`` if it is not a positive number."""
+    spec = copy.deepcopy(dict(spec))
+    spec.setdefault("distributed", {}).setdefault("worker_timeout", 600.0)
+    if worker_timeout is not None:
+        if isinstance(worker_timeout, bool) or not isinstance(worker_timeout, (int, float)) \
+                or _positive_seconds(worker_timeout):
+            raise ConfigError(f"--worker-timeout must be a positive number of seconds. "
+                              f"Received: worker_timeout={worker_timeout!r}")
+        spec["distributed"]["worker_timeout"] = float(worker_timeout)
     return spec
 
 

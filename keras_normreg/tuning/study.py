@@ -14,23 +14,36 @@ Distributed (keras-tuner's chief/worker protocol over gRPC): with ``role="chief"
 serves the oracle on ``address`` until every worker has been told to stop, then writes the
 reports; with ``role="worker"`` it asks the chief for trials and runs them. Workers must share
 the study directory with the chief for the export (same machine, or a shared file system).
+
+Faults (issue 16): the oracle (:class:`_StudyOracle`) saves its state atomically and after each
+trial has left ``ongoing_trials``, so a finished study reruns nothing; a worker sends a
+heartbeat while it trains, and one silent for ``distributed.worker_timeout`` seconds loses its
+trial to another worker (its late reports, tagged with its id, are ignored); checkpoints are
+written through a temporary file; the export waits until no trial runs. The chief and a
+one-process run hold the study lock (:func:`launcher.study_lock`) and end cleanly on SIGTERM.
 """
 
 from __future__ import annotations
 
 import collections
+import contextlib
+import copy
 import datetime
 import json
 import os
 import shutil
+import signal
 import socket
 import sys
+import tempfile
+import threading
 import time
 import warnings
 from collections.abc import Mapping
 
 import keras
 import keras_tuner as kt
+from keras_tuner.engine.trial import Trial as KTTrial
 
 from keras_normreg import _compat, distribute, saving
 from keras_normreg import config as nr_config
@@ -41,7 +54,7 @@ from keras_normreg.tuning.grid import EagerGridOracle
 from keras_normreg.tuning.hypermodel import NormRegHyperModel
 
 __all__ = ["ProgressDisplay", "budget", "export_best", "format_duration", "make_tuner",
-           "progress_line", "run_study", "serve_oracle", "trials_done"]
+           "progress_line", "run_study", "serve_oracle", "study_finished", "trials_done"]
 
 # keras-tuner 1.4.8's Parent.to_proto prints its first value (a leftover debug print) every
 # time a conditional hyperparameter crosses gRPC; a module global shadows the builtin there.
@@ -138,6 +151,269 @@ class ProgressDisplay(_compat.kt_display_class()):
         self._print(f"{line}  [trial {trial.trial_id}: {score}{took_s}]")
 
 
+# ------------------------------------------------------------------- the study's oracle
+#: a worker tags the trial ids of its reports with its id: ``"03@tuner1"`` (the chief strips it)
+TAG = "@"
+#: seconds a worker waits between two requests when the chief has no trial for it yet
+IDLE_WAIT = 1.0
+_STATUS = _compat.kt_trial_status()
+
+
+def _split_tag(trial_id):
+    """``"03@tuner1"`` -> ``("03", "tuner1")``; an untagged id -> ``(id, None)``."""
+    if isinstance(trial_id, str) and TAG in trial_id:
+        tid, _, who = trial_id.partition(TAG)
+        return tid, who or None
+    return trial_id, None
+
+
+class _StudyOracle:
+    """What every study oracle adds to keras-tuner's (a mixin before the keras-tuner class).
+
+    * State saved consistently: atomically (temp file + rename), and once more after
+      ``end_trial`` has dropped the trial from ``ongoing_trials`` (keras-tuner saves before),
+      so a finished study reloads with nothing to re-run; :meth:`reload` also drops from the
+      retry queue any trial that already ended (state written by an older version).
+    * Worker timeout (chief): a worker that has not been heard from (a request, or a
+      heartbeat while it trains) for ``worker_timeout`` seconds loses its trial, which goes
+      back to the retry queue for another worker (not counted as a failure), and no longer
+      holds up the end of the study (:meth:`expire_silent_workers`, called by
+      :func:`serve_oracle`).
+    * Stale reports ignored: a worker tags its reports with its id; a report on a trial the
+      worker no longer holds (handed to another after a timeout) or on a trial that has
+      already ended is dropped, so no trial is counted twice.
+    * A worker with nothing to do while other workers still run trials waits (IDLE, one
+      request a second) instead of exiting: a trial handed back still finds a worker.
+    """
+
+    def __init__(self, *args, worker_timeout: float = launcher.DEFAULT_WORKER_TIMEOUT,
+                 out=None, **kwargs):
+        super().__init__(*args, **kwargs)
+        self.worker_timeout = launcher.check_worker_timeout(worker_timeout)
+        self.serving = False  # set by serve_oracle: requests come from workers over gRPC
+        self.out = out
+        self._last_seen: dict[str, float] = {}
+
+    def _say(self, text):
+        print(text, file=self.out or sys.stdout, flush=True)
+
+    def _touch(self, tuner_id):
+        if tuner_id is not None:
+            self._last_seen[tuner_id] = time.monotonic()
+
+    def _holder(self, trial_id):
+        for tuner_id, trial in self.ongoing_trials.items():
+            if trial.trial_id == trial_id:
+                return tuner_id
+        return None
+
+    def save(self):
+        path = _compat.oracle_state_path(self)
+        tmp = os.path.join(os.path.dirname(path),
+                           f".oracle-{os.getpid()}-{threading.get_ident()}.tmp")
+        try:
+            with open(tmp, "w", encoding="utf-8") as f:
+                json.dump(self.get_state(), f)
+            os.replace(tmp, path)
+        except BaseException:
+            with contextlib.suppress(OSError):
+                os.unlink(tmp)
+            raise
+
+    def reload(self):
+        super().reload()
+        queue = _compat.oracle_retry_queue(self)
+        ended = set(self.end_order)
+        queue[:] = [tid for tid in dict.fromkeys(queue) if tid not in ended]
+
+    def create_trial(self, tuner_id):
+        trial = self._create_trial(tuner_id)
+        if trial.status == _STATUS.IDLE and self.serving:
+            time.sleep(IDLE_WAIT)  # outside the lock: the worker asks again at once
+        return trial
+
+    @kt.synchronized
+    def _create_trial(self, tuner_id):
+        self._touch(tuner_id)
+        trial = super().create_trial(tuner_id)
+        if trial.status == _STATUS.STOPPED and self.serving and self.ongoing_trials:
+            # the budget is spent but other workers still run trials, which may come back
+            # (worker timeout): keep this worker until they end
+            self.tuner_ids.add(tuner_id)
+            trial.status = _STATUS.IDLE
+        return trial
+
+    def _ignore(self, trial_id, tuner_id, what):
+        holder = self._holder(trial_id)
+        why = ("it has already ended" if trial_id in self.end_order else
+               f"it was handed to {holder}" if holder else "it was handed back for a retry")
+        self._say(f"ignored {what} of trial {trial_id} from {tuner_id or 'a worker'}: {why}")
+
+    def _stale(self, trial_id, tuner_id) -> bool:
+        """A report on ``trial_id`` that must not count: the trial has ended, or is not (or
+        no longer) held by ``tuner_id`` (any tuner, when the report is untagged)."""
+        if trial_id in self.end_order:
+            return True
+        holder = self._holder(trial_id)
+        return holder is None or (tuner_id is not None and holder != tuner_id)
+
+    @kt.synchronized
+    def update_trial(self, trial_id, metrics, step=0):
+        trial_id, tuner_id = _split_tag(trial_id)
+        if self._stale(trial_id, tuner_id):
+            self._ignore(trial_id, tuner_id, "the metrics")
+            return self.trials[trial_id]
+        self._touch(tuner_id or self._holder(trial_id))
+        return super().update_trial(trial_id, metrics, step=step)
+
+    @kt.synchronized
+    def end_trial(self, trial):
+        trial_id, tuner_id = _split_tag(trial.trial_id)
+        trial.trial_id = trial_id
+        if self._stale(trial_id, tuner_id):
+            self._ignore(trial_id, tuner_id, "the end")
+            return
+        self._touch(tuner_id or self._holder(trial_id))
+        super().end_trial(trial)
+        self.save()  # keras-tuner saved before dropping the trial from ongoing_trials
+
+    @kt.synchronized
+    def get_trial(self, trial_id):
+        trial_id, tuner_id = _split_tag(trial_id)
+        trial = self.trials[trial_id]
+        if tuner_id is None:
+            return trial
+        # a worker's heartbeat: STOPPED tells it the trial is not its own any more
+        if self._stale(trial_id, tuner_id):
+            return KTTrial(self.get_space(), trial_id=trial_id,
+                           status=_STATUS.STOPPED)
+        self._touch(tuner_id)
+        return trial
+
+    @kt.synchronized
+    def expire_silent_workers(self, now: float | None = None) -> list[tuple[str, str | None]]:
+        """Forget the workers not heard from for ``worker_timeout`` seconds; their trials go
+        back to the retry queue. Returns ``[(tuner_id, trial_id or None), ...]``."""
+        now = time.monotonic() if now is None else now
+        expired = []
+        for tuner_id, seen in list(self._last_seen.items()):
+            if now - seen <= self.worker_timeout:
+                continue
+            del self._last_seen[tuner_id]
+            registered = tuner_id in self.tuner_ids
+            self.tuner_ids.discard(tuner_id)
+            trial = self.ongoing_trials.pop(tuner_id, None)
+            if trial is None:
+                if registered:
+                    self._say(f"worker {tuner_id} silent for {now - seen:.0f} s: no longer "
+                              "waited for")
+                    expired.append((tuner_id, None))
+                continue
+            _compat.oracle_retry_queue(self).append(trial.trial_id)
+            self.save()
+            self._say(f"worker {tuner_id} silent for {now - seen:.0f} s (worker_timeout "
+                      f"{self.worker_timeout:g} s): trial {trial.trial_id} handed back, another "
+                      "worker will run it")
+            expired.append((tuner_id, trial.trial_id))
+        return expired
+
+    @kt.synchronized
+    def save_now(self):
+        self.save()
+
+
+class RandomStudyOracle(_StudyOracle, kt.oracles.RandomSearchOracle):
+    pass
+
+
+class BayesianStudyOracle(_StudyOracle, kt.oracles.BayesianOptimizationOracle):
+    pass
+
+
+class GridStudyOracle(_StudyOracle, EagerGridOracle):
+    pass
+
+
+class HyperbandStudyOracle(_StudyOracle, kt.oracles.HyperbandOracle):
+    pass
+
+
+class _WorkerOracle:
+    """A worker's view of the chief's oracle: keras-tuner's gRPC client, whose reports carry
+    this worker's id (``"<trial_id>@<tuner_id>"``, see :class:`_StudyOracle`) and which can
+    send a heartbeat."""
+
+    def __init__(self, client, tuner_id: str):
+        self._client = client
+        self._tuner_id = tuner_id
+
+    def __getattr__(self, name):
+        return getattr(self._client, name)
+
+    def _tag(self, trial_id):
+        return f"{trial_id}{TAG}{self._tuner_id}"
+
+    def update_trial(self, trial_id, metrics, step=0):
+        return self._client.update_trial(self._tag(trial_id), metrics, step=step)
+
+    def end_trial(self, trial):
+        tagged = copy.copy(trial)
+        tagged.trial_id = self._tag(trial.trial_id)
+        self._client.end_trial(tagged)
+
+    def heartbeat(self, trial_id) -> bool:
+        """Tell the chief this worker is alive; False when the trial is no longer its own."""
+        return self._client.get_trial(self._tag(trial_id)).status != _STATUS.STOPPED
+
+
+class _Heartbeat(threading.Thread):
+    """A worker's heartbeat while it runs a trial (a daemon thread)."""
+
+    def __init__(self, oracle: _WorkerOracle, trial_id, interval: float):
+        super().__init__(daemon=True, name=f"heartbeat-{trial_id}")
+        self.oracle, self.trial_id, self.interval = oracle, trial_id, interval
+        self.revoked = False
+        self._stop_event = threading.Event()
+
+    def run(self):
+        while not self._stop_event.wait(self.interval):
+            try:
+                if not self.oracle.heartbeat(self.trial_id):
+                    self.revoked = True
+                    return
+            except Exception:  # noqa: BLE001 - the chief is gone or busy: try again later
+                continue
+
+    def stop(self):
+        self._stop_event.set()
+
+
+class _StopIfRevoked(keras.callbacks.Callback):
+    """Stops training when the chief has handed this worker's trial to another worker."""
+
+    def __init__(self, heartbeat: _Heartbeat):
+        super().__init__()
+        self.heartbeat = heartbeat
+
+    def on_train_batch_end(self, batch, logs=None):
+        if self.heartbeat.revoked:
+            self.model.stop_training = True
+
+
+def _atomic_save_weights(model, path):
+    """``model.save_weights(path)`` through a temporary file and a rename: a reader (the
+    export) never sees a half-written checkpoint."""
+    folder, base = os.path.split(path)
+    tmp = os.path.join(folder, f".tmp-{os.getpid()}-{base}")
+    try:
+        model.save_weights(tmp)
+        os.replace(tmp, path)
+    except BaseException:
+        with contextlib.suppress(OSError):
+            os.unlink(tmp)
+        raise
+
+
 class _StudyMixin:
     """Per-trial records (recipe.toml, result.json), seeds per execution, and a chief that
     polls for the end of the search every 0.5 s (keras-tuner's sleeps 20 s)."""
@@ -147,14 +423,52 @@ class _StudyMixin:
     def _init_study(self, study):
         self.study = study
         self._executions = collections.Counter()
+        self._heartbeat = None
+
+    def _wrap_worker_oracle(self):
+        """On a worker, tag the reports with this worker's id (see :class:`_WorkerOracle`)."""
+        if kt_dist.has_chief_oracle() and not kt_dist.is_chief_oracle():
+            self.oracle = _WorkerOracle(self.oracle, self.tuner_id)
 
     def search(self, *args, **kwargs):
         if kt_dist.is_chief_oracle():
             self.save()
-            serve_oracle(self.oracle, os.environ["KERASTUNER_ORACLE_IP"],
-                         int(os.environ["KERASTUNER_ORACLE_PORT"]))
+            try:
+                serve_oracle(self.oracle, os.environ["KERASTUNER_ORACLE_IP"],
+                             int(os.environ["KERASTUNER_ORACLE_PORT"]))
+            finally:
+                self.save()  # once more at exit: the state every worker left
             return
         return super().search(*args, **kwargs)
+
+    def on_trial_begin(self, trial):
+        super().on_trial_begin(trial)
+        if isinstance(self.oracle, _WorkerOracle):
+            timeout = self.study.get("distributed", {}).get(
+                "worker_timeout", launcher.DEFAULT_WORKER_TIMEOUT)
+            self._heartbeat = _Heartbeat(self.oracle, trial.trial_id,
+                                         launcher.heartbeat_interval(timeout))
+            self._heartbeat.start()
+
+    def on_trial_end(self, trial):
+        beat, self._heartbeat = self._heartbeat, None
+        if beat is not None:
+            beat.stop()
+            if beat.revoked:
+                print(f"[{self.tuner_id}] trial {trial.trial_id} was handed to another worker "
+                      "(this one was silent too long): its result is discarded", flush=True)
+        super().on_trial_end(trial)
+
+    def _revoked(self, trial_id=None) -> bool:
+        """Whether the chief has handed this worker's trial to another worker (with
+        ``trial_id``: ask the chief now, before writing the trial's files)."""
+        beat = self._heartbeat
+        if beat is None:
+            return False
+        if not beat.revoked and trial_id is not None:
+            with contextlib.suppress(Exception):
+                beat.revoked = not self.oracle.heartbeat(trial_id)
+        return beat.revoked
 
     def _build_hypermodel(self, hp):
         with warnings.catch_warnings():
@@ -168,6 +482,13 @@ class _StudyMixin:
         self._executions[tid] += 1
         self.hypermodel.seed_offset = execution
         self.hypermodel.name = f"{self.study['name']}_trial_{tid}"
+        callbacks = list(kwargs.get("callbacks") or [])
+        for cb in callbacks:
+            if isinstance(cb, _compat.kt_save_best_epoch_class()):
+                _compat.set_checkpoint_writer(cb, _atomic_save_weights)
+        if self._heartbeat is not None:
+            callbacks.append(_StopIfRevoked(self._heartbeat))
+        kwargs["callbacks"] = callbacks
         start = time.perf_counter()
         results = super()._build_and_fit_model(trial, *args, **kwargs)
         seconds = time.perf_counter() - start
@@ -175,6 +496,8 @@ class _StudyMixin:
         return results
 
     def _record(self, trial, results, seconds, execution):
+        if self._revoked(trial.trial_id):  # another worker has it now: leave its files alone
+            return
         trial_dir = self.get_trial_dir(trial.trial_id)
         cfg = self.hypermodel.recipe(trial.hyperparameters)
         nr_config.dump(cfg, os.path.join(trial_dir, RECIPE_FILE))
@@ -212,6 +535,7 @@ class StudyTuner(_StudyMixin, kt.Tuner):
     def __init__(self, study, oracle, hypermodel, **kwargs):
         self._init_study(study)
         super().__init__(oracle=oracle, hypermodel=hypermodel, **kwargs)
+        self._wrap_worker_oracle()
 
 
 class HyperbandStudyTuner(_StudyMixin, kt.Hyperband):
@@ -221,24 +545,30 @@ class HyperbandStudyTuner(_StudyMixin, kt.Hyperband):
         self._init_study(study)
         # Hyperband.__init__ only builds its own oracle: skip to Tuner with ours.
         kt.Tuner.__init__(self, oracle=oracle, hypermodel=hypermodel, **kwargs)
+        self._wrap_worker_oracle()
 
 
-def make_oracle(spec: Mapping):
+def make_oracle(spec: Mapping, out=None):
+    """The study's oracle (a :class:`_StudyOracle` over keras-tuner's oracle of
+    ``tuner.kind``)."""
     t, b, o = spec["tuner"], spec["budget"], spec["objective"]
     common = {"objective": kt.Objective(o["name"], o["direction"]), "seed": t["seed"],
               "max_retries_per_trial": t["max_retries_per_trial"],
-              "max_consecutive_failed_trials": t["max_consecutive_failed_trials"]}
+              "max_consecutive_failed_trials": t["max_consecutive_failed_trials"],
+              "worker_timeout": spec.get("distributed", {}).get(
+                  "worker_timeout", launcher.DEFAULT_WORKER_TIMEOUT),
+              "out": out}
     kind = t["kind"]
     if kind == "random":
-        return kt.oracles.RandomSearchOracle(max_trials=b["max_trials"], **common)
+        return RandomStudyOracle(max_trials=b["max_trials"], **common)
     if kind == "bayesian":
-        return kt.oracles.BayesianOptimizationOracle(
+        return BayesianStudyOracle(
             max_trials=b["max_trials"], num_initial_points=t["num_initial_points"], **common)
     if kind == "grid":
         # Not kt.oracles.GridSearchOracle: it serializes distributed workers (see grid.py).
-        return EagerGridOracle(max_trials=b["max_trials"], **common)
-    return kt.oracles.HyperbandOracle(max_epochs=b["max_epochs"], factor=t["factor"],
-                                      hyperband_iterations=t["hyperband_iterations"], **common)
+        return GridStudyOracle(max_trials=b["max_trials"], **common)
+    return HyperbandStudyOracle(max_epochs=b["max_epochs"], factor=t["factor"],
+                                hyperband_iterations=t["hyperband_iterations"], **common)
 
 
 def budget(spec: Mapping, oracle=None) -> int | None:
@@ -276,7 +606,7 @@ def make_tuner(spec: Mapping, *, directory: str | None = None, overwrite: bool =
     hypermodel = NormRegHyperModel(base["model"]["arch"], base["data"]["dataset"],
                                    spec["space"], base=base, strategy=strategy,
                                    name=f"{spec['name']}_trial")
-    oracle = make_oracle(spec)
+    oracle = make_oracle(spec, out=out)
     _compat.set_oracle_display(oracle, ProgressDisplay(oracle, budget(spec, oracle), out=out))
     project = nr_spec.project_dir(spec, directory)
     tuner_id = os.environ.get("KERASTUNER_TUNER_ID", "tuner0")
@@ -294,15 +624,20 @@ def make_tuner(spec: Mapping, *, directory: str | None = None, overwrite: bool =
                executions_per_trial=spec["budget"]["executions_per_trial"])
 
 
-def serve_oracle(oracle, host: str, port: int, poll: float = 0.5) -> None:
+def serve_oracle(oracle, host: str, port: int, poll: float = 0.5, err=None) -> None:
     """Serve ``oracle`` to workers over gRPC until the search has ended: some worker was told
-    to stop, no trial is running and every worker that asked for trials has been told to stop.
+    to stop, no trial is running, no trial waits for a retry and every worker that asked for
+    trials has been told to stop or has been silent for longer than the oracle's
+    ``worker_timeout`` (:meth:`_StudyOracle.expire_silent_workers`, checked every ``poll``
+    seconds). A ``host`` that is not loopback gets a warning on ``err`` (default stderr):
+    keras-tuner's oracle has no authentication (:func:`launcher.exposure_warning`).
     """
     from concurrent import futures
 
     import grpc
 
-    server = grpc.server(futures.ThreadPoolExecutor(max_workers=4))
+    # idle workers wait IDLE_WAIT seconds inside a request: room for a few dozen of them
+    server = grpc.server(futures.ThreadPoolExecutor(max_workers=32))
     servicer, add_to_server, exit_chief = _compat.oracle_servicer(oracle)
     add_to_server(servicer, server)
     try:
@@ -315,12 +650,57 @@ def serve_oracle(oracle, host: str, port: int, poll: float = 0.5) -> None:
     if not bound:
         raise OSError(f"The chief could not listen on {host}:{port} (address in use or not "
                       f"this machine's). Received: oracle='{host}:{port}'") from cause
+    launcher.warn_if_exposed(host, port, err=err)
+    expire = getattr(oracle, "expire_silent_workers", None)
+    if expire is not None:
+        oracle.serving = True
     server.start()
     try:
-        while not (servicer.stop_triggered and exit_chief(oracle)):
+        while True:
+            if expire is not None:
+                expire()
+            if servicer.stop_triggered and exit_chief(oracle) and \
+                    not _compat.oracle_retry_queue(oracle):
+                break
             time.sleep(poll)
     finally:
         server.stop(grace=2)
+        if expire is not None:
+            oracle.serving = False
+
+
+def study_finished(oracle, total: int | None) -> bool:
+    """Every trial of the budget ended (completed or failed), none runs, none waits for a
+    retry: running the study again has nothing to do."""
+    return (total is not None and trials_done(oracle) >= total and not oracle.ongoing_trials
+            and not _compat.oracle_retry_queue(oracle))
+
+
+def check_writable(folder: str, argument: str) -> None:
+    """Raise :class:`keras_normreg.saving.DestinationError` (a ValueError naming
+    ``argument``) now if ``folder`` cannot be created or written, before any trial runs."""
+    folder = os.fspath(folder)
+    try:
+        os.makedirs(folder, exist_ok=True)
+        with tempfile.NamedTemporaryFile(dir=folder, prefix=".write-check-"):
+            pass
+    except OSError as e:
+        raise saving.DestinationError(
+            f"Cannot write the study into {folder!r}: {e.strerror or e}. Choose a writable "
+            f"folder ({argument} in the study file, or --directory). "
+            f"Received: {argument}={folder!r}") from None
+
+
+def _clear_project(project: str) -> None:
+    """``--overwrite``: delete everything in the study folder except its lock (held by us)."""
+    for name in os.listdir(project):
+        if name == launcher.LOCK_FILE:
+            continue
+        path = os.path.join(project, name)
+        if os.path.isdir(path) and not os.path.islink(path):
+            shutil.rmtree(path)
+        else:
+            os.unlink(path)
 
 
 def _read_json(path):
@@ -335,6 +715,11 @@ def export_best(tuner, spec: Mapping, *, command: str | None = None, out=None) -
     ``{"path", "trial_id", "metrics"}`` or None when there is nothing to export.
     """
     out = out or sys.stdout
+    running = sorted(t.trial_id for t in tuner.oracle.ongoing_trials.values())
+    if running:
+        print(f"trial(s) {', '.join(running)} still running: export skipped (their files are "
+              "being written; run the study again once they have ended)", file=out)
+        return None
     best = [t for t in tuner.oracle.get_best_trials(1) if t.status == "COMPLETED"]
     if not best:
         print("no completed trial: nothing to export", file=out)
@@ -345,6 +730,13 @@ def export_best(tuner, spec: Mapping, *, command: str | None = None, out=None) -
         print(f"best trial {trial.trial_id}: no checkpoint at {ckpt} (workers on other machines "
               "need a shared --directory); export skipped", file=out)
         return None
+    trial_dir = tuner.get_trial_dir(trial.trial_id)
+    result_path = os.path.join(trial_dir, RESULT_FILE)
+    result = _read_json(result_path) if os.path.isfile(result_path) else {}
+    if result and result.get("trial_id") != trial.trial_id:
+        print(f"best trial {trial.trial_id}: {result_path} belongs to trial "
+              f"{result.get('trial_id')!r}; export skipped", file=out)
+        return None
     name = spec["output"]["export_name"]
     tuner.hypermodel.seed_offset = 0
     with warnings.catch_warnings():
@@ -353,7 +745,6 @@ def export_best(tuner, spec: Mapping, *, command: str | None = None, out=None) -
         model = tuner.load_model(trial)
     # saved with a built (zero) optimizer state, so that loading it matches variable for variable
     model.optimizer.build(model.trainable_variables)
-    trial_dir = tuner.get_trial_dir(trial.trial_id)
     recipe_path = os.path.join(trial_dir, RECIPE_FILE)
     cfg = (nr_config.load_recipe(recipe_path) if os.path.isfile(recipe_path)
            else tuner.hypermodel.recipe(trial.hyperparameters))
@@ -366,8 +757,6 @@ def export_best(tuner, spec: Mapping, *, command: str | None = None, out=None) -
                                      data_dir=d["data_dir"], download=d["download"],
                                      autotune=d["autotune"])
     metrics = saving.evaluate_model(model, test)
-    result_path = os.path.join(trial_dir, RESULT_FILE)
-    result = _read_json(result_path) if os.path.isfile(result_path) else {}
     runs = result.get("executions") or [{}]
     strategy = tuner.distribution_strategy or tuner.hypermodel.strategy
     out_dir = os.path.join(spec["output"]["export_dir"], name)
@@ -386,8 +775,16 @@ def export_best(tuner, spec: Mapping, *, command: str | None = None, out=None) -
 def run_study(study, *, directory: str | None = None, overwrite: bool = False,
               max_trials: int | None = None, export: bool | None = None,
               role: str | None = None, oracle: str | None = None,
-              worker_id: str | None = None, command: str | None = None, out=None) -> dict:
+              worker_id: str | None = None, command: str | None = None, out=None,
+              worker_timeout: float | None = None) -> dict:
     """Run (or resume) a study; see the module docstring.
+
+    The chief and a one-process run hold ``<project>/.study.lock`` while they run
+    (:func:`launcher.study_lock`): a second one on the same study gets
+    :class:`~keras_normreg._locks.LockError` naming the first. The study folder (and the
+    export folder) are checked writable before anything runs. A finished study runs nothing
+    again: it says so, rewrites the reports and exports the best trial only if it has not
+    been exported yet.
 
     Args:
         study: a path to a study TOML or a resolved spec (:func:`spec.load_study`).
@@ -400,6 +797,8 @@ def run_study(study, *, directory: str | None = None, overwrite: bool = False,
         worker_id: a worker's stable id (a restarted worker must reuse it to resume its trial).
         command: the command line recorded in the leaderboard and the model card.
         out: where progress goes (default stdout).
+        worker_timeout: overrides ``distributed.worker_timeout`` (seconds a worker may stay
+            silent before the chief hands its trial to another worker).
 
     Returns:
         ``{"project_dir", "done", "budget", "role", "reports", "export", "best"}``.
@@ -409,6 +808,7 @@ def run_study(study, *, directory: str | None = None, overwrite: bool = False,
         spec = nr_spec.load_study(study, max_trials=max_trials)
     else:
         spec = nr_spec.with_max_trials(study, max_trials)
+    spec = nr_spec.with_worker_timeout(spec, worker_timeout)
     if role is not None:
         launcher.check_distributed_dependencies()
     if role == "worker" and overwrite:
@@ -416,20 +816,32 @@ def run_study(study, *, directory: str | None = None, overwrite: bool = False,
                          "Received: overwrite=True")
     command = command or f"keras-normreg tune {spec.get('_path', spec['name'])}"
     project = nr_spec.project_dir(spec, directory)
-    with launcher.tuner_environment(role, oracle, worker_id):
+    do_export = spec["output"]["export"] if export is None else export
+    if role != "worker":
+        check_writable(directory or spec["output"]["directory"],
+                       "--directory" if directory else "output.directory")
+        if do_export:
+            check_writable(spec["output"]["export_dir"], "output.export_dir")
+    lock = launcher.study_lock(project) if role != "worker" else contextlib.nullcontext()
+    graceful = _exit_on_sigterm() if role != "worker" else contextlib.nullcontext()
+    with lock, graceful, launcher.tuner_environment(role, oracle, worker_id):
         if overwrite and os.path.isdir(project):
-            shutil.rmtree(project)
+            _clear_project(project)
         tuner = make_tuner(spec, directory=directory, overwrite=False, out=out)
         total = _compat.oracle_display(tuner.oracle).total if role != "worker" else None
+        finished = False
         if role != "worker":
             done = trials_done(tuner.oracle)
-            where = f" (resuming {project})" if done else f" -> {project}"
+            finished = study_finished(tuner.oracle, total)
+            where = (": finished, nothing to run" if finished else
+                     f" (resuming {project})" if done else f" -> {project}")
             print(f"study {spec['name']}: {done}/{total} trials done, tuner "
                   f"{spec['tuner']['kind']}, objective {spec['objective']['name']}{where}",
                   file=out, flush=True)
-            with open(os.path.join(tuner.project_dir, "study.toml"), "w", encoding="utf-8") as f:
-                f.write(nr_spec.study_to_toml(spec))
-        tuner.search()
+            _write_text(os.path.join(tuner.project_dir, "study.toml"),
+                        nr_spec.study_to_toml(spec))
+        if not finished:
+            tuner.search()
         if role == "worker":
             return {"project_dir": project, "role": "worker", "done": None, "budget": None,
                     "reports": None, "export": None, "best": None}
@@ -441,8 +853,14 @@ def run_study(study, *, directory: str | None = None, overwrite: bool = False,
               file=out)
         print(f"heatmap: {reports['heatmap']}", file=out, flush=True)
         exported = None
-        if spec["output"]["export"] if export is None else export:
-            exported = export_best(tuner, spec, command=command, out=out)
+        if do_export:
+            already = _exported_trial(spec, tuner) if finished else None
+            if already is not None:
+                print(f"best trial {already}: already exported to "
+                      f"{os.path.join(spec['output']['export_dir'], spec['output']['export_name'])}",
+                      file=out, flush=True)
+            else:
+                exported = export_best(tuner, spec, command=command, out=out)
             if exported:
                 m = exported["metrics"]
                 print(f"best trial {exported['trial_id']}: test accuracy "
@@ -454,3 +872,46 @@ def run_study(study, *, directory: str | None = None, overwrite: bool = False,
                 "budget": total, "reports": reports, "export": exported,
                 "best": best_rows[0] if best_rows else None}
 
+
+@contextlib.contextmanager
+def _exit_on_sigterm():
+    """SIGTERM ends the chief (or a one-process run) as SystemExit(143) would: the server
+    stops, the oracle state is saved once more and the study lock is released on the way out
+    (the launcher sends SIGTERM to stop a study). Only from the main thread."""
+    if threading.current_thread() is not threading.main_thread():
+        yield
+        return
+
+    def stop(signum, frame):
+        raise SystemExit(128 + signum)
+
+    previous = signal.signal(signal.SIGTERM, stop)
+    try:
+        yield
+    finally:
+        signal.signal(signal.SIGTERM, previous)
+
+
+def _write_text(path: str, text: str) -> None:
+    tmp = f"{path}.tmp{os.getpid()}"
+    with open(tmp, "w", encoding="utf-8") as f:
+        f.write(text)
+    os.replace(tmp, path)
+
+
+def _exported_trial(spec: Mapping, tuner) -> str | None:
+    """The trial id of the study's export when it is this study's current best trial (the
+    card's ``tuning`` block), else None."""
+    card_path = os.path.join(spec["output"]["export_dir"], spec["output"]["export_name"],
+                             "card.json")
+    best = [t for t in tuner.oracle.get_best_trials(1) if t.status == "COMPLETED"]
+    if not best or not os.path.isfile(card_path):
+        return None
+    try:
+        tuning = _read_json(card_path).get("tuning") or {}
+    except (OSError, ValueError):
+        return None
+    if tuning.get("study") == spec["name"] and tuning.get("trial_id") == best[0].trial_id and \
+            os.path.abspath(tuning.get("study_dir", "")) == os.path.abspath(tuner.project_dir):
+        return best[0].trial_id
+    return None
