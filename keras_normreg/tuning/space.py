@@ -145,10 +145,12 @@ def resolve_dim(path: str, value) -> dict:
             raise _err(path, "must not be an empty list", value)
         values = []
         for i, v in enumerate(value):
-            if isinstance(v, bool) or not isinstance(v, (int, float)) or not v > 0:
+            if isinstance(v, bool) or not isinstance(v, (int, float)):
                 raise _err(f"{path}[{i}]", "must be a number > 0", v)
             if not math.isfinite(v):
                 raise _err(f"{path}[{i}]", "must be a finite number", v)
+            if not v > 0:
+                raise _err(f"{path}[{i}]", "must be a number > 0", v)
             values.append(float(v))
         if len(set(values)) != len(values):
             raise _err(path, "must not repeat a value", value)
