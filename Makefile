@@ -20,7 +20,7 @@ BACKEND_TESTS ?= tests/layers tests/test_kernels.py tests/test_backend.py \
 	tests/zoo/test_zoo_layers.py tests/zoo/test_families.py \
 	tests/data/test_arrays.py tests/data/test_streams.py
 
-.PHONY: demo test test-slow lint bench clean install
+.PHONY: demo test test-slow lint bench clean install catalog
 
 install: $(STAMP)
 
@@ -32,6 +32,11 @@ $(STAMP): pyproject.toml
 
 demo: $(STAMP)
 	$(BIN)/keras-normreg demo
+
+# keras_normreg/catalog.json: what `keras-normreg list` prints without importing Keras, written
+# from the live registries (tests/test_catalog.py says when it is stale)
+catalog: $(STAMP)
+	$(BIN)/python -m keras_normreg.cli --write-catalog
 
 lint: $(STAMP)
 	$(BIN)/ruff check .

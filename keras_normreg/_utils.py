@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import contextlib
+import math
 import numbers
 import os
 from collections.abc import Iterable
@@ -47,14 +48,21 @@ def unregister_choice(family: str, table: dict, builtin, name) -> None:
 
 
 def check_number(name: str, value, *, low=None, high=None, low_inclusive=True,
-                 high_inclusive=True, integer=False, allow_none=False):
-    """Validate a scalar argument and return it; raise ValueError naming the argument otherwise."""
+                 high_inclusive=True, integer=False, allow_none=False, allow_inf=False):
+    """Validate a scalar argument and return it; raise ValueError naming the argument otherwise.
+
+    NaN is always refused (every comparison with it is False, so a bound alone lets it through);
+    ±inf is refused unless ``allow_inf=True`` (then the bounds still apply to it).
+    """
     if value is None and allow_none:
         return value
     kind = numbers.Integral if integer else numbers.Real
     if isinstance(value, bool) or not isinstance(value, kind):
         what = "an integer" if integer else "a number"
         raise ValueError(f"Argument `{name}` must be {what}. {received(name, value)}")
+    if math.isnan(value) or (math.isinf(value) and not allow_inf):
+        what = "a number (not NaN)" if allow_inf else "a finite number"
+        raise ValueError(f"Argument `{name}` must be {what}. Received: {name}={value}")
     if low is not None and (value < low or (not low_inclusive and value == low)):
         op = ">=" if low_inclusive else ">"
         raise ValueError(f"Argument `{name}` must be {op} {low}. {received(name, value)}")

@@ -2,11 +2,24 @@
 
 Subcommands: ``list`` (models, datasets), ``train RECIPE.toml [--set key=value ...]``,
 ``evaluate``, ``tune`` and ``demo``.
+
+The console script enters through the top-level module ``keras_normreg_cli`` (outside this
+package, whose ``__init__`` imports Keras): it answers ``list`` from the static catalog
+``keras_normreg/catalog.json`` without importing Keras, and sets ``TF_CPP_MIN_LOG_LEVEL`` and
+``KERAS_BACKEND`` before importing this module for every other command. The catalog is
+written from the live registries by :func:`write_catalog` (``make catalog``).
+
+Errors a user can fix (a bad recipe, an unknown arch or dataset, an unwritable destination, a
+damaged entry, a study locked by another process, a missing file) are printed as one line
+``keras-normreg <command>: error: <message>`` with exit status 2 (``evaluate``: 1 for a card,
+checksum or load error; ``train``: 3 for a NaN loss); ``--verbose`` re-raises them with the full
+traceback.
 """
 
 from __future__ import annotations
 
 import argparse
+import json
 import os
 import subprocess
 import sys
@@ -15,6 +28,10 @@ import keras
 
 from keras_normreg import config, distribute
 from keras_normreg._backend import SUPPORTED_BACKENDS
+from keras_normreg._locks import LockError
+
+#: The static catalog answered by ``keras-normreg list`` (see the module docstring).
+CATALOG_PATH = os.path.join(os.path.dirname(os.path.abspath(__file__)), "catalog.json")
 
 os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
 
@@ -33,6 +50,13 @@ def _recipe_choices() -> str:
              for key, values in fields.items()]
     lines.append(f"  {'train.strategy':<{width}}{distribute.STRATEGIES_HELP}")
     return "recipe keys with a fixed set of values (--set KEY=VALUE):\n" + "\n".join(lines)
+
+
+def _verbose_argument(parser, default) -> None:
+    parser.add_argument(
+        "--verbose", action="store_true", default=default,
+        help="show the full traceback of an error (instead of one line) and TensorFlow's "
+             "start-up log")
 
 
 def _backend_argument(parser) -> None:
@@ -54,6 +78,7 @@ def _parser() -> argparse.ArgumentParser:
         prog="keras-normreg",
         description="Normalization and regularization done right for Keras 3: train zoo models "
                     "from TOML recipes, evaluate saved models, tune λ × normalization.")
+    _verbose_argument(p, False)
     sub = p.add_subparsers(dest="command", metavar="COMMAND", parser_class=_Parser)
     sub.required = True
 
@@ -63,7 +88,11 @@ def _parser() -> argparse.ArgumentParser:
     s = sub.add_parser("train", help="train a zoo model from a recipe TOML",
                        description="Train the model described by RECIPE (see zoo/*.toml). "
                                    "Example:\n  keras-normreg train zoo/mnist1d_cnn1d_batch.toml "
-                                   "--set optimizer.learning_rate=0.05 --set train.epochs=5",
+                                   "--set optimizer.learning_rate=0.05 --set train.epochs=5"
+                                   "\n\nAn interrupted run resumes by default (auto): an "
+                                   "unfinished run of the same recipe in the output folder is "
+                                   "continued, one of a different recipe is refused; --fresh "
+                                   "discards it, --resume requires it.",
                        epilog=_recipe_choices(),
                        formatter_class=argparse.RawDescriptionHelpFormatter)
     s.add_argument("recipe", help="path to a recipe TOML file")
@@ -76,6 +105,13 @@ def _parser() -> argparse.ArgumentParser:
     s.add_argument("--data-dir", default=None, help="tfds data_dir (overrides data.data_dir)")
     s.add_argument("--print-config", action="store_true",
                    help="print the resolved recipe and exit")
+    mode = s.add_mutually_exclusive_group()
+    mode.add_argument("--fresh", dest="resume", action="store_const", const="fresh",
+                      help="discard an unfinished run of this recipe and start over")
+    mode.add_argument("--resume", dest="resume", action="store_const", const="resume",
+                      help="continue the unfinished run of this recipe; an error if there is "
+                           "none")
+    s.set_defaults(resume="auto")
     _backend_argument(s)
 
     s = sub.add_parser("evaluate", help="re-evaluate a saved model against its card")
@@ -120,31 +156,72 @@ def _parser() -> argparse.ArgumentParser:
     s.add_argument("--epochs", type=int, default=30, help="epochs per run (default 30)")
     s.add_argument("--out", default="docs/study_l2_vs_bn",
                    help="folder for figures and data; the report is <out>.md")
+    # --verbose is accepted after the command too (`keras-normreg train r.toml --verbose`);
+    # SUPPRESS keeps a subcommand from overwriting the global flag with its default
+    for subparser in sub.choices.values():
+        _verbose_argument(subparser, argparse.SUPPRESS)
     return p
 
 
-def _cmd_list(args) -> int:
+def catalog() -> dict:
+    """The zoo models and datasets as read from the live registries (what ``list`` prints):
+    ``{"models": [{name, family, description}], "datasets": [{name, input_shape, classes,
+    splits}]}``. :data:`CATALOG_PATH` holds a copy, written by :func:`write_catalog`."""
     from keras_normreg import data, zoo
 
-    if args.what in ("models", "all"):
-        print("models:")
-        for name in zoo.list_models():
-            spec = zoo.get_spec(name)
-            print(f"  {name:<16} {spec.family:<10} {spec.description}")
-    if args.what in ("datasets", "all"):
-        print("datasets:")
-        for name in data.list_datasets():
-            i = data.info(name)
-            splits = ", ".join(f"{k}={v}" for k, v in i.splits.items())
-            print(f"  {name:<16} input={i.input_shape} classes={i.num_classes} {splits}")
+    models = []
+    for name in zoo.list_models():
+        spec = zoo.get_spec(name)
+        models.append({"name": name, "family": spec.family, "description": spec.description})
+    datasets = []
+    for name in data.list_datasets():
+        i = data.info(name)
+        datasets.append({"name": name, "input_shape": list(i.input_shape),
+                         "classes": i.num_classes, "splits": dict(i.splits)})
+    return {"models": models, "datasets": datasets}
+
+
+def catalog_text(cat: dict) -> str:
+    """The catalog as written to :data:`CATALOG_PATH` (stable: sorted by the registries)."""
+    return json.dumps(cat, indent=1, ensure_ascii=False) + "\n"
+
+
+def write_catalog(path: str = CATALOG_PATH) -> str:
+    """Write :func:`catalog` to ``path`` (``make catalog``) and return the path."""
+    tmp = path + ".tmp"
+    with open(tmp, "w", encoding="utf-8") as f:
+        f.write(catalog_text(catalog()))
+    os.replace(tmp, path)
+    return path
+
+
+def list_lines(cat: dict, what: str = "all") -> list[str]:
+    """The lines ``keras-normreg list WHAT`` prints for a catalog (the same format as
+    ``keras_normreg_cli``, which prints the static one without importing this package)."""
+    lines = []
+    if what in ("models", "all"):
+        lines.append("models:")
+        for m in cat["models"]:
+            lines.append(f"  {m['name']:<16} {m['family']:<10} {m['description']}")
+    if what in ("datasets", "all"):
+        lines.append("datasets:")
+        for d in cat["datasets"]:
+            splits = ", ".join(f"{k}={v}" for k, v in d["splits"].items())
+            lines.append(f"  {d['name']:<16} input={tuple(d['input_shape'])} "
+                         f"classes={d['classes']} {splits}")
+    return lines
+
+
+def _cmd_list(args) -> int:
+    print("\n".join(list_lines(catalog(), args.what)))
     return 0
 
 
-def _run_training(cfg, *, save=True, command=None) -> int:
+def _run_training(cfg, *, save=True, command=None, resume="auto") -> int:
     from keras_normreg import train
 
     try:
-        result = train.train(cfg, save=save, command=command)
+        result = train.train(cfg, save=save, command=command, resume=resume)
     except train.NaNLossError as e:
         print(f"keras-normreg: error: {e}", file=sys.stderr)
         return 3
@@ -153,6 +230,25 @@ def _run_training(cfg, *, save=True, command=None) -> int:
     if result.get("path"):
         print(f"saved: {result.path}/model.keras (+ card.json, recipe.toml)")
     return 0
+
+
+def _check_names(cfg, recipe) -> None:
+    """Refuse an unknown ``model.arch`` / ``data.dataset`` before any data is loaded (the
+    registries are the zoo's and the data package's, which the config module cannot import)."""
+    from keras_normreg import data, zoo
+
+    arch, dataset = cfg["model"]["arch"], cfg["data"]["dataset"]
+    if arch not in zoo.list_models():
+        raise config.ConfigError(
+            f"{recipe}: Config key 'model.arch' must be a zoo model ({', '.join(zoo.list_models())}"
+            f"; see `keras-normreg list models`). Received: model.arch={arch!r}")
+    try:
+        data.info(dataset)
+    except ValueError as e:
+        why = one_line(e).split(" Received:")[0]
+        raise config.ConfigError(
+            f"{recipe}: Config key 'data.dataset' must be a known dataset (see `keras-normreg "
+            f"list datasets`): {why} Received: data.dataset={dataset!r}") from None
 
 
 def _cmd_train(args) -> int:
@@ -164,22 +260,25 @@ def _cmd_train(args) -> int:
     if args.data_dir:
         overrides.append(f'data.data_dir="{args.data_dir}"')
     cfg = config.load_recipe(args.recipe, overrides)
+    _check_names(cfg, args.recipe)
     if args.print_config:
         print(config.dumps(cfg), end="")
         return 0
     command = " ".join(["keras-normreg", "train", args.recipe,
                         *[f"--set {o}" for o in args.overrides]]
                        + (["--strategy", args.strategy] if args.strategy else []))
-    return _run_training(cfg, command=command)
+    return _run_training(cfg, command=command, resume=args.resume)
 
 
 def _cmd_evaluate(args) -> int:
-    from keras_normreg import evaluate
+    from keras_normreg import evaluate, saving
 
     try:
         report = evaluate.evaluate_saved(args.path, data_dir=args.data_dir, strict=False)
-    except (evaluate.CardError, evaluate.ChecksumError) as e:
-        print(f"keras-normreg evaluate: error: {e}", file=sys.stderr)
+    except (evaluate.CardError, evaluate.ChecksumError, saving.EntryLoadError) as e:
+        if getattr(args, "verbose", False):
+            raise
+        print(f"keras-normreg evaluate: error: {one_line(e)}", file=sys.stderr)
         return 1
     card, got = report["card"], report["measured"]
     print(f"{report['name']}:")
@@ -221,9 +320,9 @@ def _cmd_tune(args) -> int:
                            command=_tune_command(args))
         return 0
     except (ValueError, launcher.DistributedDependencyError, OSError) as e:
-        if isinstance(e, FileNotFoundError):
+        if isinstance(e, FileNotFoundError) or getattr(args, "verbose", False):
             raise
-        print(f"keras-normreg tune: error: {e}", file=sys.stderr)
+        print(f"keras-normreg tune: error: {one_line(e)}", file=sys.stderr)
         return 2
 
 
@@ -292,6 +391,19 @@ COMMANDS = {
 }
 
 
+#: What main() reports as one line (exit 2) instead of a traceback: config errors, unknown
+#: arch/dataset, saving's DestinationError/EntryLoadError and train's run-state errors are
+#: ValueErrors; a study or run held by another process is a LockError; OSError covers missing
+#: files (FileNotFoundError), permissions and a full disk.
+USER_ERRORS = (ValueError, LockError, OSError)
+
+
+def one_line(error: BaseException) -> str:
+    """The message of ``error`` on one line (its lines joined; the class name if empty)."""
+    text = " ".join(line.strip() for line in str(error).splitlines() if line.strip())
+    return text or type(error).__name__
+
+
 def main(argv=None) -> int:
     args = _parser().parse_args(argv)
     backend = getattr(args, "backend", None)
@@ -299,10 +411,15 @@ def main(argv=None) -> int:
         return _rerun_on_backend(backend, argv)
     try:
         return COMMANDS[args.command](args)
-    except (config.ConfigError, FileNotFoundError) as e:
-        print(f"keras-normreg {args.command}: error: {e}", file=sys.stderr)
+    except USER_ERRORS as e:
+        if getattr(args, "verbose", False):
+            raise
+        print(f"keras-normreg {args.command}: error: {one_line(e)}", file=sys.stderr)
         return 2
 
 
 if __name__ == "__main__":  # pragma: no cover
+    if sys.argv[1:] == ["--write-catalog"]:  # `make catalog`
+        print(f"wrote {write_catalog()}")
+        sys.exit(0)
     sys.exit(main())

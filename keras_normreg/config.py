@@ -32,6 +32,7 @@ from __future__ import annotations
 
 import copy
 import dataclasses
+import math
 import os
 import sys
 from collections.abc import Callable, Mapping, Sequence
@@ -221,6 +222,8 @@ def _check_type(path: str, value, field: Field):
         raise ConfigError(
             f"Config key '{path}' must be {_type_name(expected)}. Received: {path}={value!r}"
         )
+    if expected is float and not math.isfinite(value):  # TOML has inf and nan literals
+        raise ConfigError(f"Config key '{path}' must be a finite number. Received: {path}={value}")
     if expected is list and field.item_type is not None:
         items = []
         for i, item in enumerate(value):

@@ -83,3 +83,150 @@ def test_shipped_recipes_validate():
     for path in paths:
         cfg = config.load_recipe(path)
         assert cfg["name"] == os.path.splitext(os.path.basename(path))[0]
+
+
+# ---- one-line errors, --verbose, train --fresh/--resume (issue 16) ----
+
+def _recipe(tmp_path):
+    p = tmp_path / "r.toml"
+    p.write_text('name="x"\n[model]\narch="cnn1d"\n[data]\ndataset="mnist1d"\n')
+    return str(p)
+
+
+class _Result(dict):
+    test_accuracy = 0.5
+    test_loss = 1.25
+    train_seconds = 0.1
+
+
+def _fake_train(calls, error=None):
+    def train(cfg, **kwargs):
+        calls.append(kwargs)
+        if error is not None:
+            raise error
+        return _Result()
+    return train
+
+
+def _one_error_line(err, command="train"):
+    assert err.count("\n") == 1, err
+    assert err.startswith(f"keras-normreg {command}: error: ")
+    assert "Traceback" not in err
+
+
+@pytest.mark.parametrize("flags, mode", [([], "auto"), (["--fresh"], "fresh"),
+                                         (["--resume"], "resume")])
+def test_train_passes_the_resume_mode(tmp_path, monkeypatch, capsys, flags, mode):
+    from keras_normreg import train
+
+    calls = []
+    monkeypatch.setattr(train, "train", _fake_train(calls))
+    assert cli.main(["train", _recipe(tmp_path), *flags]) == 0
+    assert calls == [{"save": True, "command": f"keras-normreg train {_recipe(tmp_path)}",
+                      "resume": mode}]
+    assert "test accuracy: 0.5000  test loss: 1.2500" in capsys.readouterr().out
+
+
+def test_fresh_and_resume_exclude_each_other(tmp_path, capsys):
+    with pytest.raises(SystemExit) as e:
+        cli.main(["train", _recipe(tmp_path), "--fresh", "--resume"])
+    assert e.value.code == 2
+    assert "not allowed with argument" in capsys.readouterr().err
+
+
+def test_train_help_explains_the_resume_modes(capsys):
+    with pytest.raises(SystemExit):
+        cli.main(["train", "--help"])
+    out = " ".join(capsys.readouterr().out.split())
+    assert "--fresh" in out and "--resume" in out
+    assert "resumes by default (auto)" in out and "different recipe is refused" in out
+
+
+@pytest.mark.parametrize("error, code", [
+    (ValueError("Config key 'x' is bad.\nsecond line. Received: x=1"), 2),
+    (OSError(28, "No space left on device"), 2),
+    (FileNotFoundError("nothing at 'p'. Received: path='p'"), 2),
+])
+def test_user_errors_are_one_line(tmp_path, monkeypatch, capsys, error, code):
+    from keras_normreg import train
+
+    monkeypatch.setattr(train, "train", _fake_train([], error))
+    assert cli.main(["train", _recipe(tmp_path)]) == code
+    err = capsys.readouterr().err
+    _one_error_line(err)
+    assert str(error).splitlines()[0] in err
+
+
+def test_lock_error_is_one_line(tmp_path, monkeypatch, capsys):
+    from keras_normreg import train
+    from keras_normreg._locks import LockError
+
+    monkeypatch.setattr(train, "train", _fake_train([], LockError("held by pid 12")))
+    assert cli.main(["train", _recipe(tmp_path)]) == 2
+    err = capsys.readouterr().err
+    _one_error_line(err)
+    assert "held by pid 12" in err
+
+
+def test_nan_loss_keeps_exit_3(tmp_path, monkeypatch, capsys):
+    from keras_normreg import train
+
+    monkeypatch.setattr(train, "train", _fake_train([], train.NaNLossError("loss is nan")))
+    assert cli.main(["train", _recipe(tmp_path)]) == 3
+    assert "loss is nan" in capsys.readouterr().err
+
+
+def test_verbose_reraises(tmp_path, monkeypatch):
+    from keras_normreg import train
+
+    monkeypatch.setattr(train, "train", _fake_train([], ValueError("boom")))
+    with pytest.raises(ValueError, match="boom"):
+        cli.main(["--verbose", "train", _recipe(tmp_path)])
+    with pytest.raises(ValueError, match="boom"):
+        cli.main(["train", _recipe(tmp_path), "--verbose"])
+
+
+def test_unexpected_errors_are_not_swallowed(tmp_path, monkeypatch):
+    from keras_normreg import train
+
+    monkeypatch.setattr(train, "train", _fake_train([], KeyError("bug")))
+    with pytest.raises(KeyError):
+        cli.main(["train", _recipe(tmp_path)])
+
+
+@pytest.mark.parametrize("key, value, words", [
+    ("model.arch", '"nope"', ["model.arch", "cnn1d", "Received: model.arch='nope'"]),
+    ("data.dataset", '"nope"', ["data.dataset", "mnist1d", "Received: data.dataset='nope'"]),
+    ("optimizer.weight_decay", "inf", ["must be a finite number",
+                                       "Received: optimizer.weight_decay=inf"]),
+    ("optimizer.learning_rate", "nan", ["Received: optimizer.learning_rate=nan"]),
+])
+def test_bad_recipe_values_before_training(tmp_path, monkeypatch, capsys, key, value, words):
+    from keras_normreg import train
+
+    calls = []
+    monkeypatch.setattr(train, "train", _fake_train(calls))
+    assert cli.main(["train", _recipe(tmp_path), "--set", f"{key}={value}"]) == 2
+    err = capsys.readouterr().err
+    _one_error_line(err)
+    for w in words:
+        assert w in err
+    assert calls == []
+
+
+def test_evaluate_load_error_exits_1(monkeypatch, capsys):
+    from keras_normreg import evaluate, saving
+
+    def fail(*a, **k):
+        raise saving.EntryLoadError("e/model.keras: cannot be loaded (BadZipFile: bad)")
+
+    monkeypatch.setattr(evaluate, "evaluate_saved", fail)
+    assert cli.main(["evaluate", "e"]) == 1
+    err = capsys.readouterr().err
+    _one_error_line(err, "evaluate")
+    assert "cannot be loaded" in err
+
+
+def test_one_line():
+    assert cli.one_line(ValueError("a\n  b\n\nc")) == "a b c"
+    assert cli.one_line(OSError()) == "OSError"

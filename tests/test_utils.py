@@ -41,3 +41,30 @@ def test_environ_sets_and_restores(monkeypatch):
         assert os.environ["KNR_A"] == "new" and os.environ["KNR_B"] == "7"
     assert os.environ["KNR_A"] == "old"
     assert "KNR_B" not in os.environ
+
+
+@pytest.mark.parametrize("value", [float("nan"), float("inf"), float("-inf")])
+def test_check_number_refuses_non_finite(value):
+    # without a bound, and with bounds NaN compares False to (a bound alone let it through)
+    for kwargs in ({}, {"low": 0.0, "high": 1.0}):
+        with pytest.raises(ValueError) as e:
+            check_number("momentum", value, **kwargs)
+        assert str(e.value) == (f"Argument `momentum` must be a finite number. "
+                                f"Received: momentum={value}")
+
+
+def test_check_number_numpy_scalars():
+    import numpy as np
+
+    assert check_number("x", np.float32(0.5), low=0) == np.float32(0.5)
+    with pytest.raises(ValueError, match="finite number. Received: x=nan"):
+        check_number("x", np.float64("nan"))
+
+
+def test_check_number_allow_inf():
+    inf = float("inf")
+    assert check_number("max_norm", inf, low=0, allow_inf=True) == inf
+    with pytest.raises(ValueError, match=r"must be >= 0. Received: x=-inf"):
+        check_number("x", -inf, low=0, allow_inf=True)  # the bounds still apply
+    with pytest.raises(ValueError, match=r"must be a number \(not NaN\). Received: x=nan"):
+        check_number("x", float("nan"), allow_inf=True)

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import copy
 import math
+import numbers
 
 import keras
 from keras import ops
@@ -101,6 +102,8 @@ class _ProjectedOptimizer(keras.optimizers.Optimizer):
 
     def __init__(self, learning_rate, *, weight_decay, delta, wd_ratio, epsilon, nesterov,
                  exclude, include, name, **kwargs):
+        if isinstance(learning_rate, numbers.Real):  # a schedule or callable is Keras' to check
+            check_number("learning_rate", learning_rate, low=0)
         check_number("weight_decay", weight_decay, low=0, allow_none=True)
         check_number("delta", delta, low=0, low_inclusive=False)
         check_number("wd_ratio", wd_ratio, low=0)

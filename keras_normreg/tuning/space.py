@@ -135,7 +135,9 @@ def resolve_dim(path: str, value) -> dict:
     if isinstance(value, bool):
         raise _err(path, "must be a number, a list of numbers or a table", value)
     if isinstance(value, (int, float)):
-        if not value > 0 or not math.isfinite(value):
+        if not math.isfinite(value):
+            raise _err(path, "must be a finite number", value)
+        if not value > 0:
             raise _err(path, "must be > 0", value)
         return {"kind": "fixed", "value": float(value)}
     if isinstance(value, list):
@@ -143,7 +145,11 @@ def resolve_dim(path: str, value) -> dict:
             raise _err(path, "must not be an empty list", value)
         values = []
         for i, v in enumerate(value):
-            if isinstance(v, bool) or not isinstance(v, (int, float)) or not v > 0:
+            if isinstance(v, bool) or not isinstance(v, (int, float)):
+                raise _err(f"{path}[{i}]", "must be a number > 0", v)
+            if not math.isfinite(v):
+                raise _err(f"{path}[{i}]", "must be a finite number", v)
+            if not v > 0:
                 raise _err(f"{path}[{i}]", "must be a number > 0", v)
             values.append(float(v))
         if len(set(values)) != len(values):
