@@ -136,6 +136,9 @@ def _parser() -> argparse.ArgumentParser:
     s.add_argument("--worker-id", default=None, metavar="ID",
                    help="a worker's stable id (default worker-<hostname>); a restarted worker "
                         "reusing its id resumes its unfinished trial")
+    s.add_argument("--worker-timeout", type=float, default=None, metavar="SECONDS",
+                   help="hand the trial of a worker silent for this long to another worker "
+                        "(default: the study's distributed.worker_timeout, 600 s)")
     s.add_argument("--overwrite", action="store_true",
                    help="start the study over (delete its directory) instead of resuming")
     s.add_argument("--max-trials", type=int, default=None, metavar="N",
@@ -291,7 +294,8 @@ def _cmd_evaluate(args) -> int:
 
 def _tune_command(args) -> str:
     parts = ["keras-normreg", "tune", args.study]
-    for flag in ("workers", "role", "oracle", "worker_id", "max_trials", "directory"):
+    for flag in ("workers", "role", "oracle", "worker_id", "worker_timeout", "max_trials",
+                 "directory"):
         value = getattr(args, flag)
         if value is not None:
             parts += ["--" + flag.replace("_", "-"), str(value)]
@@ -312,12 +316,13 @@ def _cmd_tune(args) -> int:
         if args.workers is not None:
             return launcher.run_local(
                 path, args.workers, project_dir=nr_spec.project_dir(spec, args.directory),
-                directory=args.directory, overwrite=args.overwrite, max_trials=args.max_trials)
+                directory=args.directory, overwrite=args.overwrite, max_trials=args.max_trials,
+                worker_timeout=args.worker_timeout)
         from keras_normreg.tuning import study as nr_study
 
         nr_study.run_study(spec, directory=args.directory, overwrite=args.overwrite,
                            role=args.role, oracle=args.oracle, worker_id=args.worker_id,
-                           command=_tune_command(args))
+                           command=_tune_command(args), worker_timeout=args.worker_timeout)
         return 0
     except (ValueError, launcher.DistributedDependencyError, OSError) as e:
         if isinstance(e, FileNotFoundError) or getattr(args, "verbose", False):

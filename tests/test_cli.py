@@ -230,3 +230,24 @@ def test_evaluate_load_error_exits_1(monkeypatch, capsys):
 def test_one_line():
     assert cli.one_line(ValueError("a\n  b\n\nc")) == "a b c"
     assert cli.one_line(OSError()) == "OSError"
+
+
+@pytest.mark.parametrize("flags, target", [
+    (["--worker-timeout", "7.5"], "run_study"),
+    (["--workers", "2", "--worker-timeout", "7.5"], "run_local"),
+])
+def test_tune_passes_the_worker_timeout(monkeypatch, flags, target):
+    from keras_normreg.tuning import launcher
+    from keras_normreg.tuning import study as nr_study
+
+    calls = []
+
+    def fake(*args, **kwargs):
+        calls.append(kwargs)
+        return 0 if target == "run_local" else {"done": True}
+
+    monkeypatch.setattr(nr_study if target == "run_study" else launcher, target, fake)
+    assert cli.main(["tune", "tiny_digits", *flags]) == 0
+    assert len(calls) == 1 and calls[0]["worker_timeout"] == 7.5
+    if target == "run_study":
+        assert "--worker-timeout 7.5" in calls[0]["command"]
