@@ -211,7 +211,8 @@ def _hardware(strategy) -> dict:
 
 
 def save_entry(model, cfg, metrics, seconds, strategy, out_dir, command=None,
-               history=None, *, tuning: Mapping | None = None) -> str:
+               history=None, *, tuning: Mapping | None = None,
+               resumed_at_epoch=()) -> str:
     """Write ``model.keras``, ``recipe.toml`` and ``card.json`` into ``out_dir``; returns it.
 
     Args:
@@ -225,6 +226,8 @@ def save_entry(model, cfg, metrics, seconds, strategy, out_dir, command=None,
         history: ``History.history`` (per-epoch lists), recorded in the card.
         tuning: an extra ``tuning`` block for the card (a study's export); written in the
             card's one write.
+        resumed_at_epoch: the epochs at which the run was resumed after an interruption
+            (``card["resumed_at_epoch"]``; empty if never).
     """
     if tuning is not None and not isinstance(tuning, Mapping):
         raise ValueError(f"Argument `tuning` must be a dict (the card's tuning block) or None. "
@@ -251,6 +254,7 @@ def save_entry(model, cfg, metrics, seconds, strategy, out_dir, command=None,
         "training_seconds": round(seconds, 2),
         "epochs": cfg["train"]["epochs"],
         "history": {k: [float(v) for v in vals] for k, vals in (history or {}).items()},
+        "resumed_at_epoch": [int(e) for e in resumed_at_epoch],
         "hardware": _hardware(strategy),
         "created": datetime.datetime.now(datetime.timezone.utc).isoformat(timespec="seconds"),
         "command": command or f"keras-normreg train <recipe> (name={cfg['name']})",
