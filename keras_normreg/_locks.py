@@ -12,6 +12,14 @@ On release the file is deleted while still locked; a process that opened it just
 after locking that the path still names the file it locked, and starts over if not, so two
 processes never both hold the lock.
 
+The lock is held by a *process*, not by a thread or an object: a process that already holds
+``path`` (through any :class:`FileLock` object, in any of its threads) acquires it again at once,
+and the file is really unlocked when the last of these nested holds is released. So a training
+that holds its entry's lock from start to finish can call ``save_entry``, which takes the same
+lock, without deadlocking itself. Threads of one process therefore share the lock; it excludes
+other processes only. A child made by ``fork`` does not inherit its parent's holds (it closes
+the inherited descriptors and must lock for itself).
+
 Used for run directories (one training per ``runs/<name>``) and saved entries (one writer per
 ``saved_models/<name>``). Module of the standard library only: no Keras import.
 """
@@ -23,6 +31,7 @@ import json
 import os
 import socket
 import sys
+import threading
 import time
 
 try:  # POSIX
@@ -61,6 +70,34 @@ def _describe(record: dict | None) -> str:
             f"({record.get('purpose', '')}: {record.get('command', '')})")
 
 
+# The locks this process holds: realpath of the lock file -> [fd, depth]. Guarded by
+# _REGISTRY_LOCK, which is held only for non-blocking steps (never while waiting); an RLock so
+# that a forgotten object released by the garbage collector inside a locked step cannot deadlock.
+_HELD: dict[str, list] = {}
+_REGISTRY_LOCK = threading.RLock()
+
+
+def _forget_after_fork() -> None:  # pragma: no cover - runs in forked children
+    """A forked child holds none of its parent's locks: close the inherited descriptors (the
+    parent's flock stays, as the parent still has its own) and empty the registry."""
+    global _REGISTRY_LOCK
+    _REGISTRY_LOCK = threading.RLock()
+    for fd, _ in _HELD.values():
+        try:
+            os.close(fd)
+        except OSError:
+            pass
+    _HELD.clear()
+
+
+if hasattr(os, "register_at_fork"):
+    os.register_at_fork(after_in_child=_forget_after_fork)
+
+
+def _key(path: str) -> str:
+    return os.path.realpath(os.path.abspath(path))
+
+
 def _pid_alive(pid) -> bool:  # pragma: no cover - used only without fcntl
     try:
         os.kill(int(pid), 0)
@@ -71,6 +108,10 @@ def _pid_alive(pid) -> bool:  # pragma: no cover - used only without fcntl
 
 class FileLock:
     """An exclusive lock on ``path`` held by this process; a context manager.
+
+    Re-entrant per process: acquiring a ``path`` this process already holds (through this or
+    any other :class:`FileLock` object, from any thread) returns at once and counts one more
+    hold; the file is unlocked and deleted when the last hold is released.
 
     Args:
         path: the lock file (its folder is created).
@@ -83,69 +124,106 @@ class FileLock:
         self.path = os.fspath(path)
         self.purpose = purpose
         self.timeout = float(timeout)
-        self._fd = None
+        self._holds = 0  # holds taken through this object (a process may hold more in others)
+        self._key = None
 
     @property
     def held(self) -> bool:
-        return self._fd is not None
+        """Whether this object holds the lock (at least one unreleased acquire)."""
+        return self._holds > 0
+
+    @property
+    def depth(self) -> int:
+        """How many holds this process has on ``path`` (through all its objects); 0 if none."""
+        with _REGISTRY_LOCK:
+            entry = _HELD.get(_key(self.path))
+        return entry[1] if entry else 0
 
     def acquire(self) -> FileLock:
-        if self._fd is not None:
-            raise LockError(f"{self.path}: this lock object already holds the lock.")
-        os.makedirs(os.path.dirname(os.path.abspath(self.path)), exist_ok=True)
+        key = _key(self.path)
+        os.makedirs(os.path.dirname(key), exist_ok=True)
         deadline = time.monotonic() + self.timeout
         while True:
-            if self._try_acquire():
-                return self
+            with _REGISTRY_LOCK:
+                entry = _HELD.get(key)
+                if entry is not None:  # this process holds it already: one more hold
+                    entry[1] += 1
+                    self._holds += 1
+                    self._key = key
+                    return self
+                fd = self._try_acquire(key)
+                if fd is not None:
+                    _HELD[key] = [fd, 1]
+                    self._holds += 1
+                    self._key = key
+                    return self
             if time.monotonic() >= deadline:
                 raise LockError(
-                    f"{self.purpose} is in use by {_describe(read_holder(self.path))}. Wait for "
+                    f"{self.purpose} is in use by {_describe(read_holder(key))}. Wait for "
                     f"it to finish or stop that process; a process that died releases the lock "
                     f"by itself. Lock file: {self.path}")
             time.sleep(0.05)
 
-    def _try_acquire(self) -> bool:
+    def _try_acquire(self, path: str) -> int | None:
+        """Lock ``path`` in the file system; the descriptor, or None if another process has it."""
         record = json.dumps(_holder_record(self.purpose))
         if fcntl is None:  # pragma: no cover - Windows: exclusive create + pid liveness
             try:
-                fd = os.open(self.path, os.O_CREAT | os.O_EXCL | os.O_RDWR)
+                fd = os.open(path, os.O_CREAT | os.O_EXCL | os.O_RDWR)
             except FileExistsError:
-                holder = read_holder(self.path)
+                holder = read_holder(path)
                 if holder and not _pid_alive(holder.get("pid")):
-                    os.unlink(self.path)
-                return False
+                    os.unlink(path)
+                return None
             os.write(fd, record.encode())
-            self._fd = fd
-            return True
-        fd = os.open(self.path, os.O_CREAT | os.O_RDWR, 0o644)
+            return fd
+        while True:
+            fd = os.open(path, os.O_CREAT | os.O_RDWR, 0o644)
+            try:
+                fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+            except BlockingIOError:
+                os.close(fd)
+                return None
+            try:
+                same = os.fstat(fd).st_ino == os.stat(path).st_ino
+            except FileNotFoundError:
+                same = False
+            if same:
+                break
+            os.close(fd)  # released (and deleted) between our open and our lock: try again
         try:
-            fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
-        except BlockingIOError:
+            os.ftruncate(fd, 0)
+            os.write(fd, record.encode())
+            os.fsync(fd)
+        except OSError:  # e.g. a full disk: give the lock (and its file) back
+            try:
+                os.unlink(path)
+            except OSError:
+                pass
             os.close(fd)
-            return False
-        try:
-            same = os.fstat(fd).st_ino == os.stat(self.path).st_ino
-        except FileNotFoundError:
-            same = False
-        if not same:  # released (and deleted) between our open and our lock: try again
-            os.close(fd)
-            return self._try_acquire()
-        os.ftruncate(fd, 0)
-        os.write(fd, record.encode())
-        os.fsync(fd)
-        self._fd = fd
-        return True
+            raise
+        return fd
 
     def release(self) -> None:
-        if self._fd is None:
+        """Give back one hold; the last hold of the process unlocks and deletes the file."""
+        if self._holds == 0:
             return
-        fd, self._fd = self._fd, None
-        try:
-            os.unlink(self.path)
-        except FileNotFoundError:
-            pass
-        finally:
-            os.close(fd)  # closing drops the flock
+        with _REGISTRY_LOCK:
+            self._holds -= 1
+            entry = _HELD.get(self._key)
+            if entry is None:  # pragma: no cover - forgotten after a fork
+                return
+            entry[1] -= 1
+            if entry[1] > 0:
+                return
+            del _HELD[self._key]
+            fd = entry[0]
+            try:
+                os.unlink(self._key)
+            except FileNotFoundError:
+                pass
+            finally:
+                os.close(fd)  # closing drops the flock
 
     def __enter__(self) -> FileLock:
         return self.acquire()
@@ -154,8 +232,8 @@ class FileLock:
         self.release()
 
     def __del__(self):  # pragma: no cover - a lock left held by a forgotten object
-        if self._fd is not None:
-            try:
-                os.close(self._fd)
-            except OSError:
-                pass
+        try:
+            while self._holds:
+                self.release()
+        except Exception:
+            pass

@@ -1,7 +1,8 @@
 """Saved entries: ``<dir>/<name>/`` with ``model.keras``, ``card.json`` and ``recipe.toml``.
 
 * write: :func:`save_entry` (the model, the resolved recipe and the card in one go, an optional
-  ``tuning`` block included in the card's single write);
+  ``tuning`` block included in the card's single write), atomically and under the entry's lock
+  (:func:`entry_lock`); :func:`check_destination` before a training;
 * find: :func:`saved_models_dirs`, :func:`list_saved`, :func:`find_entry`;
 * read and verify: :func:`load_card`, :func:`load_saved` (sha256 of the model file checked
   first, then ``keras.saving.load_model(safe_mode=True)``);
@@ -20,11 +21,13 @@ import datetime
 import hashlib
 import importlib.metadata
 import json
+import numbers
 import os
 import platform
+import secrets
 import tempfile
 import zipfile
-from collections.abc import Mapping
+from collections.abc import Mapping, Sequence
 from pathlib import Path
 
 import keras
@@ -32,6 +35,7 @@ import numpy as np
 
 from keras_normreg import config as nr_config
 from keras_normreg import data as nr_data
+from keras_normreg._locks import FileLock
 from keras_normreg._utils import received
 from keras_normreg._version import __version__
 from keras_normreg.data.streams import array_batches
@@ -41,6 +45,8 @@ __all__ = [
     "CardError",
     "ChecksumError",
     "DestinationError",
+    "ENTRY_LOCK_FILE",
+    "ENTRY_LOCK_TIMEOUT",
     "EntryLoadError",
     "LOSS_TOLERANCE",
     "evaluation_batches",
@@ -50,6 +56,7 @@ __all__ = [
     "REQUIRED_CARD_KEYS",
     "evaluate_model",
     "check_destination",
+    "entry_lock",
     "evaluate_saved",
     "file_sha256",
     "find_entry",
@@ -66,6 +73,9 @@ RECIPE_FILE = "recipe.toml"
 REQUIRED_CARD_KEYS = ("name", "dataset", "test_split", "batch_size", "metrics", "sha256",
                       "model_file", "recipe")
 LOSS_TOLERANCE = 1e-4
+ENTRY_LOCK_FILE = ".entry.lock"
+ENTRY_LOCK_TIMEOUT = 300.0  # seconds save_entry waits for another writer of the same entry
+_TMP_PREFIX = ".tmp-"  # temporaries: .tmp-<pid>-<token>-<final name>, in the entry folder
 
 
 class CardError(ValueError):
@@ -210,10 +220,90 @@ def _hardware(strategy) -> dict:
             "replicas": replicas}
 
 
+def entry_lock(out_dir: str | os.PathLike, *, timeout: float = 0.0) -> FileLock:
+    """The lock of the entry folder ``out_dir`` (``<out_dir>/.entry.lock``): one writer at a time.
+
+    :func:`save_entry` takes it, waiting up to ``ENTRY_LOCK_TIMEOUT`` seconds for another
+    writer. A training may hold it from start to end (``with entry_lock(out_dir): ...``) so that
+    a second training into the same entry is refused at once; the lock is re-entrant within a
+    process, so the ``save_entry`` inside takes it again without waiting. See
+    :class:`keras_normreg._locks.FileLock`.
+    """
+    out_dir = os.fspath(out_dir)
+    return FileLock(os.path.join(out_dir, ENTRY_LOCK_FILE), f"saved entry {out_dir}",
+                    timeout=timeout)
+
+
+def _check_resumed(resumed_at_epoch) -> list[int]:
+    """``resumed_at_epoch`` as a list of ints; a sequence of non-negative ints, or ValueError."""
+    bad = isinstance(resumed_at_epoch, (str, bytes, Mapping))
+    values = []
+    if not bad:
+        try:
+            values = list(resumed_at_epoch)
+        except TypeError:
+            bad = True
+    bad = bad or any(isinstance(v, bool) or not isinstance(v, numbers.Integral) or v < 0
+                     for v in values)
+    if bad:
+        raise ValueError(f"Argument `resumed_at_epoch` must be a sequence of non-negative "
+                         f"integers (the epochs a training resumed at). "
+                         f"{received('resumed_at_epoch', resumed_at_epoch)}")
+    return [int(v) for v in values]
+
+
+def _fsync_file(path: str) -> None:
+    fd = os.open(path, os.O_RDONLY)
+    try:
+        os.fsync(fd)
+    finally:
+        os.close(fd)
+
+
+def _fsync_dir(path: str) -> None:
+    """Make the renames in ``path`` durable (POSIX; a no-op where folders cannot be opened)."""
+    if not hasattr(os, "O_DIRECTORY"):  # pragma: no cover - Windows
+        return
+    fd = os.open(path, os.O_RDONLY | os.O_DIRECTORY)
+    try:
+        os.fsync(fd)
+    finally:
+        os.close(fd)
+
+
+def _is_temporary(name: str) -> bool:
+    """A file name :func:`save_entry` or :func:`check_destination` uses for a temporary."""
+    return ((name.startswith(_TMP_PREFIX) and name.endswith((MODEL_FILE, RECIPE_FILE, CARD_FILE)))
+            or name.startswith(".write-check-"))
+
+
+def _remove_quietly(paths) -> None:
+    for path in paths:
+        with contextlib.suppress(OSError):
+            os.remove(path)
+
+
+def _destination_error(out_dir: str, error: OSError, argument: str, advice: str):
+    where = f" ({error.filename})" if getattr(error, "filename", None) else ""
+    return DestinationError(
+        f"Cannot write the saved entry into {out_dir!r}: {error.strerror or error}{where}. "
+        f"{advice} Received: {argument}={out_dir!r}")
+
+
 def save_entry(model, cfg, metrics, seconds, strategy, out_dir, command=None,
                history=None, *, tuning: Mapping | None = None,
-               resumed_at_epoch=()) -> str:
+               resumed_at_epoch: Sequence[int] = ()) -> str:
     """Write ``model.keras``, ``recipe.toml`` and ``card.json`` into ``out_dir``; returns it.
+
+    The write is atomic and locked: under :func:`entry_lock` (waiting up to
+    ``ENTRY_LOCK_TIMEOUT`` seconds for another writer of the same entry) the three files are
+    written to temporaries in ``out_dir`` (``.tmp-<pid>-<token>-<name>``) and flushed to disk,
+    the card's sha256 is taken from the temporary model file, then ``os.replace`` moves the
+    model and the recipe into place and the card LAST, and the folder is synced. Temporaries
+    left by a writer that crashed are removed on the next write. A reader therefore sees the
+    previous entry or the new one, never a half-written file; a crash between the renames can
+    leave the new model with the previous card, which :func:`load_saved` refuses
+    (:class:`ChecksumError`) until the entry is written again.
 
     Args:
         model: the trained model.
@@ -226,18 +316,53 @@ def save_entry(model, cfg, metrics, seconds, strategy, out_dir, command=None,
         history: ``History.history`` (per-epoch lists), recorded in the card.
         tuning: an extra ``tuning`` block for the card (a study's export); written in the
             card's one write.
-        resumed_at_epoch: the epochs at which the run was resumed after an interruption
-            (``card["resumed_at_epoch"]``; empty if never).
+        resumed_at_epoch: the epochs at which the training was resumed from a checkpoint
+            (recorded in the card as ``resumed_at_epoch``; empty for a training in one go).
+
+    Raises:
+        DestinationError: ``out_dir`` cannot be written (read-only, full, not a folder...);
+            the previous entry there is left as it was and the temporaries are removed.
+        keras_normreg._locks.LockError: another process held the entry longer than
+            ``ENTRY_LOCK_TIMEOUT``.
     """
     if tuning is not None and not isinstance(tuning, Mapping):
         raise ValueError(f"Argument `tuning` must be a dict (the card's tuning block) or None. "
                          f"{received('tuning', tuning)}")
     # JSON-checked before anything is written
     tuning = None if tuning is None else json.loads(json.dumps(dict(tuning)))
-    os.makedirs(out_dir, exist_ok=True)
-    model_path = os.path.join(out_dir, MODEL_FILE)
-    model.save(model_path)
-    nr_config.dump(cfg, os.path.join(out_dir, RECIPE_FILE))
+    resumed = _check_resumed(resumed_at_epoch)
+    out_dir = os.fspath(out_dir)
+    try:
+        os.makedirs(out_dir, exist_ok=True)
+        with entry_lock(out_dir, timeout=ENTRY_LOCK_TIMEOUT):
+            _remove_quietly(os.path.join(out_dir, n) for n in os.listdir(out_dir)
+                            if _is_temporary(n))
+            token = f"{_TMP_PREFIX}{os.getpid()}-{secrets.token_hex(4)}-"
+            temp = {n: os.path.join(out_dir, token + n) for n in (MODEL_FILE, RECIPE_FILE,
+                                                                  CARD_FILE)}
+            try:
+                _write_entry_files(temp, model, cfg, metrics, seconds, strategy, command,
+                                   history, tuning, resumed)
+                for name in (MODEL_FILE, RECIPE_FILE, CARD_FILE):  # the card last
+                    os.replace(temp[name], os.path.join(out_dir, name))
+            except BaseException:
+                _remove_quietly(temp.values())
+                raise
+            _fsync_dir(out_dir)
+    except OSError as e:
+        raise _destination_error(
+            out_dir, e, "out_dir", "The previous entry there (if any) is unchanged; free space "
+            "or choose a writable folder (train.output_dir).") from e
+    return out_dir
+
+
+def _write_entry_files(temp, model, cfg, metrics, seconds, strategy, command, history, tuning,
+                       resumed) -> None:
+    """Write and flush the model, the recipe and the card to the temporary paths ``temp``."""
+    model.save(temp[MODEL_FILE])
+    _fsync_file(temp[MODEL_FILE])
+    nr_config.dump(cfg, temp[RECIPE_FILE])
+    _fsync_file(temp[RECIPE_FILE])
     card = {
         "name": cfg["name"],
         "description": cfg["description"],
@@ -248,24 +373,25 @@ def save_entry(model, cfg, metrics, seconds, strategy, out_dir, command=None,
         "parameters": int(model.count_params()),
         "trainable_parameters": int(sum(int(np.prod(v.shape)) for v in model.trainable_weights)),
         "model_file": MODEL_FILE,
-        "sha256": file_sha256(model_path),
+        "sha256": file_sha256(temp[MODEL_FILE]),
         "versions": _versions(),
         "backend": keras.backend.backend(),
         "training_seconds": round(seconds, 2),
         "epochs": cfg["train"]["epochs"],
         "history": {k: [float(v) for v in vals] for k, vals in (history or {}).items()},
-        "resumed_at_epoch": [int(e) for e in resumed_at_epoch],
         "hardware": _hardware(strategy),
         "created": datetime.datetime.now(datetime.timezone.utc).isoformat(timespec="seconds"),
         "command": command or f"keras-normreg train <recipe> (name={cfg['name']})",
         "recipe": json.loads(json.dumps(cfg)),
+        "resumed_at_epoch": resumed,
     }
     if tuning is not None:
         card["tuning"] = tuning
-    with open(os.path.join(out_dir, CARD_FILE), "w", encoding="utf-8") as f:
+    with open(temp[CARD_FILE], "w", encoding="utf-8") as f:
         json.dump(card, f, indent=2, sort_keys=True)
         f.write("\n")
-    return out_dir
+        f.flush()
+        os.fsync(f.fileno())
 
 
 # -- finding and reading entries --------------------------------------------------------------

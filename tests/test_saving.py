@@ -2,8 +2,10 @@
 
 import ast
 import builtins
+import errno
 import hashlib
 import json
+import os
 from pathlib import Path
 
 import keras
@@ -12,7 +14,7 @@ import pytest
 import tensorflow as tf
 
 import keras_normreg
-from keras_normreg import _version, config, evaluate, saving, train, zoo
+from keras_normreg import _locks, _version, config, evaluate, saving, train, zoo
 
 
 def _cfg(tmp_path, name="tiny"):
@@ -99,6 +101,7 @@ def test_saving_imports_only_downward():
             imported.update(a.name for a in node.names)
     ours = {m for m in imported if m.startswith("keras_normreg")}
     assert ours == {"keras_normreg.config", "keras_normreg.data", "keras_normreg._utils.received",
+                    "keras_normreg._locks.FileLock",
                     "keras_normreg._version.__version__",
                     "keras_normreg.data.streams.array_batches"}
     # and no import of ours hides inside a function (backends' own packages may load lazily)
@@ -108,6 +111,83 @@ def test_saving_imports_only_downward():
                   or (isinstance(n, ast.Import)
                       and any(a.name.startswith("keras_normreg") for a in n.names))]
     assert ours_nodes and all(id(n) in top for n in ours_nodes)
+
+
+def test_resumed_at_epoch_recorded(tmp_path):
+    _, _, entry = _save(tmp_path)
+    assert saving.load_card(entry)["resumed_at_epoch"] == []
+    _, _, entry = _save(tmp_path, resumed_at_epoch=(2, np.int64(5)))
+    card = saving.load_card(entry)
+    assert card["resumed_at_epoch"] == [2, 5]
+    assert all(type(v) is int for v in card["resumed_at_epoch"])
+
+
+def test_entry_written_atomically_under_its_lock(tmp_path, monkeypatch):
+    """The three files go to temporaries in the folder first, the card is renamed in LAST,
+    all while the entry lock is held; nothing is left besides the three files."""
+    out = tmp_path / "saved" / "tiny"
+    steps = []
+    real_replace = os.replace
+
+    def recording_replace(src, dst):
+        held = _locks.read_holder(out / saving.ENTRY_LOCK_FILE)
+        steps.append((Path(src).name, Path(dst).name, held and held["pid"]))
+        return real_replace(src, dst)
+
+    monkeypatch.setattr(saving.os, "replace", recording_replace)
+    _save(tmp_path)
+    assert [dst for _, dst, _ in steps] == ["model.keras", "recipe.toml", "card.json"]
+    assert all(pid == os.getpid() for _, _, pid in steps)  # under this process's lock
+    assert all(src.startswith(f".tmp-{os.getpid()}-") and src.endswith(dst)
+               for src, dst, _ in steps)
+    assert sorted(p.name for p in out.iterdir()) == ["card.json", "model.keras", "recipe.toml"]
+
+
+def test_leftover_temporaries_removed_on_next_write(tmp_path):
+    _, _, entry = _save(tmp_path)
+    leftovers = [".tmp-999999-0badc0de-model.keras", ".tmp-999999-0badc0de-recipe.toml",
+                 ".tmp-999999-0badc0de-card.json", ".write-check-abc123"]
+    for name in leftovers:
+        (entry / name).write_bytes(b"half written")
+    (entry / "notes.txt").write_text("mine")  # not ours: kept
+    _save(tmp_path)
+    assert sorted(p.name for p in entry.iterdir()) == ["card.json", "model.keras", "notes.txt",
+                                                      "recipe.toml"]
+    saving.load_saved(entry)
+
+
+def test_save_entry_inside_a_held_entry_lock(tmp_path):
+    """A training holds the entry lock from start to end; its save_entry takes it again."""
+    out = tmp_path / "saved" / "tiny"
+    with saving.entry_lock(out) as lock:
+        assert lock.held and lock.depth == 1
+        _save(tmp_path)
+        assert lock.depth == 1 and (out / ".entry.lock").exists()
+        holder = _locks.read_holder(out / ".entry.lock")
+        assert holder["pid"] == os.getpid() and holder["purpose"] == f"saved entry {out}"
+    assert not (out / ".entry.lock").exists()
+    saving.load_saved(out)
+
+
+def test_list_saved_ignores_temporaries_and_locks(tmp_path, monkeypatch):
+    root = tmp_path / "saved"
+    _save(tmp_path)
+    half = root / "half"
+    half.mkdir()
+    for name in (".tmp-1-ab-model.keras", ".tmp-1-ab-recipe.toml", ".tmp-1-ab-card.json",
+                 ".entry.lock"):
+        (half / name).write_text("{}")
+    monkeypatch.setenv("KERAS_NORMREG_SAVED_MODELS", str(root))
+    monkeypatch.chdir(tmp_path)
+    assert "tiny" in saving.list_saved() and "half" not in saving.list_saved()
+    with pytest.raises(FileNotFoundError):
+        saving.find_entry(half / "x")
+
+
+def test_check_destination_writable(tmp_path):
+    out = tmp_path / "a" / "b"
+    saving.check_destination(out)
+    assert out.is_dir() and list(out.iterdir()) == []  # the probe file is removed
 
 
 # -- correctness against references ---------------------------------------------------------------
@@ -203,3 +283,92 @@ def test_bad_tuning_block_writes_nothing(tmp_path):
     with pytest.raises(TypeError, match="not JSON serializable"):
         _save(tmp_path, tuning={"what": object()})
     assert not (tmp_path / "saved").exists()
+
+
+@pytest.mark.parametrize("bad", ["3", 5, [-1], [1.5], [True], {"a": 1}, [1, None]])
+def test_resumed_at_epoch_validated(tmp_path, bad):
+    with pytest.raises(ValueError, match=r"Argument `resumed_at_epoch` must be a sequence of "
+                                         r"non-negative integers.*Received: resumed_at_epoch="):
+        _save(tmp_path, resumed_at_epoch=bad)
+    assert not (tmp_path / "saved").exists()  # checked before anything is written
+
+
+def test_check_destination_under_a_regular_file(tmp_path):
+    blocker = tmp_path / "file"
+    blocker.write_text("x")
+    with pytest.raises(saving.DestinationError,
+                       match=r"Cannot write the saved entry into .*file/entry.*Received: "
+                             r"train\.output_dir=") as info:
+        saving.check_destination(blocker / "entry")
+    assert "\n" not in str(info.value)
+    assert isinstance(info.value, ValueError)
+    with pytest.raises(saving.DestinationError, match=r"--set study\.out=.*Received: study\.out="):
+        saving.check_destination(blocker / "entry", argument="study.out")
+
+
+@pytest.mark.skipif(not hasattr(os, "geteuid") or os.geteuid() == 0,
+                    reason="root writes into a read-only folder anyway")
+def test_check_destination_read_only_folder(tmp_path):
+    ro = tmp_path / "ro"
+    ro.mkdir()
+    ro.chmod(0o555)
+    try:
+        with pytest.raises(saving.DestinationError, match="Permission denied"):
+            saving.check_destination(ro / "entry")
+    finally:
+        ro.chmod(0o755)
+
+
+def test_save_entry_unwritable_destination(tmp_path):
+    blocker = tmp_path / "file"
+    blocker.write_text("x")
+    out = blocker / "entry"
+    with pytest.raises(saving.DestinationError,
+                       match=r"Cannot write the saved entry into .*file/entry.*Not a directory.*"
+                             r"Received: out_dir=") as info:
+        saving.save_entry(_tiny_model(), _cfg(tmp_path), METRICS, 1.0, None, out)
+    assert "\n" not in str(info.value)
+    assert blocker.read_text() == "x"
+
+
+def _disk_full(*args, **kwargs):
+    raise OSError(errno.ENOSPC, "No space left on device")
+
+
+def _partial_model_save(self, filepath, *args, **kwargs):
+    Path(filepath).write_bytes(b"PK\x03\x04 half a zip")
+    _disk_full()
+
+
+class _FullDiskOpen:
+    """open() whose files for the card fail on write, as on a full disk."""
+
+    def __call__(self, file, mode="r", *args, **kwargs):
+        f = builtins.open(file, mode, *args, **kwargs)
+        if str(file).endswith("card.json") and "w" in mode:
+            f.write = _disk_full
+        return f
+
+
+@pytest.mark.parametrize("where", ["model.save", "fsync", "card write", "lock file"])
+def test_save_entry_disk_full_keeps_previous_entry(tmp_path, monkeypatch, where):
+    _, _, entry = _save(tmp_path)
+    before = {p.name: p.read_bytes() for p in entry.iterdir()}
+    if where == "model.save":
+        monkeypatch.setattr(keras.Model, "save", _partial_model_save)
+    elif where == "fsync":
+        monkeypatch.setattr(saving, "_fsync_file", _disk_full)
+    elif where == "card write":
+        monkeypatch.setattr(saving, "open", _FullDiskOpen(), raising=False)
+    else:
+        monkeypatch.setattr(_locks.os, "fsync", _disk_full)  # os.fsync everywhere
+    with pytest.raises(saving.DestinationError,
+                       match=r"Cannot write the saved entry into .*: No space left on device\. "
+                             r"The previous entry there \(if any\) is unchanged.*"
+                             r"Received: out_dir=") as info:
+        _save(tmp_path, model=_tiny_model(classes=3))
+    assert "\n" not in str(info.value)
+    # nothing lost, nothing half-written left behind (no temporaries, no lock file)
+    assert {p.name: p.read_bytes() for p in entry.iterdir()} == before
+    monkeypatch.undo()
+    saving.load_saved(entry)
