@@ -38,7 +38,9 @@ from keras_normreg.data.numpy_arrays import EMBEDDED
 from keras_normreg.data.streams import ArrayEpochs
 from keras_normreg.runstate import RunStateError
 from keras_normreg.saving import (
+    DestinationError,
     check_destination,
+    entry_lock,
     evaluate_model,
     evaluation_batches,
     file_sha256,
@@ -143,9 +145,11 @@ class NaNLossError(RuntimeError):
     """Training produced a NaN/inf loss."""
 
 
-class EntrySaveError(RuntimeError):
-    """Training finished but the saved entry could not be written; the trained state is kept
-    in the run directory and rerunning the same command saves it without training again."""
+class EntrySaveError(DestinationError):
+    """Training finished but the saved entry could not be written (a
+    :class:`keras_normreg.saving.DestinationError`: full or read-only disk...); the trained
+    state is kept in the run directory and rerunning the same command saves it without
+    training again."""
 
 
 class _TerminateOnNaN(keras.callbacks.Callback):
@@ -364,8 +368,7 @@ def _train(cfg, strategy, callbacks, run_dir, save, command, resume):
             held.enter_context(FileLock(os.path.join(run_dir, ".run.lock"),
                                         f"training run {run_dir}"))
             if save:  # save_entry takes the same lock again (re-entrant in one process)
-                held.enter_context(FileLock(os.path.join(out_dir, ".entry.lock"),
-                                            f"saved entry {out_dir}"))
+                held.enter_context(entry_lock(out_dir))
             state = runstate.open_state(run_dir, cfg, resume, verbose=t["verbose"])
         return _run(cfg, strategy, callbacks, run_dir, out_dir, save, command, state, chief)
 
@@ -422,13 +425,17 @@ def _run(cfg, strategy, callbacks, run_dir, out_dir, save, command, state, chief
             result["path"] = save_entry(model, cfg, metrics, seconds, strategy, out_dir, command,
                                         history=writer.history,
                                         resumed_at_epoch=writer.resumed_at_epoch)
-        except Exception as e:
+        except (DestinationError, OSError) as e:
             first = (str(e).strip().splitlines() or [""])[0]
             raise EntrySaveError(
                 f"Training of {cfg['name']!r} finished but the saved entry {out_dir} could not "
                 f"be written ({type(e).__name__}: {first}). The trained state is kept in "
                 f"{run_dir}: rerunning the same command evaluates it and saves the entry "
                 f"without training again.") from e
+        except Exception as e:  # not the disk's fault: the state is kept all the same
+            e.add_note(f"The trained state is kept in {run_dir}; rerunning the same command "
+                       f"evaluates it and saves the entry without training again.")
+            raise
     if chief:
         runstate.discard(run_dir)
     return result

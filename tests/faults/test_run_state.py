@@ -22,7 +22,7 @@ import numpy as np
 import pytest
 
 from keras_normreg import config, runstate, saving, train
-from keras_normreg._locks import FileLock, LockError
+from keras_normreg._locks import LockError
 
 ROOT = Path(__file__).resolve().parents[2]
 
@@ -197,19 +197,48 @@ def test_unwritable_destination_fails_before_the_first_epoch(tmp_path):
     assert not (tmp_path / "run").exists()
 
 
+_HOLDER = textwrap.dedent("""
+    import importlib.util, sys
+    spec = importlib.util.spec_from_file_location("locks", sys.argv[1])
+    locks = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(locks)
+    with locks.FileLock(sys.argv[2], sys.argv[3]):
+        print("HELD", flush=True)
+        sys.stdin.readline()
+""")
+
+
+def _hold_in_another_process(path, purpose):
+    """A process (stdlib only, no TensorFlow: it starts in a blink) holding the lock until its
+    stdin closes."""
+    proc = subprocess.Popen([sys.executable, "-c", _HOLDER, str(ROOT / "keras_normreg" /
+                                                                "_locks.py"), str(path), purpose],
+                            stdin=subprocess.PIPE, stdout=subprocess.PIPE, text=True)
+    assert proc.stdout.readline().strip() == "HELD"
+    return proc
+
+
 def test_entry_in_use_is_refused_at_start(tmp_path):
     """A second training into the same saved entry (from another run directory) is refused
-    before the first epoch, naming the holder."""
+    before the first epoch, naming the holder; so is a second run of the same run directory."""
     cfg = recipe(tmp_path)
     entry = Path(cfg["train"]["output_dir"]) / cfg["name"]
     epochs = _Epochs()
-    with FileLock(entry / ".entry.lock", f"saved entry {entry}"):
-        with pytest.raises(LockError, match=rf"saved entry .* is in use by pid {os.getpid()}"):
+    holder = _hold_in_another_process(entry / ".entry.lock", f"saved entry {entry}")
+    try:
+        with pytest.raises(LockError, match=rf"saved entry .* is in use by pid {holder.pid}"):
             train.train(cfg, run_dir=str(tmp_path / "other_run"), callbacks=[epochs])
+    finally:
+        holder.communicate("")
     assert epochs.begun == []
-    with FileLock(tmp_path / "run" / ".run.lock", f"training run {tmp_path / 'run'}"):
-        with pytest.raises(LockError, match=rf"training run .* is in use by pid {os.getpid()}"):
-            train.train(cfg, run_dir=str(tmp_path / "run"), save=False)
+    run_dir = tmp_path / "run"
+    holder = _hold_in_another_process(run_dir / ".run.lock", f"training run {run_dir}")
+    try:
+        with pytest.raises(LockError, match=rf"training run .* is in use by pid {holder.pid}"):
+            train.train(cfg, run_dir=str(run_dir), save=False, callbacks=[epochs])
+    finally:
+        holder.communicate("")
+    assert epochs.begun == []
 
 
 def test_failed_save_keeps_the_state_and_a_rerun_only_saves(tmp_path, monkeypatch):
@@ -222,8 +251,9 @@ def test_failed_save_keeps_the_state_and_a_rerun_only_saves(tmp_path, monkeypatc
     monkeypatch.setattr(train, "save_entry", broken)
     with pytest.raises(train.EntrySaveError, match=rf"OSError.*No space left.*The trained state "
                                                    rf"is kept in {run_dir}: rerunning the same "
-                                                   rf"command"):
+                                                   rf"command") as info:
         train.train(cfg, run_dir=run_dir)
+    assert isinstance(info.value, saving.DestinationError)
     state = _state(run_dir)
     assert state["epochs_done"] == 2 and state["training_seconds"] > 0
     monkeypatch.undo()
