@@ -241,7 +241,7 @@ def test_entry_in_use_is_refused_at_start(tmp_path):
     assert epochs.begun == []
 
 
-def test_failed_save_keeps_the_state_and_a_rerun_only_saves(tmp_path, monkeypatch):
+def test_failed_save_keeps_the_state_and_a_rerun_only_saves(tmp_path, monkeypatch, capsys):
     run_dir = str(tmp_path / "run")
     cfg = recipe(tmp_path, train={"epochs": 2})
 
@@ -258,7 +258,11 @@ def test_failed_save_keeps_the_state_and_a_rerun_only_saves(tmp_path, monkeypatc
     assert state["epochs_done"] == 2 and state["training_seconds"] > 0
     monkeypatch.undo()
     epochs = _Epochs()
-    result = train.train(cfg, run_dir=run_dir, callbacks=[epochs])
+    capsys.readouterr()
+    # train.verbose is not part of the fingerprint: the state still matches
+    result = train.train(recipe(tmp_path, train={"epochs": 2, "verbose": 2}), run_dir=run_dir,
+                         callbacks=[epochs])
+    assert f"resuming t_state from epoch 2 of 2 ({run_dir})" in capsys.readouterr().out
     assert epochs.begun == []  # nothing trained again
     card = json.loads((Path(result.path) / "card.json").read_text())
     assert card["history"] == state["history"]
