@@ -413,7 +413,7 @@ def test_sigkilled_run_resumes_bit_identical_tensorflow(tmp_path):
 
 @pytest.mark.slow
 def test_sigkilled_run_resumes_bit_identical_jax(tmp_path):
-    """The same on JAX (ArrayEpochs started at the resumed epoch). Not cheap: ~3.5 min on a
+    """The same on JAX (ArrayEpochs started at the resumed epoch). Not cheap: 2 to 3.5 min on a
     shared 2-core CPU machine (JAX compiles the steps anew in each of the 3 children)."""
     pytest.importorskip("jax")
     _kill_and_resume("jax", tmp_path)
