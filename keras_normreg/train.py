@@ -1,9 +1,16 @@
 """Training from a resolved recipe (see :mod:`keras_normreg.config`).
 
 recipe -> strategy -> data pipelines + zoo model (norm / regularization / constraint knobs) +
-optimizer and learning-rate schedule -> ``model.fit`` (BackupAndRestore, TerminateOnNaN,
-TensorBoard) -> test metrics -> ``saved_models/<name>/`` with ``model.keras``, ``card.json`` and the
+optimizer and learning-rate schedule -> ``model.fit`` (run state, TerminateOnNaN, TensorBoard)
+-> test metrics -> ``saved_models/<name>/`` with ``model.keras``, ``card.json`` and the
 resolved ``recipe.toml`` (:mod:`keras_normreg.saving`).
+
+Faults: one run at a time per run directory and per saved entry (:class:`keras_normreg._locks.
+FileLock`, held for the whole of :func:`train`); the destination is checked writable before the
+first epoch; the run state (:mod:`keras_normreg.runstate`), keyed by a fingerprint of the
+recipe, is written atomically after every epoch and a rerun resumes it exactly (weights,
+optimizer, random-generator states, and the data stream from the epoch it stopped at), or
+refuses it when the recipe changed (:class:`RunStateError`).
 
 :func:`prepare_data` (streams, steps, replica checks) and :func:`build_and_compile` (model,
 optimizer, compile) are the one data-and-compile path, shared with the tuner's trials
@@ -12,11 +19,11 @@ optimizer, compile) are the one data-and-compile path, shared with the tuner's t
 
 from __future__ import annotations
 
+import contextlib
 import importlib.util
 import json
 import os
 import tempfile
-import time
 import types
 
 import keras
@@ -24,14 +31,26 @@ import numpy as np
 
 from keras_normreg import constraints as nr_constraints
 from keras_normreg import data as nr_data
-from keras_normreg import distribute, zoo
+from keras_normreg import distribute, runstate, zoo
 from keras_normreg import optimizers as nr_optimizers
+from keras_normreg._locks import FileLock
 from keras_normreg.data.numpy_arrays import EMBEDDED
 from keras_normreg.data.streams import ArrayEpochs
-from keras_normreg.saving import evaluate_model, evaluation_batches, file_sha256, save_entry
+from keras_normreg.runstate import RunStateError
+from keras_normreg.saving import (
+    DestinationError,
+    check_destination,
+    entry_lock,
+    evaluate_model,
+    evaluation_batches,
+    file_sha256,
+    save_entry,
+)
 
 __all__ = [
+    "EntrySaveError",
     "NaNLossError",
+    "RunStateError",
     "TrainResult",
     "build_and_compile",
     "build_model",
@@ -46,8 +65,9 @@ __all__ = [
 
 
 class TrainResult(dict):
-    """Metrics and artefacts of a run: ``model``, ``history``, ``test_accuracy``, ``test_loss``,
-    ``train_seconds``, ``config``."""
+    """Metrics and artefacts of a run: ``model``, ``history`` (every epoch, earlier parts of a
+    resumed run included), ``test_accuracy``, ``test_loss``, ``train_seconds`` (all parts),
+    ``resumed_at_epoch``, ``config``, ``run_dir`` (and ``path`` when saved)."""
 
     __getattr__ = dict.__getitem__
 
@@ -125,6 +145,13 @@ class NaNLossError(RuntimeError):
     """Training produced a NaN/inf loss."""
 
 
+class EntrySaveError(DestinationError):
+    """Training finished but the saved entry could not be written (a
+    :class:`keras_normreg.saving.DestinationError`: full or read-only disk...); the trained
+    state is kept in the run directory and rerunning the same command saves it without
+    training again."""
+
+
 class _TerminateOnNaN(keras.callbacks.Callback):
     """Stop at the first non-finite batch loss and say what to try."""
 
@@ -166,14 +193,34 @@ def _is_chief() -> bool:
 
 
 def train(cfg: dict, *, callbacks=(), run_dir: str | None = None, save: bool = True,
-          command: str | None = None) -> TrainResult:
+          command: str | None = None, resume: str = "auto") -> TrainResult:
     """Train the model of a resolved recipe, evaluate it and (``save``) write the saved model.
 
-    ``run_dir`` holds the BackupAndRestore state and TensorBoard logs (default
-    ``runs/<name>``); rerunning the same recipe after a crash or kill resumes from
-    the last finished epoch. The saved entry is ``<output_dir>/<name>/model.keras`` with
-    ``card.json`` and the resolved ``recipe.toml`` beside it (written by the chief only).
+    ``run_dir`` (default ``runs/<name>``) holds the run state
+    (:mod:`keras_normreg.runstate`) and the TensorBoard logs. ``resume``:
+
+    * ``"auto"``: resume the unfinished run of the same recipe found in ``run_dir`` (after a
+      crash or kill; it continues from the last finished epoch and ends with the weights an
+      uninterrupted run would have), start a new run if there is none, and raise
+      :class:`RunStateError` if ``run_dir`` holds a run of another recipe (the message names
+      the keys that differ);
+    * ``"resume"``: require a matching state to resume;
+    * ``"fresh"``: discard any state in ``run_dir`` and start over.
+
+    The chief holds ``<run_dir>/.run.lock`` (and, when saving, ``<output_dir>/<name>/
+    .entry.lock``) for the whole call: a second run of the same run directory or entry gets
+    :class:`keras_normreg._locks.LockError` at once. Before any epoch the destination is
+    checked writable (:class:`keras_normreg.saving.DestinationError`). The saved entry is
+    ``<output_dir>/<name>/model.keras`` with ``card.json`` (whole history, total training
+    time, ``resumed_at_epoch``) and the resolved ``recipe.toml`` beside it (written by the
+    chief only). The run state is removed once the entry is written (or, without saving, once
+    the run is evaluated); if writing the entry fails (:class:`EntrySaveError`) it is kept, and
+    rerunning the same command evaluates and saves without training again. A run that
+    diverges (:class:`NaNLossError`) discards its state.
     """
+    if resume not in runstate.RESUME_MODES:
+        raise ValueError(f"Argument `resume` must be one of {list(runstate.RESUME_MODES)}. "
+                         f"Received: resume={resume!r}")
     t = cfg["train"]
     strategy = distribute.resolve(t["strategy"])
     previous_policy = keras.mixed_precision.global_policy().name
@@ -181,15 +228,15 @@ def train(cfg: dict, *, callbacks=(), run_dir: str | None = None, save: bool = T
         keras.mixed_precision.set_global_policy(_policy_for_mixed_precision())
     try:
         if _uses_tf_data():
-            return _train(cfg, strategy, callbacks, run_dir, save, command)
+            return _train(cfg, strategy, callbacks, run_dir, save, command, resume)
         # keras.distribution must hold while the model is built AND while it trains
         with strategy.scope():
-            return _train(cfg, strategy, callbacks, run_dir, save, command)
+            return _train(cfg, strategy, callbacks, run_dir, save, command, resume)
     finally:
         keras.mixed_precision.set_global_policy(previous_policy)
 
 
-def prepare_data(cfg: dict, strategy=None) -> types.SimpleNamespace:
+def prepare_data(cfg: dict, strategy=None, *, start_epoch: int = 0) -> types.SimpleNamespace:
     """The training and validation streams of a resolved recipe, ready for ``model.fit``.
 
     Returns a namespace with ``train`` and ``val`` (None without ``data.validation_split``):
@@ -199,10 +246,11 @@ def prepare_data(cfg: dict, strategy=None) -> types.SimpleNamespace:
     ``strategy=None``); ``steps`` and ``val_steps`` per epoch
     (:func:`keras_normreg.distribute.steps_per_epoch`) and ``num_examples`` of the training
     split. ``data.batch_size`` is the global batch: with R replicas it must be a multiple of R,
-    and each split must keep at least one batch.
+    and each split must keep at least one batch. ``start_epoch`` = k starts the training
+    stream at epoch k (a run resumed after k epochs sees the batches of an uninterrupted run).
     """
     if not _uses_tf_data():
-        return _prepare_arrays(cfg, strategy)
+        return _prepare_arrays(cfg, strategy, start_epoch=start_epoch)
     t, d = cfg["train"], cfg["data"]
     b = d["batch_size"]
     replicas = 1 if strategy is None else strategy.num_replicas_in_sync
@@ -218,7 +266,7 @@ def prepare_data(cfg: dict, strategy=None) -> types.SimpleNamespace:
     # end-of-data detection across workers).
     train_ds, num_examples = nr_data.load_epochs(
         d["dataset"], d["train_split"], b, data_dir=d["data_dir"], augment=d["augment"],
-        seed=t["seed"], download=d["download"], autotune=d["autotune"])
+        seed=t["seed"], download=d["download"], autotune=d["autotune"], start_epoch=start_epoch)
     val_ds, val_steps = None, None
     if d["validation_split"]:
         val_ds, num_val = nr_data.load_epochs(d["dataset"], d["validation_split"], b,
@@ -239,7 +287,7 @@ def prepare_data(cfg: dict, strategy=None) -> types.SimpleNamespace:
                                  num_examples=num_examples)
 
 
-def _prepare_arrays(cfg: dict, strategy=None) -> types.SimpleNamespace:
+def _prepare_arrays(cfg: dict, strategy=None, *, start_epoch: int = 0) -> types.SimpleNamespace:
     """:func:`prepare_data` on the JAX and PyTorch backends: the embedded sets as NumPy arrays
     (:func:`keras_normreg.data.arrays`) in :class:`~keras_normreg.data.streams.ArrayEpochs`
     streams, epoch ``e`` ordered from ``(train.seed, e)``. Under JAX data parallelism the
@@ -259,7 +307,8 @@ def _prepare_arrays(cfg: dict, strategy=None) -> types.SimpleNamespace:
             f"({', '.join(EMBEDDED)}) as NumPy arrays; tensorflow-datasets sets need the "
             f"tensorflow backend. Received: data.dataset={d['dataset']!r}")
     x, y = nr_data.arrays(d["dataset"], d["train_split"])
-    train_ds = ArrayEpochs(x, y, b, shuffle=True, seed=t["seed"], multiple_of=devices)
+    train_ds = ArrayEpochs(x, y, b, shuffle=True, seed=t["seed"], multiple_of=devices,
+                           start_epoch=start_epoch)
     val_ds = val_steps = None
     if d["validation_split"]:
         xv, yv = nr_data.arrays(d["dataset"], d["validation_split"])
@@ -303,16 +352,36 @@ def build_and_compile(cfg: dict, steps_per_epoch: int) -> keras.Model:
     return model
 
 
-def _train(cfg, strategy, callbacks, run_dir, save, command):
+def _train(cfg, strategy, callbacks, run_dir, save, command, resume):
     t = cfg["train"]
     out_dir = os.path.join(t["output_dir"], cfg["name"])
     chief = _is_chief()
     if run_dir is None:
         run_dir = (os.path.join("runs", cfg["name"]) if chief
                    else tempfile.mkdtemp(prefix="knr-run-"))
+    save = save and chief
+    with contextlib.ExitStack() as held:
+        state = None
+        if chief:
+            if save:  # an unwritable destination is an error now, not after training
+                check_destination(out_dir)
+            held.enter_context(FileLock(os.path.join(run_dir, ".run.lock"),
+                                        f"training run {run_dir}"))
+            if save:  # save_entry takes the same lock again (re-entrant in one process)
+                held.enter_context(entry_lock(out_dir))
+            state = runstate.open_state(run_dir, cfg, resume, verbose=t["verbose"])
+        return _run(cfg, strategy, callbacks, run_dir, out_dir, save, command, state, chief)
+
+
+def _run(cfg, strategy, callbacks, run_dir, out_dir, save, command, state, chief):
+    t = cfg["train"]
+    epochs = t["epochs"]
+    start_epoch = int(state["epochs_done"]) if state else 0
+    if state and t["verbose"]:
+        print(f"resuming {cfg['name']} from epoch {start_epoch} of {epochs} ({run_dir})")
     # tf.data seeds combine with TensorFlow's global seed when the pipelines are built.
     keras.utils.set_random_seed(t["seed"])
-    data = prepare_data(cfg, strategy)
+    data = prepare_data(cfg, strategy, start_epoch=start_epoch)
     d = cfg["data"]
     test_ds = evaluation_batches(d["dataset"], d["test_split"], d["batch_size"],
                            data_dir=d["data_dir"], download=d["download"],
@@ -320,25 +389,53 @@ def _train(cfg, strategy, callbacks, run_dir, save, command):
     steps = data.steps
     with strategy.scope():
         model = build_and_compile(cfg, steps)
+        if state:
+            runstate.restore(model, run_dir, state)
     nan_guard = _TerminateOnNaN()
-    cbs = [keras.callbacks.BackupAndRestore(os.path.join(run_dir, "backup")), nan_guard,
-           *_tensorboard_callbacks(run_dir), *callbacks]
-    start = time.perf_counter()
-    history = model.fit(data.train, epochs=t["epochs"], steps_per_epoch=steps,
-                        validation_data=data.val, validation_steps=data.val_steps, callbacks=cbs,
-                        verbose=t["verbose"], shuffle=False)
-    seconds = time.perf_counter() - start
+    writer = runstate.StateWriter(run_dir, cfg, state, write=chief,
+                                  skip=lambda: nan_guard.where is not None)
+    cbs = [nan_guard, writer, *_tensorboard_callbacks(run_dir), *callbacks]
+    epochs_seen = []
+    if start_epoch < epochs:  # a state with every epoch done only evaluates and saves
+        history = model.fit(data.train, epochs=epochs, initial_epoch=start_epoch,
+                            steps_per_epoch=steps, validation_data=data.val,
+                            validation_steps=data.val_steps, callbacks=cbs,
+                            verbose=t["verbose"], shuffle=False)
+        epochs_seen = list(history.epoch)
+    seconds = writer.elapsed()
     if nan_guard.where is not None:
         batch, loss = nan_guard.where
+        discarded = ""
+        if chief:
+            runstate.discard(run_dir)
+            discarded = (f" The run state in {run_dir} was discarded: a diverged run is not "
+                         f"worth resuming.")
+        epoch = epochs_seen[-1] + 1 if epochs_seen else start_epoch + 1
         raise NaNLossError(
             f"Training of {cfg['name']!r} stopped: the loss became {loss} at batch {batch} of "
-            f"epoch {len(history.epoch)}. Lower optimizer.learning_rate "
+            f"epoch {epoch}. Lower optimizer.learning_rate "
             f"(now {cfg['optimizer']['learning_rate']}), add warmup (schedule.warmup_epochs), "
-            f"or use a normalization (model.norm).")
+            f"or use a normalization (model.norm).{discarded}")
     metrics = evaluate_model(model, test_ds)
-    result = TrainResult(model=model, history=history.history, train_seconds=seconds,
-                         config=cfg, run_dir=run_dir, **metrics)
-    if save and chief:
-        result["path"] = save_entry(model, cfg, metrics, seconds, strategy, out_dir, command,
-                                    history=history.history)
+    result = TrainResult(model=model, history=writer.history, train_seconds=seconds,
+                         config=cfg, run_dir=run_dir, resumed_at_epoch=writer.resumed_at_epoch,
+                         **metrics)
+    if save:
+        try:
+            result["path"] = save_entry(model, cfg, metrics, seconds, strategy, out_dir, command,
+                                        history=writer.history,
+                                        resumed_at_epoch=writer.resumed_at_epoch)
+        except (DestinationError, OSError) as e:
+            first = (str(e).strip().splitlines() or [""])[0]
+            raise EntrySaveError(
+                f"Training of {cfg['name']!r} finished but the saved entry {out_dir} could not "
+                f"be written ({type(e).__name__}: {first}). The trained state is kept in "
+                f"{run_dir}: rerunning the same command evaluates it and saves the entry "
+                f"without training again.") from e
+        except Exception as e:  # not the disk's fault: the state is kept all the same
+            e.add_note(f"The trained state is kept in {run_dir}; rerunning the same command "
+                       f"evaluates it and saves the entry without training again.")
+            raise
+    if chief:
+        runstate.discard(run_dir)
     return result

@@ -1,7 +1,6 @@
 """Training from recipes, saved entries with cards, evaluation, resume after a kill."""
 
 import json
-import os
 from pathlib import Path
 
 import keras
@@ -131,11 +130,16 @@ def test_killed_run_resumes_from_last_epoch(tmp_path):
     with pytest.raises(KeyboardInterrupt):
         train.train(cfg, run_dir=run_dir, callbacks=[killer], save=False)
     assert killer.seen == [0, 1]
-    assert os.path.isdir(os.path.join(run_dir, "backup"))
+    state = json.loads((Path(run_dir) / "state.json").read_text())  # the run state, epoch 2
+    assert state["epochs_done"] == 2 and len(state["history"]["loss"]) == 2
     watcher = _Kill(at=-1)
     result = train.train(cfg, run_dir=run_dir, callbacks=[watcher], save=False)
     assert watcher.seen == [2, 3]  # resumed at epoch 2, did not start over
-    assert len(result.history["loss"]) == 2
+    # the result keeps the whole history (2 epochs before the kill + 2 after) and says so
+    assert len(result.history["loss"]) == 4
+    assert result.history["loss"][:2] == state["history"]["loss"]
+    assert result.resumed_at_epoch == [2]
+    assert not (Path(run_dir) / "state.json").exists()  # a finished run leaves no state
 
 
 def test_nan_loss_stops_with_clear_message(tmp_path):

@@ -284,21 +284,24 @@ def _stages(src, shuffle_seed, augment_seed, reshuffle):
 
 def load_epochs(name: str, split: str, batch_size: int, data_dir=None, augment=None,
                 shuffle=None, seed: int | None = 42, download: bool = False, cache: bool = True,
-                drop_remainder: bool = False,
-                autotune: bool = False) -> tuple[tf.data.Dataset, int]:
+                drop_remainder: bool = False, autotune: bool = False,
+                start_epoch: int = 0) -> tuple[tf.data.Dataset, int]:
     """An endless stream of epochs whose randomness is a function of ``(seed, epoch)``.
 
     Same arguments and stages as :func:`load`, but the returned dataset repeats forever and
-    epoch ``e`` (counting from 0 on every new iterator) is shuffled and augmented with seeds
+    epoch ``e`` (counting from ``start_epoch``, 0 by default, on every new iterator) is
+    shuffled and augmented with seeds
     ``stateless_uniform(seed=[seed, e])``, with ``reshuffle_each_iteration=False`` and a fixed
     file order. So *every* iterator yields the same batches, however many iterators a trainer
     creates (Keras' distributed ``fit`` opens an extra one to build the model): train it with
     ``steps_per_epoch``. Batches never straddle two epochs. ``seed=None`` draws a random seed
-    once.
+    once. ``start_epoch`` = k starts the stream at epoch k (a run resumed after k finished
+    epochs): its first batches are those epoch k of a stream started at 0 yields.
 
     Returns:
         ``(dataset, num_examples)``: the batched, prefetched stream and the examples per epoch.
     """
+    check_number("start_epoch", start_epoch, low=0, integer=True)
     src = _open(name, split, batch_size, data_dir, augment, shuffle, seed, download, cache,
                 drop_remainder, autotune, reshuffle=False)
     if src.num_examples < 0:
@@ -313,5 +316,5 @@ def load_epochs(name: str, split: str, batch_size: int, data_dir=None, augment=N
             maxval=None, dtype=tf.int64)
         return _stages(src, pair[0], pair[1], reshuffle=False)
 
-    ds = tf.data.Dataset.range(1 << 62).flat_map(one_epoch)
+    ds = tf.data.Dataset.range(int(start_epoch), 1 << 62).flat_map(one_epoch)
     return _finish(ds, src.autotune), src.num_examples

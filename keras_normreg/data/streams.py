@@ -41,16 +41,20 @@ class ArrayEpochs(keras.utils.PyDataset):
         multiple_of: every batch's size must be a multiple of this (the devices of a
             data-parallel run): a last partial batch that is not is dropped, and
             ``batch_size`` itself must be one.
+        start_epoch: the epoch the stream starts at (a run resumed after ``k`` finished
+            epochs passes ``k``, so its epoch ``k`` sees the batches an uninterrupted run's
+            epoch ``k`` sees).
     """
 
     def __init__(self, x, y, batch_size: int, *, shuffle: bool = True, seed: int = 0,
-                 multiple_of: int = 1):
+                 multiple_of: int = 1, start_epoch: int = 0):
         super().__init__(workers=1, use_multiprocessing=False)
         _check_arrays(x, y)
         check_number("batch_size", batch_size, low=1, integer=True)
         check_number("multiple_of", multiple_of, low=1, integer=True)
         check_number("seed", seed, integer=True)
         check_bool("shuffle", shuffle)
+        check_number("start_epoch", start_epoch, low=0, integer=True)
         if batch_size % multiple_of:
             raise ValueError(
                 f"data.batch_size is the global batch and must be a multiple of the "
@@ -60,8 +64,9 @@ class ArrayEpochs(keras.utils.PyDataset):
         self.shuffle = shuffle
         self.seed = seed
         self.multiple_of = multiple_of
-        self.epoch = 0
-        self._order = self._draw(0)
+        self.start_epoch = int(start_epoch)
+        self.epoch = self.start_epoch
+        self._order = self._draw(self.epoch)
 
     @staticmethod
     def steps(num_examples: int, batch_size: int, multiple_of: int = 1) -> int:

@@ -78,3 +78,18 @@ def test_errors_name_the_argument():
         array_batches(x.tolist(), y, 2)
     with pytest.raises(IndexError, match="Received: index=2"):
         ArrayEpochs(x, y, 2)[2]
+
+
+def test_start_epoch_starts_the_stream_at_that_epoch():
+    x = np.arange(24, dtype=np.float32).reshape(12, 2)
+    y = np.arange(12)
+    run = ArrayEpochs(x, y, 5, seed=1)
+    run.on_epoch_end()
+    run.on_epoch_end()
+    later = ArrayEpochs(x, y, 5, seed=1, start_epoch=2)
+    assert later.epoch == 2
+    np.testing.assert_array_equal(np.concatenate([later[i][1] for i in range(3)]),
+                                  np.random.default_rng([1, 2]).permutation(12))
+    assert [later[i][1].tolist() for i in range(3)] == [run[i][1].tolist() for i in range(3)]
+    with pytest.raises(ValueError, match=r"`start_epoch` must be >= 0. Received: start_epoch=-1"):
+        ArrayEpochs(x, y, 5, start_epoch=-1)
