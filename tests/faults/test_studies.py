@@ -272,21 +272,33 @@ def test_stopped_worker_trial_is_retried_elsewhere(tmp_path, comes_back):
 
 # -------------------------------------------------------------- (d) one chief per study
 def test_second_run_on_a_running_study_is_refused(tmp_path):
-    """While a chief (here: this process) holds the study, a one-process run, a chief and a
-    launcher are refused before they touch anything, with the holder in the message."""
+    """While a chief (here: another process holding the study lock) runs, a one-process run, a
+    chief and a launcher are refused before they touch anything, with the holder in the message.
+    (The lock is re-entrant within one process, so the holder must be another process.)"""
     path = write_tiny_spec(tmp_path)
     spec = nr_spec.load_study(path)
     project = nr_spec.project_dir(spec)
-    with launcher.study_lock(project):
+    holder = subprocess.Popen(
+        [sys.executable, "-c",
+         "import sys, time; from keras_normreg._locks import FileLock; "
+         "lock = FileLock(sys.argv[1], sys.argv[2]).acquire(); print('held', flush=True); "
+         "time.sleep(300)",
+         os.path.join(project, launcher.LOCK_FILE), f"study {project}"],
+        cwd=ROOT, env=_env(), stdout=subprocess.PIPE, text=True)
+    try:
+        assert holder.stdout.readline().strip() == "held"
         for role, oracle in ((None, None), ("chief", f"127.0.0.1:{launcher.free_port()}")):
             with pytest.raises(LockError, match=rf"study {project} is in use by pid "
-                                                rf"{os.getpid()}"):
+                                                rf"{holder.pid}"):
                 study.run_study(spec, role=role, oracle=oracle, overwrite=True,
                                 out=io.StringIO())
-        with pytest.raises(LockError, match=f"pid {os.getpid()}"):
+        with pytest.raises(LockError, match=f"pid {holder.pid}"):
             launcher.run_local(path, 1, project_dir=project, overwrite=True, out=io.StringIO())
         assert os.listdir(project) == [launcher.LOCK_FILE]  # nothing deleted, nothing started
-    launcher.check_study_free(project)  # released with its holder
+    finally:
+        holder.kill()
+        holder.wait()
+    launcher.check_study_free(project)  # released when its holder died
 
 
 @pytest.mark.slow
