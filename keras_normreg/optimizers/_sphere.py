@@ -45,9 +45,10 @@ shape[-1]``, the output units of a Keras kernel ``(..., in, out)``). Then
 norm, ``η/mean_j ‖w_j‖²``, is exactly ``η``, the per-unit value. The mean of the units' own
 rates is ``mean_j η/‖w_j‖² ≥ η`` (Jensen), with equality only when all units have the same
 norm. So a unit's effective learning rate matches the per-unit case on average, and the same
-``η`` means the same thing with BatchNorm and with LayerNorm. This is also the scale the kernel starts at:
-Keras' ``glorot_uniform`` gives ``E‖w_j‖² = 2·fan_in/(fan_in + fan_out) ≈ 1``, so the first
-retraction barely rescales it, where radius 1 shrinks it by about ``√units``. Per-unit groups,
+``η`` means the same thing with BatchNorm and with LayerNorm. This is also about the scale the
+kernel starts at: Keras' ``glorot_uniform`` gives ``E‖w_j‖² = 2·fan_in/(fan_in + fan_out)``,
+about 1 when the fans are similar, so the first retraction barely rescales it, whereas
+radius 1 shrinks it by about ``√units``. Per-unit groups,
 explicit axes and rank <= 1 weights keep ``r = 1``, since each group there is already one unit
 (or the rank gives no unit axis). The rule also fits Adam-like optimizers: their step has a
 size of ``≈ η`` per coordinate whatever the scale, so the angle turned depends on ``‖w_j‖``
@@ -58,7 +59,8 @@ tensor can still differ and drift. A unit whose norm shrinks gets a larger effec
 rate ``η/‖w_j‖²`` and turns faster, while a growing one slows down. Only the per-unit
 granularity controls each unit, and it is function-preserving only before a per-channel
 normalization. For a transposed convolution (kernel ``(..., out, in)``) or an embedding,
-``shape[-1]`` is not the number of output units, and ``"units"`` is only a scale convention there.
+``shape[-1]`` is not the number of output units, and ``"units"`` is only a scale convention
+there.
 """
 
 from __future__ import annotations

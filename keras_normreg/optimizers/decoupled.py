@@ -493,8 +493,9 @@ class DecoupledWeightDecay(keras.optimizers.Optimizer):
     def treatment(self, variable, reason=False):
         """How ``variable`` is treated: ``"decay"`` (shrunk by :meth:`effective_decay` each
         step), ``"skip"`` (not decayed) or ``"sphere"`` (retracted to
-        :meth:`sphere_radius_of` after each step), by the selection order of the class docstring. ``reason=True`` returns the
-        :class:`Treatment` ``(kind, reason, granularity)`` instead of the kind alone.
+        :meth:`sphere_radius_of` after each step), by the selection order of the class
+        docstring. ``reason=True`` returns the :class:`Treatment` ``(kind, reason,
+        granularity)`` instead of the kind alone.
 
         Raises ValueError when ``scale_invariant`` is set but the scale-invariant weights are
         not known yet (call :meth:`bind` first).
