@@ -282,6 +282,11 @@ def _stages(src, shuffle_seed, augment_seed, reshuffle):
     return ds.batch(src.batch_size, drop_remainder=src.drop_remainder)
 
 
+#: What an epoch stream's traced function uses in place of TensorFlow's global seed 0 (not
+#: 2**31 - 1: TensorFlow reduces seeds modulo 2**31 - 1, which would make it 0 again).
+_GLOBAL_SEED_ZERO = (1 << 31) - 2
+
+
 def load_epochs(name: str, split: str, batch_size: int, data_dir=None, augment=None,
                 shuffle=None, seed: int | None = 42, download: bool = False, cache: bool = True,
                 drop_remainder: bool = False, autotune: bool = False,
@@ -295,7 +300,9 @@ def load_epochs(name: str, split: str, batch_size: int, data_dir=None, augment=N
     file order. So *every* iterator yields the same batches, however many iterators a trainer
     creates (Keras' distributed ``fit`` opens an extra one to build the model): train it with
     ``steps_per_epoch``. Batches never straddle two epochs. ``seed=None`` draws a random seed
-    once. ``start_epoch`` = k starts the stream at epoch k (a run resumed after k finished
+    once. With TensorFlow's global seed set (``keras.utils.set_random_seed``; ``train`` sets
+    it to ``train.seed`` before building its pipelines) that seed enters too, as in every
+    seeded tf.data op. ``start_epoch`` = k starts the stream at epoch k (a run resumed after k finished
     epochs): its first batches are those epoch k of a stream started at 0 yields.
 
     Returns:
@@ -311,6 +318,12 @@ def load_epochs(name: str, split: str, batch_size: int, data_dir=None, augment=N
                  else src.seed % (1 << 63))
 
     def one_epoch(epoch):
+        if tf.compat.v1.get_default_graph().seed == 0:
+            # TensorFlow's global seed 0 (keras.utils.set_random_seed(0)): tf.data pairs it
+            # with the op seed and compares the pair with (0, 0), which a tensor op seed
+            # cannot answer in a traced function. The traced function (only) gets another
+            # graph seed; no other global seed is touched.
+            tf.random.set_seed(_GLOBAL_SEED_ZERO)
         pair = tf.random.stateless_uniform(
             [2], seed=tf.stack([tf.constant(base_seed, tf.int64), epoch]), minval=None,
             maxval=None, dtype=tf.int64)
