@@ -112,6 +112,10 @@ def _unit_interval(v):
     return None if 0 <= v < 1 else "must be in [0, 1)"
 
 
+def _jit_compile(v):
+    return None if v in (True, False) or v == "auto" else 'must be true, false or "auto"'
+
+
 SCHEDULES = ("constant", "cosine", "step")
 
 
@@ -179,7 +183,9 @@ RECIPE_SCHEMA: dict[str, Any] = {
         "epochs": Field(int, 30, check=_positive, doc="epochs"),
         "seed": Field(int, 42, doc="random seed (weights, shuffling)"),
         "mixed_precision": Field(bool, False, doc="mixed_float16 (GPU) / mixed_bfloat16 (TPU)"),
-        "jit_compile": Field(bool, False, doc="XLA (benchmark before enabling on CPU)"),
+        "jit_compile": Field((bool, str), "auto", check=_jit_compile,
+                             doc='XLA: "auto" (Keras\' rule: on for JAX, off on CPU-only '
+                                 'TensorFlow and on PyTorch), true or false'),
         "strategy": Field(str, "auto", check=distribute.check_strategy,
                           doc="tf.distribute strategy: " + distribute.STRATEGIES_HELP),
         "output_dir": Field(str, "saved_models", doc="where saved_models/<name>/ goes"),

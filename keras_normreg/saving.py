@@ -211,13 +211,17 @@ def _versions() -> dict:
     return out
 
 
-def _hardware(strategy) -> dict:
+def _hardware(strategy, model=None) -> dict:
     replicas = getattr(strategy, "num_replicas_in_sync", 1) if strategy is not None else 1
-    return {"platform": platform.platform(), "machine": platform.machine(),
-            "cpu_count": os.cpu_count(), "gpus": _accelerators(),
-            "backend": keras.backend.backend(),
-            "strategy": type(strategy).__name__ if strategy is not None else "none",
-            "replicas": replicas}
+    out = {"platform": platform.platform(), "machine": platform.machine(),
+           "cpu_count": os.cpu_count(), "gpus": _accelerators(),
+           "backend": keras.backend.backend(),
+           "strategy": type(strategy).__name__ if strategy is not None else "none",
+           "replicas": replicas}
+    jit = getattr(model, "jit_compile", None)  # what compile resolved "auto" to
+    if isinstance(jit, bool):
+        out["jit_compile"] = jit
+    return out
 
 
 def entry_lock(out_dir: str | os.PathLike, *, timeout: float = 0.0) -> FileLock:
@@ -379,7 +383,7 @@ def _write_entry_files(temp, model, cfg, metrics, seconds, strategy, command, hi
         "training_seconds": round(seconds, 2),
         "epochs": cfg["train"]["epochs"],
         "history": {k: [float(v) for v in vals] for k, vals in (history or {}).items()},
-        "hardware": _hardware(strategy),
+        "hardware": _hardware(strategy, model),
         "created": datetime.datetime.now(datetime.timezone.utc).isoformat(timespec="seconds"),
         "command": command or f"keras-normreg train <recipe> (name={cfg['name']})",
         "recipe": json.loads(json.dumps(cfg)),

@@ -58,6 +58,9 @@ def test_train_save_and_evaluate_on_backend(backend, tmp_path):
     assert card["backend"] == backend
     assert card["versions"][backend]
     assert card["hardware"]["backend"] == backend
+    # train.jit_compile = "auto" (the default): XLA on JAX, none on PyTorch
+    assert card["recipe"]["train"]["jit_compile"] == "auto"
+    assert card["hardware"]["jit_compile"] is (backend == "jax")
     assert len(card["history"]["loss"]) == 2
     # two epochs of SGD on MNIST-1D: well above chance (0.1) already
     assert 0.2 < card["metrics"]["test_accuracy"] <= 1.0

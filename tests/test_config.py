@@ -98,6 +98,19 @@ def test_overrides_parse_toml_literals(tmp_path):
     assert cfg["regularization"]["targets"] == ["kernel", "bias"]
 
 
+def test_jit_compile_auto_by_default(tmp_path):
+    p = write(tmp_path, MINIMAL)
+    assert config.load_recipe(p)["train"]["jit_compile"] == "auto"
+    assert config.load_recipe(p, ["train.jit_compile=auto"])["train"]["jit_compile"] == "auto"
+    assert config.load_recipe(p, ["train.jit_compile=false"])["train"]["jit_compile"] is False
+    with pytest.raises(ConfigError, match=r"'train.jit_compile' must be true, false or \"auto\". "
+                                          r"Received: train.jit_compile='yes'"):
+        config.load_recipe(p, ["train.jit_compile=yes"])
+    with pytest.raises(ConfigError, match=r"'train.jit_compile' must be a boolean or a string. "
+                                          r"Received: train.jit_compile=1"):
+        config.load_recipe(p, ["train.jit_compile=1"])
+
+
 def test_override_errors(tmp_path):
     p = write(tmp_path, MINIMAL)
     with pytest.raises(ConfigError, match=r"section.key=value.*Received: 'nonsense'"):

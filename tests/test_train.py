@@ -66,6 +66,7 @@ def test_train_save_card_and_evaluate(tmp_path):
     assert card["metrics"]["test_accuracy"] == card["metrics"]["test_correct"] / 360
     assert card["parameters"] == result.model.count_params()
     assert card["versions"]["keras"] == keras.__version__
+    assert card["hardware"]["jit_compile"] is result.model.jit_compile
     assert card["command"] == "pytest"
     assert config.load_recipe(entry / "recipe.toml") == cfg
     report = evaluate.evaluate_saved(entry)
@@ -194,6 +195,8 @@ def test_prepare_data_replicas(tmp_path, monkeypatch):
 def test_build_and_compile(tmp_path):
     cfg = recipe(tmp_path)
     model = train.build_and_compile(cfg, steps_per_epoch=10)
+    # "auto" (the default) is Keras' rule: no XLA for TensorFlow on a CPU-only machine
+    assert cfg["train"]["jit_compile"] == "auto"
     assert model.compiled and model.jit_compile is False
     assert isinstance(model.loss, keras.losses.SparseCategoricalCrossentropy)
     assert model.loss.get_config()["from_logits"] is True
