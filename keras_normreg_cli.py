@@ -47,8 +47,8 @@ def catalog_path() -> str | None:
 
 
 def list_lines(cat: dict, what: str = "all") -> list[str]:
-    """The lines of ``keras-normreg list WHAT`` (the format of keras_normreg.cli.list_lines;
-    tests/test_catalog.py checks that the two agree)."""
+    """The lines of ``keras-normreg list WHAT`` for a catalog (``keras_normreg.cli`` prints
+    the live one with this same function)."""
     lines = []
     if what in ("models", "all"):
         lines.append("models:")

@@ -29,6 +29,7 @@ import keras
 from keras_normreg import config, distribute
 from keras_normreg._backend import SUPPORTED_BACKENDS
 from keras_normreg._locks import LockError
+from keras_normreg_cli import list_lines  # one formatter: the fast path's (no Keras there)
 
 #: The static catalog answered by ``keras-normreg list`` (see the module docstring).
 CATALOG_PATH = os.path.join(os.path.dirname(os.path.abspath(__file__)), "catalog.json")
@@ -196,23 +197,6 @@ def write_catalog(path: str = CATALOG_PATH) -> str:
         f.write(catalog_text(catalog()))
     os.replace(tmp, path)
     return path
-
-
-def list_lines(cat: dict, what: str = "all") -> list[str]:
-    """The lines ``keras-normreg list WHAT`` prints for a catalog (the same format as
-    ``keras_normreg_cli``, which prints the static one without importing this package)."""
-    lines = []
-    if what in ("models", "all"):
-        lines.append("models:")
-        for m in cat["models"]:
-            lines.append(f"  {m['name']:<16} {m['family']:<10} {m['description']}")
-    if what in ("datasets", "all"):
-        lines.append("datasets:")
-        for d in cat["datasets"]:
-            splits = ", ".join(f"{k}={v}" for k, v in d["splits"].items())
-            lines.append(f"  {d['name']:<16} input={tuple(d['input_shape'])} "
-                         f"classes={d['classes']} {splits}")
-    return lines
 
 
 def _cmd_list(args) -> int:

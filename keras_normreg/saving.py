@@ -99,23 +99,27 @@ class EntryLoadError(ValueError):
     ``safe_mode``); the message is one line."""
 
 
-def check_destination(out_dir: str | os.PathLike, *, argument: str = "train.output_dir") -> None:
-    """Raise :class:`DestinationError` now if an entry cannot be written into ``out_dir``.
+def check_destination(out_dir: str | os.PathLike, *, argument: str = "train.output_dir",
+                      what: str = "the saved entry", where: str | None = None) -> None:
+    """Raise :class:`DestinationError` now if ``what`` cannot be written into ``out_dir``.
 
     Creates the folder (and its parents) and a temporary file in it, then removes the file;
-    called before training starts, so a read-only or missing-permission destination costs
-    nothing. ``argument`` names the recipe key or option the folder came from.
+    called before training starts (and before a study's first trial), so a read-only or
+    missing-permission destination costs nothing. ``argument`` names the recipe key or option
+    the folder came from; ``where`` says where the user sets it (default: the recipe key, or
+    ``--set`` on the command line).
     """
     out_dir = os.fspath(out_dir)
+    if where is None:
+        where = f'{argument}, or --set {argument}="..." on the command line'
     try:
         os.makedirs(out_dir, exist_ok=True)
         with tempfile.NamedTemporaryFile(dir=out_dir, prefix=".write-check-"):
             pass
     except OSError as e:
         raise DestinationError(
-            f"Cannot write the saved entry into {out_dir!r}: {e.strerror or e}. Choose a "
-            f"writable folder ({argument}, or --set {argument}=\"...\" on the command line). "
-            f"Received: {argument}={out_dir!r}") from None
+            f"Cannot write {what} into {out_dir!r}: {e.strerror or e}. Choose a writable "
+            f"folder ({where}). Received: {argument}={out_dir!r}") from None
 
 
 # -- checksums and metrics --------------------------------------------------------------------

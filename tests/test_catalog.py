@@ -35,10 +35,17 @@ def test_catalog_is_found_without_importing_the_package():
     assert keras_normreg_cli.catalog_path() == cli.CATALOG_PATH
 
 
-@pytest.mark.parametrize("what", ["models", "datasets", "all"])
-def test_both_formatters_agree(what):
-    cat = cli.catalog()
-    assert keras_normreg_cli.list_lines(cat, what) == cli.list_lines(cat, what)
+def test_list_lines_format():
+    # written out by hand: name padded to 16, family to 10; datasets with shape, classes, splits
+    cat = {"models": [{"name": "cnn1d", "family": "cnn", "description": "a net"}],
+           "datasets": [{"name": "mnist1d", "input_shape": [40, 1], "classes": 10,
+                         "splits": {"train": 4000, "test": 1000}}]}
+    models = ["models:", "  cnn1d            cnn        a net"]
+    datasets = ["datasets:", "  mnist1d          input=(40, 1) classes=10 train=4000, test=1000"]
+    assert keras_normreg_cli.list_lines(cat, "models") == models
+    assert keras_normreg_cli.list_lines(cat, "datasets") == datasets
+    assert keras_normreg_cli.list_lines(cat) == models + datasets
+    assert cli.list_lines is keras_normreg_cli.list_lines  # one formatter for both paths
 
 
 def test_catalog_content_against_the_registries():

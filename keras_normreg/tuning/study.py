@@ -35,7 +35,6 @@ import shutil
 import signal
 import socket
 import sys
-import tempfile
 import threading
 import time
 import warnings
@@ -679,16 +678,9 @@ def study_finished(oracle, total: int | None) -> bool:
 def check_writable(folder: str, argument: str) -> None:
     """Raise :class:`keras_normreg.saving.DestinationError` (a ValueError naming
     ``argument``) now if ``folder`` cannot be created or written, before any trial runs."""
-    folder = os.fspath(folder)
-    try:
-        os.makedirs(folder, exist_ok=True)
-        with tempfile.NamedTemporaryFile(dir=folder, prefix=".write-check-"):
-            pass
-    except OSError as e:
-        raise saving.DestinationError(
-            f"Cannot write the study into {folder!r}: {e.strerror or e}. Choose a writable "
-            f"folder ({argument} in the study file, or --directory). "
-            f"Received: {argument}={folder!r}") from None
+    where = (f"{argument} in the study file, or --directory" if argument != "output.export_dir"
+             else f"{argument} in the study file")
+    saving.check_destination(folder, argument=argument, what="the study", where=where)
 
 
 def _clear_project(project: str) -> None:
