@@ -26,7 +26,7 @@ import sys
 
 import keras
 
-from keras_normreg import config, distribute
+from keras_normreg import _atomic, config, distribute
 from keras_normreg._backend import SUPPORTED_BACKENDS
 from keras_normreg._locks import LockError
 from keras_normreg_cli import list_lines  # one formatter: the fast path's (no Keras there)
@@ -192,10 +192,7 @@ def catalog_text(cat: dict) -> str:
 
 def write_catalog(path: str = CATALOG_PATH) -> str:
     """Write :func:`catalog` to ``path`` (``make catalog``) and return the path."""
-    tmp = path + ".tmp"
-    with open(tmp, "w", encoding="utf-8") as f:
-        f.write(catalog_text(catalog()))
-    os.replace(tmp, path)
+    _atomic.write_text(path, catalog_text(catalog()))
     return path
 
 

@@ -40,11 +40,12 @@ import hashlib
 import json
 import os
 import shutil
-import tempfile
 import time
 
 import keras
 import numpy as np
+
+from keras_normreg import _atomic
 
 __all__ = [
     "FORMAT",
@@ -229,49 +230,14 @@ def _seed_variables(model) -> list:
     return [v for v in model.variables if id(v) not in weights]
 
 
-def _fsync_dir(path: str) -> None:
-    try:
-        fd = os.open(path, os.O_RDONLY)
-    except OSError:  # pragma: no cover - platforms without directory fds
-        return
-    try:
-        os.fsync(fd)
-    except OSError:  # pragma: no cover
-        pass
-    finally:
-        os.close(fd)
-
-
 def _atomic_json(path: str, obj) -> None:
-    folder = os.path.dirname(path)
-    fd, tmp = tempfile.mkstemp(dir=folder, prefix=".tmp-state-", suffix=".json")
-    try:
-        with os.fdopen(fd, "w", encoding="utf-8") as f:
-            json.dump(obj, f, indent=1, sort_keys=True)
-            f.write("\n")
-            f.flush()
-            os.fsync(f.fileno())
-        os.replace(tmp, path)
-    except BaseException:
-        if os.path.exists(tmp):
-            os.remove(tmp)
-        raise
-    _fsync_dir(folder)
+    _atomic.write_json(path, obj, indent=1, sort_keys=True, newline=True, prefix=".tmp-state-",
+                       suffix=".json")
 
 
 def _atomic_weights(model, path: str) -> None:
-    folder = os.path.dirname(path)
-    fd, tmp = tempfile.mkstemp(dir=folder, prefix=".tmp-state-", suffix=".weights.h5")
-    os.close(fd)
-    try:
-        model.save_weights(tmp, overwrite=True)
-        with open(tmp, "rb") as f:
-            os.fsync(f.fileno())
-        os.replace(tmp, path)
-    except BaseException:
-        if os.path.exists(tmp):
-            os.remove(tmp)
-        raise
+    _atomic.replace_via_temp(path, lambda tmp: model.save_weights(tmp, overwrite=True),
+                             prefix=".tmp-state-", suffix=".weights.h5")
 
 
 def restore(model, run_dir: str, state: dict) -> None:

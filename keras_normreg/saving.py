@@ -33,6 +33,7 @@ from pathlib import Path
 import keras
 import numpy as np
 
+from keras_normreg import _atomic
 from keras_normreg import config as nr_config
 from keras_normreg import data as nr_data
 from keras_normreg._locks import FileLock
@@ -260,25 +261,6 @@ def _check_resumed(resumed_at_epoch) -> list[int]:
     return [int(v) for v in values]
 
 
-def _fsync_file(path: str) -> None:
-    fd = os.open(path, os.O_RDONLY)
-    try:
-        os.fsync(fd)
-    finally:
-        os.close(fd)
-
-
-def _fsync_dir(path: str) -> None:
-    """Make the renames in ``path`` durable (POSIX; a no-op where folders cannot be opened)."""
-    if not hasattr(os, "O_DIRECTORY"):  # pragma: no cover - Windows
-        return
-    fd = os.open(path, os.O_RDONLY | os.O_DIRECTORY)
-    try:
-        os.fsync(fd)
-    finally:
-        os.close(fd)
-
-
 def _is_temporary(name: str) -> bool:
     """A file name :func:`save_entry` or :func:`check_destination` uses for a temporary."""
     return ((name.startswith(_TMP_PREFIX) and name.endswith((MODEL_FILE, RECIPE_FILE, CARD_FILE)))
@@ -356,7 +338,7 @@ def save_entry(model, cfg, metrics, seconds, strategy, out_dir, command=None,
             except BaseException:
                 _remove_quietly(temp.values())
                 raise
-            _fsync_dir(out_dir)
+            _atomic.fsync_dir(out_dir)
     except OSError as e:
         raise _destination_error(
             out_dir, e, "out_dir", "The previous entry there (if any) is unchanged; free space "
@@ -368,9 +350,9 @@ def _write_entry_files(temp, model, cfg, metrics, seconds, strategy, command, hi
                        resumed) -> None:
     """Write and flush the model, the recipe and the card to the temporary paths ``temp``."""
     model.save(temp[MODEL_FILE])
-    _fsync_file(temp[MODEL_FILE])
+    _atomic.fsync_file(temp[MODEL_FILE])
     nr_config.dump(cfg, temp[RECIPE_FILE])
-    _fsync_file(temp[RECIPE_FILE])
+    _atomic.fsync_file(temp[RECIPE_FILE])
     card = {
         "name": cfg["name"],
         "description": cfg["description"],

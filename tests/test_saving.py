@@ -101,6 +101,7 @@ def test_saving_imports_only_downward():
             imported.update(a.name for a in node.names)
     ours = {m for m in imported if m.startswith("keras_normreg")}
     assert ours == {"keras_normreg.config", "keras_normreg.data", "keras_normreg._utils.received",
+                    "keras_normreg._atomic",
                     "keras_normreg._locks.FileLock",
                     "keras_normreg._version.__version__",
                     "keras_normreg.data.streams.array_batches"}
@@ -357,7 +358,7 @@ def test_save_entry_disk_full_keeps_previous_entry(tmp_path, monkeypatch, where)
     if where == "model.save":
         monkeypatch.setattr(keras.Model, "save", _partial_model_save)
     elif where == "fsync":
-        monkeypatch.setattr(saving, "_fsync_file", _disk_full)
+        monkeypatch.setattr(saving._atomic, "fsync_file", _disk_full)
     elif where == "card write":
         monkeypatch.setattr(saving, "open", _FullDiskOpen(), raising=False)
     else:

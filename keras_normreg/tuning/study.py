@@ -44,7 +44,7 @@ import keras
 import keras_tuner as kt
 from keras_tuner.engine.trial import Trial as KTTrial
 
-from keras_normreg import _compat, distribute, saving
+from keras_normreg import _atomic, _compat, distribute, saving
 from keras_normreg import config as nr_config
 from keras_normreg.tuning import launcher, report
 from keras_normreg.tuning import space as nr_space
@@ -207,17 +207,9 @@ class _StudyOracle:
         return None
 
     def save(self):
-        path = _compat.oracle_state_path(self)
-        tmp = os.path.join(os.path.dirname(path),
-                           f".oracle-{os.getpid()}-{threading.get_ident()}.tmp")
-        try:
-            with open(tmp, "w", encoding="utf-8") as f:
-                json.dump(self.get_state(), f)
-            os.replace(tmp, path)
-        except BaseException:
-            with contextlib.suppress(OSError):
-                os.unlink(tmp)
-            raise
+        # consistency, not durability: the chief saves it after every change
+        _atomic.write_json(_compat.oracle_state_path(self), self.get_state(), prefix=".oracle-",
+                           suffix=".tmp", durable=False)
 
     def reload(self):
         super().reload()
@@ -402,15 +394,8 @@ class _StopIfRevoked(keras.callbacks.Callback):
 def _atomic_save_weights(model, path):
     """``model.save_weights(path)`` through a temporary file and a rename: a reader (the
     export) never sees a half-written checkpoint."""
-    folder, base = os.path.split(path)
-    tmp = os.path.join(folder, f".tmp-{os.getpid()}-{base}")
-    try:
-        model.save_weights(tmp)
-        os.replace(tmp, path)
-    except BaseException:
-        with contextlib.suppress(OSError):
-            os.unlink(tmp)
-        raise
+    _atomic.replace_via_temp(path, lambda tmp: model.save_weights(tmp, overwrite=True),
+                             suffix="-" + os.path.basename(path), durable=False)
 
 
 class _StudyMixin:
@@ -515,10 +500,7 @@ class _StudyMixin:
                   "host": socket.gethostname(), "seconds": round(sum(r["seconds"] for r in runs), 3),
                   "point": nr_space.decode(trial.hyperparameters.values),
                   "executions": runs}
-        tmp = path + ".tmp"
-        with open(tmp, "w", encoding="utf-8") as f:
-            json.dump(record, f, indent=1)
-        os.replace(tmp, path)
+        _atomic.write_json(path, record, indent=1)
         if kt_dist.has_chief_oracle():  # a worker: say what it did in its own log
             obj = self.oracle.objective.name
             val = history.get(obj, [float("nan")])
@@ -885,10 +867,7 @@ def _exit_on_sigterm():
 
 
 def _write_text(path: str, text: str) -> None:
-    tmp = f"{path}.tmp{os.getpid()}"
-    with open(tmp, "w", encoding="utf-8") as f:
-        f.write(text)
-    os.replace(tmp, path)
+    _atomic.write_text(path, text)
 
 
 def _exported_trial(spec: Mapping, tuner) -> str | None:

@@ -92,11 +92,23 @@ def test_oracle_state_is_written_atomically(tmp_path, monkeypatch):
     _finish(oracle, oracle.create_trial("tuner0"), 0.5)
     before = (tmp_path / "p" / "oracle.json").read_text()
 
-    def broken_dump(obj, f):
-        f.write('{"half": ')
-        raise OSError("disk full")
+    real_open = open
 
-    monkeypatch.setattr(study.json, "dump", broken_dump)
+    class HalfWritten:  # the disk fills up half-way through the temporary file
+        def __init__(self, path, *args, **kwargs):
+            self.f = real_open(path, *args, **kwargs)
+
+        def __enter__(self):
+            return self
+
+        def __exit__(self, *exc):
+            self.f.close()
+
+        def write(self, text):
+            self.f.write(text[: len(text) // 2])
+            raise OSError("disk full")
+
+    monkeypatch.setattr(study._atomic, "open", HalfWritten, raising=False)
     with pytest.raises(OSError, match="disk full"):
         oracle.save()
     assert (tmp_path / "p" / "oracle.json").read_text() == before
