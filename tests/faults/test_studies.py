@@ -3,7 +3,6 @@ a finished study reruns nothing, SIGTERM to the launcher leaves no process behin
 worker's trial is handed to another, one chief per study, the oracle's exposure warning and an
 unwritable study folder."""
 
-import contextlib
 import glob
 import hashlib
 import io
@@ -12,7 +11,6 @@ import os
 import signal
 import subprocess
 import sys
-import time
 
 import pytest
 
@@ -20,31 +18,22 @@ from keras_normreg import saving
 from keras_normreg._locks import LockError
 from keras_normreg.tuning import launcher, study
 from keras_normreg.tuning import spec as nr_spec
-from tests.tuning.conftest import ROOT, mid_trial, read_trials, write_tiny_spec
+from tests.tuning.conftest import (
+    ROOT,
+    children,
+    cmdline,
+    kill_all,
+    mid_trial,
+    read_trials,
+    tune_cmd,
+    tune_env,
+    wait_for,
+    write_tiny_spec,
+)
 
 TIMEOUT = 300  # seconds for a whole study; every process is killed on failure
 
 needs_proc = pytest.mark.skipif(not os.path.isdir("/proc/self/task"), reason="needs Linux /proc")
-
-
-def _env():
-    env = {k: v for k, v in os.environ.items() if k not in launcher.ENV_KEYS}
-    env["TF_CPP_MIN_LOG_LEVEL"] = "3"
-    env.setdefault("KERAS_BACKEND", "tensorflow")
-    return env
-
-
-def _cli(*args):
-    return [sys.executable, "-m", "keras_normreg.cli", "tune", *args]
-
-
-def _kill_all(procs):
-    for p in procs:
-        if p.poll() is None:
-            with contextlib.suppress(OSError):
-                os.kill(p.pid, signal.SIGCONT)
-            p.kill()
-            p.wait(timeout=30)
 
 
 def _alive(pid) -> bool:
@@ -54,35 +43,6 @@ def _alive(pid) -> bool:
             return f.read().rsplit(")", 1)[1].split()[0] != "Z"
     except OSError:
         return False
-
-
-def _children(pid):
-    out = []
-    for task in glob.glob(f"/proc/{pid}/task/*/children"):
-        with open(task) as f:
-            out += [int(x) for x in f.read().split()]
-    return out
-
-
-def _cmdline(pid):
-    try:
-        with open(f"/proc/{pid}/cmdline", "rb") as f:
-            return f.read().replace(b"\0", b" ").decode()
-    except OSError:
-        return ""
-
-
-def _wait_for(predicate, procs, timeout, what):
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        if predicate():
-            return
-        for p in procs:
-            if p.poll() is not None and p.returncode != 0:
-                raise AssertionError(f"a process exited with {p.returncode} while waiting for "
-                                     f"{what}")
-        time.sleep(0.2)
-    raise AssertionError(f"timed out waiting for {what}")
 
 
 def _fingerprint(project):
@@ -123,15 +83,15 @@ def test_finished_study_reruns_nothing(tmp_path):
     budget = 3
     path = write_tiny_spec(tmp_path, output={"export": False})
     project = str(tmp_path / "runs" / "tiny_digits")
-    first = subprocess.run(_cli(path, "--workers", "2", "--max-trials", str(budget)), cwd=ROOT,
-                           env=_env(), capture_output=True, text=True, timeout=TIMEOUT)
+    first = subprocess.run(tune_cmd(path, "--workers", "2", "--max-trials", str(budget)), cwd=ROOT,
+                           env=tune_env(), capture_output=True, text=True, timeout=TIMEOUT)
     assert first.returncode == 0, first.stdout[-3000:] + first.stderr[-3000:]
     _check_every_trial_once(project, budget, first.stdout)
     before = _fingerprint(project)
     assert len(before) >= 3 * budget  # trial.json, result.json, recipe.toml, checkpoint...
     for args in (["--workers", "2"], []):
-        again = subprocess.run(_cli(path, "--max-trials", str(budget), *args), cwd=ROOT,
-                               env=_env(), capture_output=True, text=True, timeout=TIMEOUT)
+        again = subprocess.run(tune_cmd(path, "--max-trials", str(budget), *args), cwd=ROOT,
+                               env=tune_env(), capture_output=True, text=True, timeout=TIMEOUT)
         assert again.returncode == 0, again.stdout[-3000:] + again.stderr[-3000:]
         assert f"{budget}/{budget} trials done" in again.stdout
         assert "finished, nothing to run" in again.stdout
@@ -149,19 +109,19 @@ def test_sigterm_to_the_launcher_stops_everything_and_the_rerun_completes(tmp_pa
     project = str(tmp_path / "runs" / "tiny_digits")
     log = open(tmp_path / "launcher.log", "w")
     err = open(tmp_path / "launcher.err", "w")
-    proc = subprocess.Popen(_cli(path, "--workers", "2", "--max-trials", str(budget)), cwd=ROOT,
-                            env=_env(), stdout=log, stderr=err)
+    proc = subprocess.Popen(tune_cmd(path, "--workers", "2", "--max-trials", str(budget)), cwd=ROOT,
+                            env=tune_env(), stdout=log, stderr=err)
     kids = []
     try:
-        _wait_for(lambda: mid_trial(project), [proc], TIMEOUT,
+        wait_for(lambda: mid_trial(project), [proc], TIMEOUT,
                   "a completed trial and a running one")
-        kids = _children(proc.pid)
-        roles = sorted(_cmdline(k).split("--role ")[1].split()[0] for k in kids)
-        assert roles == ["chief", "worker", "worker"], [_cmdline(k) for k in kids]
+        kids = children(proc.pid)
+        roles = sorted(cmdline(k).split("--role ")[1].split()[0] for k in kids)
+        assert roles == ["chief", "worker", "worker"], [cmdline(k) for k in kids]
         proc.send_signal(signal.SIGTERM)
         proc.wait(timeout=60)
     finally:
-        _kill_all([proc])
+        kill_all([proc])
         log.close()
         err.close()
     assert proc.returncode == 128 + signal.SIGTERM
@@ -169,10 +129,10 @@ def test_sigterm_to_the_launcher_stops_everything_and_the_rerun_completes(tmp_pa
     assert any(ln.startswith("tune: stopped by SIGTERM: the chief and 2 worker(s)")
                for ln in lines), lines
     assert "Traceback" not in open(tmp_path / "launcher.err").read()
-    assert not [k for k in kids if _alive(k)], [(k, _cmdline(k)) for k in kids]
+    assert not [k for k in kids if _alive(k)], [(k, cmdline(k)) for k in kids]
     assert not os.path.exists(os.path.join(project, launcher.LOCK_FILE))  # released
-    again = subprocess.run(_cli(path, "--workers", "2", "--max-trials", str(budget)), cwd=ROOT,
-                           env=_env(), capture_output=True, text=True, timeout=TIMEOUT)
+    again = subprocess.run(tune_cmd(path, "--workers", "2", "--max-trials", str(budget)), cwd=ROOT,
+                           env=tune_env(), capture_output=True, text=True, timeout=TIMEOUT)
     assert again.returncode == 0, again.stdout[-3000:] + again.stderr[-3000:]
     _check_every_trial_once(project, budget)
 
@@ -182,27 +142,27 @@ def test_sigterm_to_the_launcher_stops_everything_and_the_rerun_completes(tmp_pa
 def test_launcher_whose_chief_dies_stops_the_workers_and_says_so(tmp_path):
     path = write_tiny_spec(tmp_path, output={"export": False})
     project = str(tmp_path / "runs" / "tiny_digits")
-    proc = subprocess.Popen(_cli(path, "--workers", "2", "--max-trials", "4"), cwd=ROOT,
-                            env=_env(), stdout=subprocess.DEVNULL, stderr=subprocess.PIPE,
+    proc = subprocess.Popen(tune_cmd(path, "--workers", "2", "--max-trials", "4"), cwd=ROOT,
+                            env=tune_env(), stdout=subprocess.DEVNULL, stderr=subprocess.PIPE,
                             text=True)
     kids = []
     try:
-        _wait_for(lambda: os.path.isfile(os.path.join(project, "oracle.json")), [proc], TIMEOUT,
+        wait_for(lambda: os.path.isfile(os.path.join(project, "oracle.json")), [proc], TIMEOUT,
                   "the chief")
-        kids = _children(proc.pid)
-        chief = [k for k in kids if "--role chief" in _cmdline(k)]
+        kids = children(proc.pid)
+        chief = [k for k in kids if "--role chief" in cmdline(k)]
         assert len(chief) == 1 and len(kids) == 3
         os.kill(chief[0], signal.SIGKILL)
         _, err = proc.communicate(timeout=60)
     finally:
-        _kill_all([proc])
+        kill_all([proc])
     assert proc.returncode == 128 + signal.SIGKILL
     lines = [ln for ln in err.splitlines() if ln.startswith("tune: error:")]
     assert len(lines) == 1, err
     assert "the chief was killed by SIGKILL" in lines[0]
     assert os.path.join(project, "chief.log") in lines[0]
     assert "Traceback" not in err
-    assert not [k for k in kids if _alive(k)], [(k, _cmdline(k)) for k in kids]
+    assert not [k for k in kids if _alive(k)], [(k, cmdline(k)) for k in kids]
 
 
 # --------------------------------------------------------- (c) a worker that never returns
@@ -219,16 +179,16 @@ def test_stopped_worker_trial_is_retried_elsewhere(tmp_path, comes_back):
     project = str(tmp_path / "runs" / "tiny_digits")
     address = f"127.0.0.1:{launcher.free_port()}"
     chief_log = open(tmp_path / "chief.log", "w")
-    chief = subprocess.Popen(_cli(path, "--role", "chief", "--oracle", address,
+    chief = subprocess.Popen(tune_cmd(path, "--role", "chief", "--oracle", address,
                                   "--max-trials", str(budget)),
-                             cwd=ROOT, env=_env(), stdout=chief_log, stderr=subprocess.STDOUT)
+                             cwd=ROOT, env=tune_env(), stdout=chief_log, stderr=subprocess.STDOUT)
     logs, workers = {}, {}
     for wid in ("w0", "w1"):
         logs[wid] = open(tmp_path / f"{wid}.log", "w")
         workers[wid] = subprocess.Popen(
-            _cli(path, "--role", "worker", "--oracle", address, "--worker-id", wid,
+            tune_cmd(path, "--role", "worker", "--oracle", address, "--worker-id", wid,
                  "--max-trials", str(budget)),
-            cwd=ROOT, env=_env(), stdout=logs[wid], stderr=subprocess.STDOUT)
+            cwd=ROOT, env=tune_env(), stdout=logs[wid], stderr=subprocess.STDOUT)
     procs = [chief, *workers.values()]
     try:
         def w0_runs():
@@ -238,13 +198,13 @@ def test_stopped_worker_trial_is_retried_elsewhere(tmp_path, comes_back):
                 return False
 
         while True:
-            _wait_for(w0_runs, procs, TIMEOUT, "w0 running a trial")
+            wait_for(w0_runs, procs, TIMEOUT, "w0 running a trial")
             os.kill(workers["w0"].pid, signal.SIGSTOP)
             held = _oracle_state(project)["ongoing_trials"].get("w0")
             if held is not None:
                 break
             os.kill(workers["w0"].pid, signal.SIGCONT)  # it had just finished: try again
-        _wait_for(lambda: f"trial {held} handed back" in open(tmp_path / "chief.log").read(),
+        wait_for(lambda: f"trial {held} handed back" in open(tmp_path / "chief.log").read(),
                   [chief], TIMEOUT, "the chief handing w0's trial back")
         if comes_back:
             # w0 comes back while the study still runs: its heartbeat learns that the trial
@@ -255,7 +215,7 @@ def test_stopped_worker_trial_is_retried_elsewhere(tmp_path, comes_back):
         if comes_back:
             workers["w0"].wait(timeout=60)
     finally:
-        _kill_all(procs)
+        kill_all(procs)
         for f in (chief_log, *logs.values()):
             f.close()
     text = open(tmp_path / "chief.log").read()
@@ -284,7 +244,7 @@ def test_second_run_on_a_running_study_is_refused(tmp_path):
          "lock = FileLock(sys.argv[1], sys.argv[2]).acquire(); print('held', flush=True); "
          "time.sleep(300)",
          os.path.join(project, launcher.LOCK_FILE), f"study {project}"],
-        cwd=ROOT, env=_env(), stdout=subprocess.PIPE, text=True)
+        cwd=ROOT, env=tune_env(), stdout=subprocess.PIPE, text=True)
     try:
         assert holder.stdout.readline().strip() == "held"
         for role, oracle in ((None, None), ("chief", f"127.0.0.1:{launcher.free_port()}")):
@@ -305,20 +265,20 @@ def test_second_run_on_a_running_study_is_refused(tmp_path):
 def test_second_chief_process_is_refused(tmp_path):
     path = write_tiny_spec(tmp_path, output={"export": False})
     project = str(tmp_path / "runs" / "tiny_digits")
-    first = subprocess.Popen(_cli(path, "--role", "chief", "--oracle",
+    first = subprocess.Popen(tune_cmd(path, "--role", "chief", "--oracle",
                                   f"127.0.0.1:{launcher.free_port()}"),
-                             cwd=ROOT, env=_env(), stdout=subprocess.DEVNULL,
+                             cwd=ROOT, env=tune_env(), stdout=subprocess.DEVNULL,
                              stderr=subprocess.DEVNULL)
     try:
-        _wait_for(lambda: os.path.isfile(os.path.join(project, "oracle.json")), [first],
+        wait_for(lambda: os.path.isfile(os.path.join(project, "oracle.json")), [first],
                   TIMEOUT, "the first chief")
-        second = subprocess.run(_cli(path, "--role", "chief", "--oracle",
+        second = subprocess.run(tune_cmd(path, "--role", "chief", "--oracle",
                                      f"127.0.0.1:{launcher.free_port()}"),
-                                cwd=ROOT, env=_env(), capture_output=True, text=True,
+                                cwd=ROOT, env=tune_env(), capture_output=True, text=True,
                                 timeout=TIMEOUT)
         assert first.poll() is None
     finally:
-        _kill_all([first])
+        kill_all([first])
     assert second.returncode != 0
     assert f"study {project} is in use by pid {first.pid}" in second.stderr, second.stderr
 
@@ -398,8 +358,8 @@ def test_read_only_study_folder_is_a_clean_error(tmp_path):
 def test_unwritable_study_folder_from_the_cli(tmp_path):
     (tmp_path / "afile").write_text("not a folder")
     path = write_tiny_spec(tmp_path)
-    proc = subprocess.run(_cli(path, "--directory", str(tmp_path / "afile" / "runs")),
-                          cwd=ROOT, env=_env(), capture_output=True, text=True, timeout=TIMEOUT)
+    proc = subprocess.run(tune_cmd(path, "--directory", str(tmp_path / "afile" / "runs")),
+                          cwd=ROOT, env=tune_env(), capture_output=True, text=True, timeout=TIMEOUT)
     assert proc.returncode == 2
     assert "Traceback" not in proc.stderr
     lines = [ln for ln in proc.stderr.splitlines() if ln.startswith("keras-normreg tune")]

@@ -1,13 +1,19 @@
-"""Fixtures of the tuning tests: the tiny digits study, written into a temporary directory."""
+"""Fixtures of the tuning tests: the tiny digits study, written into a temporary directory, and
+the helpers of the tests that run studies as separate processes (here and in tests/faults)."""
 
+import contextlib
 import glob
 import json
 import os
+import signal
+import sys
+import time
 
 import pytest
 import tomli_w
 
 from keras_normreg import config
+from keras_normreg.tuning import launcher
 
 ROOT = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 TINY = os.path.join(ROOT, "tuning", "tiny_digits.toml")
@@ -54,3 +60,60 @@ def mid_trial(project) -> bool:
     ts = read_trials(project).values()
     return (sum(t["status"] == "COMPLETED" for t in ts) >= 1
             and any(t["status"] == "RUNNING" for t in ts))
+
+
+# ------------------------------------------------------------- studies as separate processes
+def tune_env() -> dict:
+    """The environment of a ``keras-normreg tune`` subprocess: ours minus the launcher's own
+    variables, TensorFlow quiet, the TensorFlow backend unless one is set."""
+    env = {k: v for k, v in os.environ.items() if k not in launcher.ENV_KEYS}
+    env["TF_CPP_MIN_LOG_LEVEL"] = "3"
+    env.setdefault("KERAS_BACKEND", "tensorflow")
+    return env
+
+
+def tune_cmd(*args) -> list:
+    return [sys.executable, "-m", "keras_normreg.cli", "tune", *args]
+
+
+def kill_all(procs) -> None:
+    """Kill every process still running (a stopped one is continued first) and reap it."""
+    for p in procs:
+        if p.poll() is None:
+            with contextlib.suppress(OSError):
+                os.kill(p.pid, signal.SIGCONT)
+            p.kill()
+            p.wait(timeout=30)
+
+
+def wait_for(predicate, procs, timeout, what) -> None:
+    """Poll ``predicate`` every 0.2 s; fail if a process of ``procs`` exits with an error or
+    ``timeout`` seconds pass."""
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        if predicate():
+            return
+        for p in procs:
+            if p.poll() is not None and p.returncode != 0:
+                raise AssertionError(f"a process exited with {p.returncode} while waiting for "
+                                     f"{what}")
+        time.sleep(0.2)
+    raise AssertionError(f"timed out waiting for {what}")
+
+
+def children(pid) -> list[int]:
+    """Pids of the direct children of ``pid`` (Linux /proc)."""
+    out = []
+    for task in glob.glob(f"/proc/{pid}/task/*/children"):
+        with open(task) as f:
+            out += [int(x) for x in f.read().split()]
+    return out
+
+
+def cmdline(pid) -> str:
+    """The command line of ``pid`` ('' once it is gone)."""
+    try:
+        with open(f"/proc/{pid}/cmdline", "rb") as f:
+            return f.read().replace(b"\0", b" ").decode()
+    except OSError:
+        return ""

@@ -1,27 +1,29 @@
 """Distributed tuning on 127.0.0.1: a chief and workers as subprocesses (bounded by timeouts)."""
 
-import glob
 import io
 import json
 import os
 import signal
 import subprocess
-import sys
-import time
 
 import pytest
 
 from keras_normreg.tuning import launcher
 
-from .conftest import ROOT, mid_trial, read_trials, write_tiny_spec
+from .conftest import (
+    ROOT,
+    children,
+    cmdline,
+    kill_all,
+    mid_trial,
+    read_trials,
+    tune_cmd,
+    tune_env,
+    wait_for,
+    write_tiny_spec,
+)
 
 TIMEOUT = 240  # seconds for a whole study; every process is killed on failure
-
-
-def _env():
-    env = {k: v for k, v in os.environ.items() if k not in launcher.ENV_KEYS}
-    env["TF_CPP_MIN_LOG_LEVEL"] = "2"
-    return env
 
 
 def _trials(project):
@@ -32,21 +34,10 @@ def _results(project):
     return read_trials(project, "result.json")
 
 
-def _kill_all(procs):
-    for p in procs:
-        if p.poll() is None:
-            p.kill()
-            p.wait(timeout=30)
-
-
-def _cli(*args):
-    return [sys.executable, "-m", "keras_normreg.cli", "tune", *args]
-
-
 def test_chief_and_two_workers_record_every_trial_once(tmp_path):
     path = write_tiny_spec(tmp_path, output={"export": False})
-    proc = subprocess.run(_cli(path, "--workers", "2", "--max-trials", "5"), cwd=ROOT,
-                          env=_env(), capture_output=True, text=True, timeout=TIMEOUT)
+    proc = subprocess.run(tune_cmd(path, "--workers", "2", "--max-trials", "5"), cwd=ROOT,
+                          env=tune_env(), capture_output=True, text=True, timeout=TIMEOUT)
     assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-3000:]
     project = str(tmp_path / "runs" / "tiny_digits")
     trials = _trials(project)
@@ -67,33 +58,20 @@ def test_chief_and_two_workers_record_every_trial_once(tmp_path):
     assert logs == ["tuner0.log", "tuner1.log"]
 
 
-def _wait_for(predicate, procs, timeout, what):
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        if predicate():
-            return
-        for p in procs:
-            if p.poll() is not None and p.returncode != 0:
-                raise AssertionError(f"a process exited with {p.returncode} while waiting for "
-                                     f"{what}")
-        time.sleep(0.2)
-    raise AssertionError(f"timed out waiting for {what}")
-
-
 def test_killed_worker_restarts_and_no_completed_trial_is_lost(tmp_path):
     budget = 5
     path = write_tiny_spec(tmp_path, output={"export": False}, base={"train": {"epochs": 2}})
     project = str(tmp_path / "runs" / "tiny_digits")
     address = f"127.0.0.1:{launcher.free_port()}"
     log = open(tmp_path / "chief.log", "w")
-    chief = subprocess.Popen(_cli(path, "--role", "chief", "--oracle", address,
+    chief = subprocess.Popen(tune_cmd(path, "--role", "chief", "--oracle", address,
                                   "--max-trials", str(budget)),
-                             cwd=ROOT, env=_env(), stdout=log, stderr=subprocess.STDOUT)
+                             cwd=ROOT, env=tune_env(), stdout=log, stderr=subprocess.STDOUT)
 
     def worker():
-        return subprocess.Popen(_cli(path, "--role", "worker", "--oracle", address,
+        return subprocess.Popen(tune_cmd(path, "--role", "worker", "--oracle", address,
                                      "--worker-id", "w0", "--max-trials", str(budget)),
-                                cwd=ROOT, env=_env(), stdout=subprocess.DEVNULL,
+                                cwd=ROOT, env=tune_env(), stdout=subprocess.DEVNULL,
                                 stderr=subprocess.DEVNULL)
 
     procs = [chief, worker()]
@@ -107,7 +85,7 @@ def test_killed_worker_restarts_and_no_completed_trial_is_lost(tmp_path):
             return (sum(t["status"] == "COMPLETED" for t in ts) >= 2
                     and any(t["status"] == "RUNNING" for t in ts))
 
-        _wait_for(mid_trial, procs, TIMEOUT, "two completed trials and a running one")
+        wait_for(mid_trial, procs, TIMEOUT, "two completed trials and a running one")
         procs[1].send_signal(signal.SIGKILL)
         procs[1].wait(timeout=30)
         before = completed()
@@ -118,7 +96,7 @@ def test_killed_worker_restarts_and_no_completed_trial_is_lost(tmp_path):
         assert chief.returncode == 0, open(tmp_path / "chief.log").read()[-3000:]
         procs[-1].wait(timeout=60)
     finally:
-        _kill_all(procs)
+        kill_all(procs)
         log.close()
     trials = _trials(project)
     ids = [t["trial_id"] for t in trials]
@@ -141,23 +119,6 @@ def test_bad_oracle_address_is_a_clear_error(tmp_path, address, capsys):
     assert "HOST:PORT" in capsys.readouterr().err
 
 
-def _children(pid):
-    """Pids of the direct children of ``pid`` (Linux /proc)."""
-    out = []
-    for task in glob.glob(f"/proc/{pid}/task/*/children"):
-        with open(task) as f:
-            out += [int(x) for x in f.read().split()]
-    return out
-
-
-def _cmdline(pid):
-    try:
-        with open(f"/proc/{pid}/cmdline", "rb") as f:
-            return f.read().replace(b"\0", b" ").decode()
-    except OSError:
-        return ""
-
-
 @pytest.mark.slow
 @pytest.mark.skipif(not os.path.isdir("/proc/self/task"), reason="needs Linux /proc")
 def test_launcher_restarts_a_killed_worker(tmp_path):
@@ -165,17 +126,17 @@ def test_launcher_restarts_a_killed_worker(tmp_path):
     path = write_tiny_spec(tmp_path, output={"export": False}, base={"train": {"epochs": 2}})
     project = str(tmp_path / "runs" / "tiny_digits")
     out = open(tmp_path / "launcher.log", "w")
-    proc = subprocess.Popen(_cli(path, "--workers", "1", "--max-trials", str(budget)), cwd=ROOT,
-                            env=_env(), stdout=out, stderr=subprocess.STDOUT)
+    proc = subprocess.Popen(tune_cmd(path, "--workers", "1", "--max-trials", str(budget)), cwd=ROOT,
+                            env=tune_env(), stdout=out, stderr=subprocess.STDOUT)
     try:
-        _wait_for(lambda: mid_trial(project), [proc], TIMEOUT,
+        wait_for(lambda: mid_trial(project), [proc], TIMEOUT,
                   "a completed trial and a running one")
-        workers = [p for p in _children(proc.pid) if "--role worker" in _cmdline(p)]
+        workers = [p for p in children(proc.pid) if "--role worker" in cmdline(p)]
         assert len(workers) == 1
         os.kill(workers[0], signal.SIGKILL)
         proc.wait(timeout=TIMEOUT)
     finally:
-        _kill_all([proc])
+        kill_all([proc])
         out.close()
     text = open(tmp_path / "launcher.log").read()
     assert proc.returncode == 0, text[-3000:]
@@ -192,18 +153,18 @@ def test_interrupted_study_resumes_under_workers(tmp_path):
     budget = 4
     path = write_tiny_spec(tmp_path, output={"export": False}, base={"train": {"epochs": 2}})
     project = str(tmp_path / "runs" / "tiny_digits")
-    proc = subprocess.Popen(_cli(path, "--max-trials", str(budget)), cwd=ROOT, env=_env(),
+    proc = subprocess.Popen(tune_cmd(path, "--max-trials", str(budget)), cwd=ROOT, env=tune_env(),
                             stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
     try:
-        _wait_for(lambda: mid_trial(project), [proc], TIMEOUT,
+        wait_for(lambda: mid_trial(project), [proc], TIMEOUT,
                   "a completed trial and a running one")
         proc.send_signal(signal.SIGKILL)
         proc.wait(timeout=30)
     finally:
-        _kill_all([proc])
+        kill_all([proc])
     before = {t["trial_id"]: t["score"] for t in _trials(project) if t["status"] == "COMPLETED"}
-    again = subprocess.run(_cli(path, "--max-trials", str(budget), "--workers", "1"), cwd=ROOT,
-                           env=_env(), capture_output=True, text=True, timeout=TIMEOUT)
+    again = subprocess.run(tune_cmd(path, "--max-trials", str(budget), "--workers", "1"), cwd=ROOT,
+                           env=tune_env(), capture_output=True, text=True, timeout=TIMEOUT)
     assert again.returncode == 0, again.stdout[-3000:] + again.stderr[-3000:]
     assert f"{len(before)}/{budget} trials done" in again.stdout
     trials = _trials(project)
