@@ -878,7 +878,8 @@ def _plots(out_dir, results, summary, analysis):
 _SECTION = re.compile(r"^<!-- @section (\w+) -->$", re.MULTILINE)
 SECTIONS = ("report", "arm_row", "grid_row", "verdict_holds", "verdict_fails",
             "verdict_no_sphere", "search_faster", "search_slower", "search_same",
-            "eta_lambda_reaches", "eta_lambda_misses", "diverged_note", "quick_note")
+            "eta_lambda_reaches", "eta_lambda_misses", "diverged_note", "quick_note",
+            "duplicate_note", "duplicate_part")
 
 
 def load_template(path=TEMPLATE) -> dict[str, string.Template]:
@@ -982,7 +983,25 @@ def render_report(results, summary, analysis, out_dir, template=None) -> str:
         target2=f"{analysis['targets']['pooled_std']:.4f}", searches=results.get("searches", 500),
         verdict=verdict,
         diverged_note=" " + t["diverged_note"].substitute(n=diverged) if diverged else "",
+        duplicate_note=_duplicates(t, summary),
         data_dir=base, **{f"fig_{k}": f"{base}/{k}.png" for k in FIGURES}) + "\n"
+
+
+def _duplicates(t, summary) -> str:
+    """Points of arm (d) that are also points of arm (a) (same η and λ): both were trained
+    (nothing is reused); the sentence compares their results."""
+    parts = []
+    for d in summary.get("eta_lambda", []):
+        for a in summary.get("decoupled", []):
+            if math.isclose(d["eta"], a["eta"], rel_tol=1e-9) and math.isclose(
+                    d["lambda"], a["lambda"], rel_tol=1e-9):
+                parts.append(t["duplicate_part"].substitute(
+                    eta=f"{a['eta']:.3g}", lam=f"{a['lambda']:.3g}",
+                    scores_a=", ".join(f"{v:.4f}" for v in a["scores"]),
+                    scores_d=", ".join(f"{v:.4f}" for v in d["scores"])))
+    if not parts:
+        return ""
+    return " " + t["duplicate_note"].substitute(parts="; ".join(parts))
 
 
 def _theta_ratios(summary):

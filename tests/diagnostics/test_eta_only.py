@@ -351,3 +351,21 @@ def test_quick_study_end_to_end(tmp_path):
     # re-rendering from results.json gives the same report
     again = copy.deepcopy(text)
     assert open(study.render(str(out))).read() == again
+
+
+def test_duplicate_points_are_reported_not_reused():
+    """The full grids share one configuration between (a) and (d): η = 0.1, λ = 0.12 (ηλ =
+    0.012); both are trained and the report shows both results."""
+    g = study.arm_grids(study.make_settings())
+    shared = [(d["eta"], d["lambda"]) for d in g["eta_lambda"] for a in g["decoupled"]
+              if math.isclose(d["eta"], a["eta"]) and math.isclose(d["lambda"], a["lambda"])]
+    assert shared == [(0.1, pytest.approx(0.12))]
+    point = {"eta": 0.1, "lambda": 0.12, "scores": [0.9, 0.91]}
+    other = {"eta": 0.1, "lambda": 0.24, "scores": [0.8, 0.8]}
+    text = study._duplicates(study.load_template(), {"decoupled": [point, other],
+                                                     "eta_lambda": [dict(point, scores=[0.9,
+                                                                                        0.92])]})
+    assert "Nothing is reused" in text
+    assert "η = 0.1, λ = 0.12, scores per seed (a) 0.9000, 0.9100, (d) 0.9000, 0.9200" in text
+    assert study._duplicates(study.load_template(), {"decoupled": [other],
+                                                     "eta_lambda": [point]}) == ""
