@@ -67,17 +67,20 @@ whether the claim (one hyperparameter suffices) holds.
 from __future__ import annotations
 
 import argparse
+import ast
 import concurrent.futures
 import contextlib
 import csv
 import dataclasses
 import datetime
+import functools
 import json
 import math
 import multiprocessing
 import os
 import platform
 import re
+import shlex
 import string
 import sys
 import time
@@ -87,26 +90,33 @@ import numpy as np
 
 from keras_normreg import config as nr_config
 from keras_normreg import data as nr_data
+from keras_normreg import selectors, zoo
 from keras_normreg import train as nr_train
+from keras_normreg._invariance import find_scale_invariant
 from keras_normreg._utils import check_number, environ, received
 from keras_normreg.data import splits as nr_splits
 from keras_normreg.diagnostics.monitor import NormMonitor, equilibrium_angular_update
 from keras_normreg.tuning import space as nr_space
 
-__all__ = ["ARMS", "MEASURED_TIMING", "Settings", "arm_grids", "calibrate", "cli", "equilibrium_theta",
+__all__ = ["ALL_ARMS", "ARMS", "MEASURED_TIMING", "REFERENCE", "Settings", "arm_grids", "calibrate", "cli", "equilibrium_theta",
            "estimate_seconds", "eta_lambda_floor", "fit_rate", "geometric_quantile",
            "load_template", "log_grid", "main", "make_settings", "render", "render_report",
            "run_study", "search_trials", "sphere_eta_grid", "summarize"]
 
 #: The arms, in report order: (a) decoupled 2-D, (b) coupled 2-D, (c) sphere η, (d) ηλ at fixed η.
 ARMS = ("decoupled", "coupled", "sphere", "eta_lambda")
-LETTERS = {"decoupled": "a", "coupled": "b", "sphere": "c", "eta_lambda": "d"}
+#: The reference outside the comparison: (e) no decay at all, η grid (off equilibrium: the
+#: norms grow and the rotation slows down by itself). It does not set the target.
+REFERENCE = "none"
+ALL_ARMS = (*ARMS, REFERENCE)
+LETTERS = {"decoupled": "a", "coupled": "b", "sphere": "c", "eta_lambda": "d", "none": "e"}
 TITLES = {"decoupled": "(η, λ) grid, decoupled decay (sgdw)",
           "coupled": "(η, λ) grid, coupled L2 (SGD + L2(λ/2) on the kernels)",
           "sphere": "η grid, BN'd kernels on the unit sphere, λ = 0 (sgdw sphere mode)",
-          "eta_lambda": "ηλ grid at a fixed η, decoupled decay (sgdw)"}
+          "eta_lambda": "ηλ grid at a fixed η, decoupled decay (sgdw)",
+          "none": "reference: η grid, no decay anywhere (SGD)"}
 DECAY_MODE = {"decoupled": "decoupled", "coupled": "l2", "sphere": "unit_norm",
-              "eta_lambda": "decoupled"}
+              "eta_lambda": "decoupled", "none": "none"}
 
 #: Seconds per epoch and per-run overhead of one run (cnn1d, MNIST-1D ``train[:3000]``, batch
 #: 30, TensorFlow, one thread per worker, two workers side by side, ``steps_per_execution=10``,
@@ -116,6 +126,7 @@ DECAY_MODE = {"decoupled": "decoupled", "coupled": "l2", "sphere": "unit_norm",
 MEASURED_TIMING = {"s_per_epoch": 0.45, "overhead_s": 6.0,
                    "measured": "2026-11-30, 2-core CPU, 2 workers x 1 TF thread"}
 
+DECAY_SCOPES = ("scale_invariant", "all")
 DEFAULT_OUT = os.path.join("docs", "study_eta_only")
 _HERE = os.path.dirname(os.path.abspath(__file__))
 TEMPLATE = os.path.join(_HERE, "templates", "eta_only.md")
@@ -146,12 +157,19 @@ class Settings:
     eta_lambda_points: int = 7
     sphere_points: int = 7
     pilot_etas: tuple = (0.03, 0.3)
-    pilot_epochs: int = 3
+    # None: as long as the grid runs, so that the pilot measures Δθ/η at the stage of training
+    # where the grid runs are measured (the last epoch)
+    pilot_epochs: int | None = None
+    reference: bool = True
     train_split: str = "train[:3000]"
     validation_split: str = "train[3000:]"
     dataset: str = "mnist1d"
     arch: str = "cnn1d"
     norm: str = "batch"
+    # which kernels λ acts on in arms (a), (b), (d): "scale_invariant" (the BN'd conv kernels
+    # only; every arm leaves the classifier undecayed, as the sphere arm does) or "all" (every
+    # kernel, the tuning space's own decay modes: λ then also regularizes the classifier)
+    decay_scope: str = "scale_invariant"
     workers: int = 2
     backend: str = "tensorflow"
     quick: bool = False
@@ -179,6 +197,13 @@ def make_settings(*, quick=False, **overrides) -> Settings:
                 "lambda_points": 2, "lambda_factor": 4.0, "eta_lambda_points": 2,
                 "sphere_points": 2, "pilot_epochs": 1, "quick": True}
     base.update({k: v for k, v in overrides.items() if v is not None})
+    unknown = sorted(set(base) - {f.name for f in dataclasses.fields(Settings)})
+    if unknown:
+        raise ValueError(f"Unknown study setting(s) {unknown}; valid: "
+                         f"{[f.name for f in dataclasses.fields(Settings)]}. "
+                         f"Received: overrides={ {k: base[k] for k in unknown} !r}")
+    if base.get("pilot_epochs") is None:
+        base["pilot_epochs"] = base.get("epochs", Settings.epochs)
     s = Settings(**base)
     check_number("epochs", s.epochs, low=1, integer=True)
     check_number("batch_size", s.batch_size, low=1, integer=True)
@@ -187,6 +212,9 @@ def make_settings(*, quick=False, **overrides) -> Settings:
     check_number("score_epochs", s.score_epochs, low=1, high=s.epochs, integer=True)
     check_number("workers", s.workers, low=1, integer=True)
     check_number("pilot_epochs", s.pilot_epochs, low=1, integer=True)
+    if not isinstance(s.reference, bool):
+        raise ValueError(f"Argument `reference` must be True or False. "
+                         f"{received('reference', s.reference)}")
     check_number("n_tau", s.n_tau, low=0, low_inclusive=False)
     check_number("lambda_factor", s.lambda_factor, low=1, low_inclusive=False)
     for name in ("lambda_points", "eta_lambda_points", "sphere_points"):
@@ -201,6 +229,9 @@ def make_settings(*, quick=False, **overrides) -> Settings:
                                  and math.isfinite(v) and v > 0 for v in values):
             raise ValueError(f"Argument `{name}` must be a non-empty tuple of numbers > 0. "
                              f"{received(name, values)}")
+    if s.decay_scope not in DECAY_SCOPES:
+        raise ValueError(f"Argument `decay_scope` must be one of {list(DECAY_SCOPES)}. "
+                         f"{received('decay_scope', s.decay_scope)}")
     if s.backend not in ("tensorflow", "jax", "torch"):
         raise ValueError(f"Argument `backend` must be 'tensorflow', 'jax' or 'torch'. "
                          f"{received('backend', s.backend)}")
@@ -231,9 +262,10 @@ def equilibrium_theta(arm, eta, lam, momentum) -> float:
     """The predicted equilibrium angular update per step (rad) of a BN'd kernel for an arm's
     point: decoupled arms ``sqrt(2ηλ(1−α)/(1+α))``, coupled ``sqrt(2ηλ/(1+α))`` (λ the
     PyTorch-style coefficient, penalty (λ/2)·Σw²); NaN for the sphere arm (no λ)."""
-    if arm not in ARMS:
-        raise ValueError(f"Argument `arm` must be one of {list(ARMS)}. {received('arm', arm)}")
-    if arm == "sphere" or not lam:
+    if arm not in ALL_ARMS:
+        raise ValueError(f"Argument `arm` must be one of {list(ALL_ARMS)}. "
+                         f"{received('arm', arm)}")
+    if arm in ("sphere", REFERENCE) or not lam:
         return float("nan")
     if arm == "coupled":
         return equilibrium_angular_update("sgd", learning_rate=eta, l2=lam / 2.0,
@@ -299,6 +331,8 @@ def arm_grids(settings: Settings, rate=None) -> dict:
         for p, t in zip(grids["sphere"], log_grid(theta_min, theta_max, s.sphere_points),
                         strict=True):
             p["theta_target"] = t
+    if s.reference:
+        grids[REFERENCE] = [point(REFERENCE, e, None) for e in etas]
     grids["_facts"] = {"eta_lambda_min": floor, "lambda_grid": lams,
                        "theta_min": theta_min, "theta_max": theta_max,
                        "total_steps": s.total_steps(), "steps_per_epoch": s.steps_per_epoch(),
@@ -371,7 +405,7 @@ def search_trials(scores_by_point, target, *, budget, searches=500, seed=0, repl
 
 
 # ------------------------------------------------------------------------------ summary
-def summarize(runs, arms=ARMS) -> dict:
+def summarize(runs, arms=ALL_ARMS) -> dict:
     """Per arm, its grid points with their scores over seeds: ``{arm: [point, ...]}`` with
     ``point = {"eta", "lambda", "eta_lambda", "theta_pred", "theta_measured", "scores",
     "mean", "std", "diverged"}`` (std over seeds, ddof=1; 0 for one seed), in grid order."""
@@ -403,9 +437,10 @@ def summarize(runs, arms=ARMS) -> dict:
 
 def analyse(summary, *, searches=500, seed=0) -> dict:
     """The per-arm verdict numbers: best point, trials used, and the search statistic against
-    the target ``best of all arms − its seed std`` (also against the pooled seed std)."""
+    the target ``best of the four arms − its seed std`` (also against the pooled seed std);
+    the reference arm gets the same numbers against the same target, and sets nothing."""
     arms = [a for a in ARMS if summary.get(a)]
-    best = {a: max(summary[a], key=lambda p: p["mean"]) for a in arms}
+    best = {a: max(summary[a], key=lambda p: p["mean"]) for a in ALL_ARMS if summary.get(a)}
     overall_arm = max(arms, key=lambda a: best[a]["mean"])
     top = best[overall_arm]
     variances = [p["std"] ** 2 for a in arms for p in summary[a] if len(p["scores"]) > 1]
@@ -413,11 +448,11 @@ def analyse(summary, *, searches=500, seed=0) -> dict:
     targets = {"best_std": top["mean"] - top["std"], "pooled_std": top["mean"] - pooled}
     out = {"overall_arm": overall_arm, "best_mean": top["mean"], "best_std": top["std"],
            "pooled_std": pooled, "targets": targets, "arms": {}}
-    for i, a in enumerate(arms):
+    for a in (a for a in ALL_ARMS if summary.get(a)):
         pts = summary[a]
         budget = sum(len(p["scores"]) for p in pts)
         stats = {name: search_trials([p["scores"] for p in pts], t, budget=budget,
-                                     searches=searches, seed=seed + 7919 * i)
+                                     searches=searches, seed=seed + 7919 * ALL_ARMS.index(a))
                  for name, t in targets.items()}
         for v in stats.values():
             v.pop("trials")
@@ -449,7 +484,25 @@ def _recipe(settings: Settings, arm, point, seed, epochs, name="eta_only"):
     space = nr_space.resolve_space(raw_space)
     trial = {"norm": s.norm, "decay": decay, "learning_rate": point["eta"],
              "lambda": point["lambda"] if nr_space.DECAY_MODES[decay][0] else None}
-    return nr_space.trial_recipe(base, trial, space, name)
+    cfg = nr_space.trial_recipe(base, trial, space, name)
+    if s.decay_scope == "scale_invariant" and decay in ("decoupled", "l2"):
+        invariant, others = kernel_paths(s.arch, s.norm)
+        if decay == "decoupled":  # the other kernels join the exclusion rules
+            cfg["optimizer"]["exclude"] = [*cfg["optimizer"]["exclude"],
+                                           *(selectors.exact_path(p) for p in others)]
+        else:  # the penalty on the scale-invariant kernels only
+            cfg["regularization"]["targets"] = [selectors.exact_path(p) for p in invariant]
+        cfg = nr_config.resolve(nr_config.drop_none(cfg))
+    return cfg
+
+
+@functools.lru_cache(maxsize=8)
+def kernel_paths(arch, norm):
+    """``(scale-invariant kernels, other kernels)`` of the zoo model: variable paths."""
+    model = zoo.create(arch, norm=norm)
+    found = {p for p, v in find_scale_invariant(model).items() if v.invariant}
+    kernels = [v.path for v in model.trainable_variables if v.path.endswith("/kernel")]
+    return (tuple(p for p in kernels if p in found), tuple(p for p in kernels if p not in found))
 
 
 class _ValScore(keras.callbacks.Callback):
@@ -506,35 +559,29 @@ def train_one(task) -> dict:
     keras.backend.clear_session()
     cfg = _recipe(s, arm, gp, seed, epochs)
     data = nr_train.prepare_data(cfg)
-    xv, yv = nr_data.arrays(s.dataset, s.validation_split)
+    xv, yv = _validation_arrays(s.dataset, s.validation_split)
     keras.utils.set_random_seed(seed)
     model = nr_train.build_model(cfg)
-    spe = s.steps_per_execution if not task.get("pilot") else 1
-    _compile(model, cfg, data.steps, spe)
+    _compile(model, cfg, data.steps, s.steps_per_execution)
+    treated = _treatment(model)
     score_epochs = range(epochs - s.score_epochs, epochs)
     val = _ValScore(xv, yv, score_epochs)
     nan = keras.callbacks.TerminateOnNaN()
     monitor = NormMonitor(every_n_steps=1, layers="scale_invariant", per_unit=True, warn=False)
-    diverged = False
-    if task.get("pilot"):
-        hist = model.fit(data.train, epochs=epochs, steps_per_epoch=data.steps,
-                         callbacks=[val, nan, monitor], shuffle=False, verbose=0)
-        losses = hist.history["loss"]
-    else:
-        losses = []
-        if epochs > 1:
-            hist = model.fit(data.train, epochs=epochs - 1, steps_per_epoch=data.steps,
-                             callbacks=[val, nan], shuffle=False, verbose=0)
-            losses += hist.history["loss"]
-        if not _bad(losses):
-            # the last epoch one step per call, monitored: same optimizer (state kept), the
-            # data stream from that epoch on
-            last = nr_train.prepare_data(cfg, start_epoch=epochs - 1)
-            _compile(model, cfg, data.steps, 1, optimizer=model.optimizer)
-            hist = model.fit(last.train, initial_epoch=epochs - 1, epochs=epochs,
-                             steps_per_epoch=data.steps, callbacks=[val, nan, monitor],
-                             shuffle=False, verbose=0)
-            losses += hist.history["loss"]
+    losses = []
+    if epochs > 1:
+        hist = model.fit(data.train, epochs=epochs - 1, steps_per_epoch=data.steps,
+                         callbacks=[val, nan], shuffle=False, verbose=0)
+        losses += hist.history["loss"]
+    if not _bad(losses):
+        # the last epoch one step per call, monitored: same optimizer (its state kept), the
+        # data stream from that epoch on
+        last = nr_train.prepare_data(cfg, start_epoch=epochs - 1)
+        _compile(model, cfg, data.steps, 1, optimizer=model.optimizer)
+        hist = model.fit(last.train, initial_epoch=epochs - 1, epochs=epochs,
+                         steps_per_epoch=data.steps, callbacks=[val, nan, monitor],
+                         shuffle=False, verbose=0)
+        losses += hist.history["loss"]
     diverged = _bad(losses)
     if diverged or not val.values:
         acc, vloss = val.measure()
@@ -554,9 +601,31 @@ def train_one(task) -> dict:
            "theta_pred_monitor": means.get("predicted_angular_update", float("nan")),
            "unit_norm": means.get("unit_norm", float("nan")),
            "unit_effective_lr": means.get("unit_effective_lr", float("nan")),
-           "seconds": round(time.perf_counter() - t0, 2)}
+           "treatment": treated, "seconds": round(time.perf_counter() - t0, 2)}
     keras.backend.clear_session()
     return rec
+
+
+def _treatment(model) -> dict:
+    """What λ acts on: ``{"decay": [...], "sphere": [...], "penalty": [...]}`` (variable
+    paths decayed by the decoupled optimizer, kept on the sphere, or carrying a
+    regularizer)."""
+    out = {"decay": [], "sphere": [], "penalty": []}
+    plan = getattr(model.optimizer, "decay_plan", None)
+    if plan is not None:
+        decays = float(getattr(model.optimizer, "weight_decay", 0.0) or 0.0) > 0
+        for path, kind in plan(model.trainable_variables).items():
+            if kind == "sphere" or (kind == "decay" and decays):
+                out[kind].append(path)
+    out["penalty"] = [v.path for v in model.trainable_variables
+                      if getattr(v, "regularizer", None) is not None]
+    return out
+
+
+@functools.lru_cache(maxsize=4)
+def _validation_arrays(dataset, split):
+    """The held-out examples, read once per worker process."""
+    return nr_data.arrays(dataset, split)
 
 
 def _bad(losses):
@@ -569,7 +638,7 @@ def estimate_seconds(n_runs, epochs, *, workers, s_per_epoch=None, overhead_s=No
     """Wall time estimate: ``(n_runs × (epochs × s/epoch + overhead) + extra) / workers``."""
     spe = MEASURED_TIMING["s_per_epoch"] if s_per_epoch is None else s_per_epoch
     ovh = MEASURED_TIMING["overhead_s"] if overhead_s is None else overhead_s
-    work = n_runs * (epochs * spe + ovh) + extra_runs * (extra_epochs * 2 * spe + ovh)
+    work = n_runs * (epochs * spe + ovh) + extra_runs * (extra_epochs * spe + ovh)
     return work / workers
 
 
@@ -582,8 +651,10 @@ def _plan_lines(settings, grids) -> list[str]:
              f"constant η; seeds {list(s.seeds)}; backend {s.backend}, {s.workers} worker(s)",
              f"equilibrium: ηλ >= {f['eta_lambda_min']:.3g} (= {s.n_tau:g}/(2·{f['total_steps']}"
              f")); Δθ range {f['theta_min']:.3g}..{f['theta_max']:.3g} rad/step"]
-    for arm in ARMS:
+    for arm in ALL_ARMS:
         pts = grids.get(arm)
+        if arm == REFERENCE and pts is None:
+            continue
         if pts is None:
             lines.append(f"({LETTERS[arm]}) {arm}: {s.sphere_points} η points after the "
                          f"pilot (η = {list(s.pilot_etas)}, {s.pilot_epochs} epochs)")
@@ -600,9 +671,11 @@ def _short(values):
 
 
 def _n_runs(settings):
+    """Training runs of the grids (the pilots not counted)."""
     s = settings
     n_2d = len(s.eta_grid) * s.lambda_points
-    return (2 * n_2d + s.eta_lambda_points + s.sphere_points) * len(s.seeds)
+    n_ref = len(s.eta_grid) if s.reference else 0
+    return (2 * n_2d + s.eta_lambda_points + s.sphere_points + n_ref) * len(s.seeds)
 
 
 def run_study(settings: Settings | None = None, out_dir=DEFAULT_OUT, *, command=None,
@@ -663,11 +736,17 @@ def run_study(settings: Settings | None = None, out_dir=DEFAULT_OUT, *, command=
             "epochs": s.pilot_epochs, "pilot": True,
             "grid_point": {"eta": float(e), "lambda": None, "eta_lambda": None,
                            "theta_pred": float("nan")}}) for i, e in enumerate(s.pilot_etas)]
-        futures = [pool.submit(train_one, t) for arm in ("decoupled", "eta_lambda", "coupled")
-                   for t in tasks_for(arm, grids[arm])]
+        futures = [pool.submit(train_one, t)
+                   for arm in ("decoupled", "eta_lambda", "coupled", REFERENCE)
+                   if arm in grids for t in tasks_for(arm, grids[arm])]
         pilot_recs = [collect(f) for f in pilots]
-        rate = fit_rate([r["eta"] for r in pilot_recs],
-                        [r["theta_measured"] for r in pilot_recs])
+        usable = [r for r in pilot_recs if not r["diverged"] and math.isfinite(
+            r["theta_measured"]) and r["theta_measured"] > 0]
+        if not usable:
+            raise RuntimeError(f"Every sphere pilot run diverged or did not turn (η = "
+                               f"{list(s.pilot_etas)}): choose smaller pilot_etas. Received: "
+                               f"pilot_etas={s.pilot_etas!r}")
+        rate = fit_rate([r["eta"] for r in usable], [r["theta_measured"] for r in usable])
         grids = arm_grids(s, rate)
         say(f"pilot: Δθ/η = {[round(r['theta_measured'] / r['eta'], 4) for r in pilot_recs]} "
             f"at η = {[r['eta'] for r in pilot_recs]} -> Δθ = {rate['c']:.4g}·η^{rate['p']:.3g}"
@@ -678,10 +757,10 @@ def run_study(settings: Settings | None = None, out_dir=DEFAULT_OUT, *, command=
     results = {
         "command": command, "date": date, "total_seconds": round(time.perf_counter() - t_start, 1),
         "estimate_seconds": round(est, 1), "settings": sdict,
-        "grids": {a: grids[a] for a in ARMS}, "facts": grids["_facts"], "pilot": {
-            "runs": pilot_recs, "rate": rate}, "runs": sorted(
+        "grids": {a: grids[a] for a in ALL_ARMS if a in grids}, "facts": grids["_facts"],
+        "pilot": {"runs": pilot_recs, "rate": rate}, "runs": sorted(
             (r for r in runs if not r["pilot"]),
-            key=lambda r: (ARMS.index(r["arm"]), r["point"], r["seed"])),
+            key=lambda r: (ALL_ARMS.index(r["arm"]), r["point"], r["seed"])),
         "versions": _versions(s), "searches": searches,
         "timing": dict(MEASURED_TIMING)}
     with open(os.path.join(out_dir, "results.json"), "w") as f:
@@ -778,7 +857,7 @@ def _write_table(path, summary):
         w = csv.writer(f)
         w.writerow(["arm", "eta", "lambda", "eta_lambda", "theta_pred", "theta_measured",
                      "unit_norm", "mean", "std", "diverged", "scores"])
-        for arm in ARMS:
+        for arm in ALL_ARMS:
             for p in summary.get(arm, []):
                 w.writerow([arm, _g(p["eta"]), _g(p["lambda"]), _g(p["eta_lambda"]),
                             _g(p["theta_pred"]), _g(p["theta_measured"]), _g(p["unit_norm"]),
@@ -831,14 +910,14 @@ def _plots(out_dir, results, summary, analysis):
 
     # every arm: mean score against the measured angular update of the last epoch
     fig, (ax,) = _figure(1, 1, size=(6.6, 4.4))
-    markers = {"decoupled": "o", "coupled": "s", "sphere": "D", "eta_lambda": "^"}
-    for i, arm in enumerate(ARMS):
+    markers = {"decoupled": "o", "coupled": "s", "sphere": "D", "eta_lambda": "^", "none": "x"}
+    for i, arm in enumerate(ALL_ARMS):
         pts = [p for p in summary.get(arm, []) if math.isfinite(p["theta_measured"])]
         if not pts:
             continue
         ax.errorbar([p["theta_measured"] for p in pts], [p["mean"] for p in pts],
                     yerr=[p["std"] for p in pts], fmt=markers[arm], color=f"C{i}",
-                    linestyle="-" if arm in ("sphere", "eta_lambda") else "none",
+                    linestyle="-" if arm in ("sphere", "eta_lambda", REFERENCE) else "none",
                     markersize=5, capsize=2, label=f"({LETTERS[arm]}) {arm}")
     target = analysis["targets"]["best_std"]
     ax.axhline(target, color="k", linestyle=":", linewidth=1,
@@ -853,14 +932,13 @@ def _plots(out_dir, results, summary, analysis):
 
     # the search statistic: CDF of the trials to target per arm
     fig, (ax,) = _figure(1, 1, size=(6.2, 4.0))
-    for i, arm in enumerate(ARMS):
+    for i, arm in enumerate(ALL_ARMS):
         pts = summary.get(arm)
         if not pts:
             continue
         budget = sum(len(p["scores"]) for p in pts)
         st = search_trials([p["scores"] for p in pts], target, budget=budget,
-                           searches=results.get("searches", 500),
-                           seed=7919 * [a for a in ARMS if summary.get(a)].index(arm))
+                           searches=results.get("searches", 500), seed=7919 * i)
         ks = np.arange(1, budget + 1)
         hits = np.array([t for t in st["trials"] if t is not None])
         cdf = [(hits <= k).sum() / len(st["trials"]) for k in ks]
@@ -879,7 +957,8 @@ _SECTION = re.compile(r"^<!-- @section (\w+) -->$", re.MULTILINE)
 SECTIONS = ("report", "arm_row", "grid_row", "verdict_holds", "verdict_fails",
             "verdict_no_sphere", "search_faster", "search_slower", "search_same",
             "eta_lambda_reaches", "eta_lambda_misses", "diverged_note", "quick_note",
-            "duplicate_note", "duplicate_part")
+            "duplicate_note", "duplicate_part", "reference_better", "reference_within",
+            "reference_arm", "scope_note_invariant", "scope_note_all")
 
 
 def load_template(path=TEMPLATE) -> dict[str, string.Template]:
@@ -902,7 +981,7 @@ def _trials(v, budget):
 
 
 def _point_label(arm, p):
-    if arm == "sphere":
+    if arm in ("sphere", REFERENCE):
         return f"η = {p['eta']:.3g}"
     if arm == "eta_lambda":
         return f"ηλ = {p['eta_lambda']:.3g} (η = {p['eta']:.3g}, λ = {p['lambda']:.3g})"
@@ -915,7 +994,7 @@ def render_report(results, summary, analysis, out_dir, template=None) -> str:
     s = results["settings"]
     facts = results["facts"]
     base = os.path.basename(os.fspath(out_dir).rstrip("/\\"))
-    arms = [a for a in ARMS if summary.get(a)]
+    arms = [a for a in ALL_ARMS if summary.get(a)]
     target = analysis["targets"]["best_std"]
     rows = []
     for a in arms:
@@ -939,6 +1018,17 @@ def render_report(results, summary, analysis, out_dir, template=None) -> str:
                 scores=", ".join(f"{v:.3f}" for v in p["scores"])))
     verdict = _verdict(t, analysis)
     diverged = sum(p["diverged"] for a in arms for p in summary[a])
+    reference = ""
+    if REFERENCE in analysis["arms"]:
+        ref = analysis["arms"][REFERENCE]["best"]
+        facts_ref = {"mean": f"{ref['mean']:.4f}", "std": f"{ref['std']:.4f}",
+                     "eta": f"{ref['eta']:.3g}", "theta": _fmt(ref["theta_measured"]),
+                     "best_mean": f"{analysis['best_mean']:.4f}",
+                     "theta_min": f"{facts['theta_min']:.3g}", "total_steps":
+                         facts["total_steps"], "target": f"{target:.4f}"}
+        key = "reference_better" if ref["mean"] - ref["std"] > analysis["best_mean"] else (
+            "reference_within")
+        reference = "\n\n" + t[key].substitute(**facts_ref)
     pilot = results["pilot"]
     rate = pilot["rate"]
     sphere_grid = results["grids"].get("sphere") or []
@@ -981,7 +1071,11 @@ def render_report(results, summary, analysis, out_dir, template=None) -> str:
         best_mean=f"{analysis['best_mean']:.4f}", best_std=f"{analysis['best_std']:.4f}",
         target=f"{target:.4f}", pooled_std=f"{analysis['pooled_std']:.4f}",
         target2=f"{analysis['targets']['pooled_std']:.4f}", searches=results.get("searches", 500),
-        verdict=verdict,
+        verdict=verdict, reference_note=reference,
+        reference_arm=t["reference_arm"].substitute(eta_grid=_short(s["eta_grid"]))
+        if REFERENCE in summary and summary[REFERENCE] else "",
+        scope_note="\n" + t["scope_note_" + ("invariant" if s.get("decay_scope", "all") ==
+                                             "scale_invariant" else "all")].substitute(),
         diverged_note=" " + t["diverged_note"].substitute(n=diverged) if diverged else "",
         duplicate_note=_duplicates(t, summary),
         data_dir=base, **{f"fig_{k}": f"{base}/{k}.png" for k in FIGURES}) + "\n"
@@ -1069,11 +1163,13 @@ def _verdict(t, analysis) -> str:
 
 # ------------------------------------------------------------------------------ command line
 def cli(*, epochs=None, out=DEFAULT_OUT, which="eta-only", quick=False, workers=None,
-        dry_run=False, render_only=False, calibrate_only=False, command=None) -> int:
+        dry_run=False, render_only=False, calibrate_only=False, settings=None,
+        command=None) -> int:
     """The study's command (``keras-normreg study eta-only`` and ``python -m
-    experiments.eta_only`` call it); returns the exit code (2: bad arguments)."""
+    experiments.eta_only`` call it); returns the exit code (2: bad arguments). ``settings``:
+    more :class:`Settings` fields (``--set name=value``)."""
     try:
-        s = make_settings(quick=quick, epochs=epochs, workers=workers)
+        s = make_settings(quick=quick, epochs=epochs, workers=workers, **(settings or {}))
     except ValueError as e:
         print(f"{which}: error: {e}", file=sys.stderr)
         return 2
@@ -1124,9 +1220,22 @@ def main(argv=None) -> int:
     p.add_argument("--dry-run", action="store_true", help="print the plan and the estimate")
     p.add_argument("--calibrate", action="store_true",
                    help="time one full-length run per arm on the workers and extrapolate")
+    p.add_argument("--set", action="append", default=[], metavar="NAME=VALUE",
+                   help="any other study setting (a field of experiments.eta_only.Settings), "
+                        "e.g. --set n_tau=2 --set 'eta_grid=(0.05, 0.1, 0.2)' --set "
+                        "decay_scope=all --set reference=False")
     p.add_argument("--render", action="store_true",
                    help="only re-render the report and figures from <out>/results.json")
     args = p.parse_args(argv)
+    extra = {}
+    for item in args.set:
+        name, sep, value = item.partition("=")
+        if not sep or not name.strip():
+            p.error(f"--set needs NAME=VALUE. Received: {item!r}")
+        try:
+            extra[name.strip()] = ast.literal_eval(value.strip())
+        except (ValueError, SyntaxError):
+            extra[name.strip()] = value.strip()
     parts = ["python -m experiments.eta_only"]
     if args.quick:
         parts.append("--quick")
@@ -1136,9 +1245,10 @@ def main(argv=None) -> int:
         parts.append(f"--workers {args.workers}")
     if args.out != DEFAULT_OUT:
         parts.append(f"--out {args.out}")
+    parts += [f"--set {shlex.quote(item)}" for item in args.set]
     return cli(epochs=args.epochs, out=args.out, which="eta_only", quick=args.quick,
                workers=args.workers, dry_run=args.dry_run, render_only=args.render,
-               calibrate_only=args.calibrate, command=" ".join(parts))
+               calibrate_only=args.calibrate, settings=extra, command=" ".join(parts))
 
 
 if __name__ == "__main__":

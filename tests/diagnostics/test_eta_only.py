@@ -69,6 +69,10 @@ def test_arm_grids_full_settings_hand_values():
         0.192)
     assert d[-1]["lambda"] == pytest.approx(1.92)
     assert "sphere" not in g  # needs the pilot's rate
+    # (e) the no-decay reference: (a)'s η grid, no λ
+    assert [p["eta"] for p in g["none"]] == [0.025, 0.05, 0.1, 0.2, 0.4]
+    assert all(p["lambda"] is None and math.isnan(p["theta_pred"]) for p in g["none"])
+    assert "none" not in study.arm_grids(study.make_settings(reference=False))
 
 
 def test_sphere_eta_grid_hand_values():
@@ -143,18 +147,19 @@ def test_search_trials_random_order_and_edge_cases():
 
 
 # ------------------------------------------------------------------ summary, analysis, report
-def _fake_results(sphere_best=0.93, quick=True, tmp_path=None):
+def _fake_results(sphere_best=0.93, reference_best=0.5, quick=True):
     """Results as run_study writes them, with made-up scores: the (a)/(b)/(d) scores fall
-    with the predicted angle, the sphere arm peaks at ``sphere_best``."""
+    with the predicted angle, the sphere arm peaks at ``sphere_best``, the reference at
+    ``reference_best``."""
     s = study.make_settings(quick=quick, seeds=(1, 2, 3))
     rate = {"c": 0.1, "p": 1.0}
     grids = study.arm_grids(s, rate)
     runs = []
-    for arm in study.ARMS:
+    for arm in study.ALL_ARMS:
         for i, gp in enumerate(grids[arm]):
             for k, seed in enumerate(s.seeds):
-                if arm == "sphere":
-                    base = sphere_best if i == 0 else 0.5
+                if arm in ("sphere", "none"):
+                    base = (sphere_best if arm == "sphere" else reference_best) if i == 0 else 0.5
                     theta = 0.02 * (i + 1)
                 else:
                     base = 0.95 - 2 * gp["theta_pred"] - (0.02 if arm == "coupled" else 0)
@@ -172,7 +177,7 @@ def _fake_results(sphere_best=0.93, quick=True, tmp_path=None):
              for e in s.pilot_etas]
     return {"command": "python -m experiments.eta_only --quick", "date": "2026-11-30 17:00 UTC",
             "total_seconds": 90.0, "estimate_seconds": 60.0,
-            "settings": dataclasses.asdict(s), "grids": {a: grids[a] for a in study.ARMS},
+            "settings": dataclasses.asdict(s), "grids": {a: grids[a] for a in study.ALL_ARMS},
             "facts": grids["_facts"], "pilot": {"runs": pilot, "rate": rate}, "runs": runs,
             "versions": {"python": "3.11", "keras": "3.15.1", "tensorflow": "2.21.0",
                          "numpy": "2", "backend": "tensorflow", "machine": "x86_64", "cpus": 2},
@@ -182,7 +187,7 @@ def _fake_results(sphere_best=0.93, quick=True, tmp_path=None):
 def test_summarize_and_analyse():
     res = _fake_results()
     summary = study.summarize(res["runs"])
-    assert [len(summary[a]) for a in study.ARMS] == [4, 4, 2, 2]
+    assert [len(summary[a]) for a in study.ALL_ARMS] == [4, 4, 2, 2, 2]
     p = summary["sphere"][0]
     assert p["scores"] == pytest.approx([0.93, 0.94, 0.96])
     # mean 0.94333; std (ddof=1) = sqrt((0.01333² + 0.00333² + 0.01667²)/2) = 0.0152753
@@ -199,6 +204,13 @@ def test_summarize_and_analyse():
     # the target 0.92806: all 3 scores of the best sphere point, none of the other one
     assert an["arms"]["sphere"]["search"]["best_std"]["p_hit"] == pytest.approx(3 / 6)
     assert an["arms"]["decoupled"]["search"]["best_std"]["p_hit"] == 0.0
+    # the reference gets the numbers too, and sets nothing
+    assert an["arms"]["none"]["best"]["mean"] == pytest.approx(0.5 + 0.04 / 3)
+    better = study.analyse(study.summarize(_fake_results(reference_best=0.99)["runs"]),
+                           searches=50)
+    assert better["overall_arm"] == "sphere" and better["best_mean"] == pytest.approx(0.943333,
+                                                                                     rel=1e-5)
+    assert better["arms"]["none"]["reaches_target"] is True
 
 
 def test_render_writes_report_table_and_figures(tmp_path):
@@ -211,18 +223,20 @@ def test_render_writes_report_table_and_figures(tmp_path):
     text = open(path).read()
     assert "python -m experiments.eta_only --quick" in text and "**Quick mode**" in text
     assert "**The claim holds here.**" in text and "does not hold" not in text
+    assert "(e) reference, no decay" in text and "For context, the reference" in text
+    assert "λ acts on the four BN'd conv kernels only" in text
     for link in re.findall(r"!\[[^\]]*\]\(([^)]+)\)", text):
         assert os.path.getsize(tmp_path / "docs" / link) > 1000, link
     assert {os.path.basename(p) for p in re.findall(r"\(([^)]+\.png)\)", text)} == {
         "heatmaps.png", "accuracy_vs_theta.png", "search.png"}
     # one summary row per arm, one row per grid point
-    for letter in "abcd":
+    for letter in "abcde":
         assert f"| ({letter}) " in text
-    assert len(re.findall(r"^\| \([abcd]\) \| ", text, re.MULTILINE)) == 12
+    assert len(re.findall(r"^\| \([abcde]\) \| ", text, re.MULTILINE)) == 14
     assert "$" not in text.replace("$ ", "")  # every placeholder filled
     with open(out / "table.csv") as f:
         rows = list(csv.DictReader(f))
-    assert len(rows) == 12 and rows[0]["arm"] == "decoupled"
+    assert len(rows) == 14 and rows[0]["arm"] == "decoupled" and rows[-1]["arm"] == "none"
     assert float(rows[0]["mean"]) == pytest.approx(study.summarize(res["runs"])["decoupled"][0][
         "mean"], abs=1e-4)
 
@@ -230,10 +244,14 @@ def test_render_writes_report_table_and_figures(tmp_path):
 def test_render_verdict_follows_the_numbers(tmp_path):
     out = tmp_path / "s"
     out.mkdir()
-    (out / "results.json").write_text(json.dumps(_fake_results(sphere_best=0.6)))
+    fake = _fake_results(sphere_best=0.6, reference_best=0.99)
+    fake["settings"]["decay_scope"] = "all"
+    (out / "results.json").write_text(json.dumps(fake))
     text = open(study.render(str(out))).read()
     assert "**The claim does not hold here.**" in text and "holds here.**" not in text.replace(
         "does not hold here.**", "")
+    assert "**The reference without any decay does better than all four arms**" in text
+    assert "λ acts on every kernel, the classifier's included" in text
 
 
 def test_template_and_render_errors(tmp_path):
@@ -286,8 +304,19 @@ def test_estimate_and_dry_run(capsys):
                                   overhead_s=5) == pytest.approx(1440)
     assert study.main(["--dry-run"]) == 0
     out = capsys.readouterr().out
-    assert "192 runs × 20 epochs" in out and "(a) decoupled: 25 points × 3 seeds" in out
+    assert "207 runs × 20 epochs" in out and "(a) decoupled: 25 points × 3 seeds" in out
+    assert "(e) none: 5 points × 3 seeds" in out
     assert "ηλ >= 0.00075" in out and "min" in out
+    # --set: any other setting
+    assert study.main(["--dry-run", "--set", "n_tau=2", "--set", "reference=False",
+                       "--set", "eta_grid=(0.05, 0.1)"]) == 0
+    out = capsys.readouterr().out
+    assert "ηλ >= 0.0005 (= 2/(2·2000))" in out and "(e) none" not in out
+    assert "(a) decoupled: 10 points × 3 seeds; η [0.05, 0.1]" in out
+    assert study.main(["--dry-run", "--set", "speed=3"]) == 2
+    assert "Unknown study setting(s) ['speed']" in capsys.readouterr().err
+    assert study.main(["--dry-run", "--set", "decay_scope=some"]) == 2
+    assert "Received: decay_scope='some'" in capsys.readouterr().err
 
 
 # ------------------------------------------------------------------ the command
@@ -324,8 +353,8 @@ def test_cli_study_l2_vs_bn_keeps_its_defaults(monkeypatch):
 # ------------------------------------------------------------------ the miniature, end to end
 @pytest.mark.slow
 def test_quick_study_end_to_end(tmp_path):
-    """`--quick`: 2 pilots + 12 runs of 2 epochs on 2 worker processes (~1.5-2 min on the
-    shared 2-core machine): results, table, figures and report."""
+    """`--quick`: 2 pilots (1 epoch) + 14 runs of 2 epochs on 2 worker processes (~2 min on
+    the shared 2-core machine): results, table, figures and report."""
     out = tmp_path / "docs" / "study_eta_only"
     res = study.run_study(study.make_settings(quick=True), str(out), verbose=0)
     assert res["report"] == str(out) + ".md"
@@ -333,8 +362,17 @@ def test_quick_study_end_to_end(tmp_path):
     assert saved["command"] == "python -m experiments.eta_only --quick"
     assert {"keras", "tensorflow", "python", "backend"} <= set(saved["versions"])
     assert saved["versions"]["backend"] == "tensorflow" and saved["date"].endswith("UTC")
-    assert len(saved["runs"]) == 12 and len(saved["pilot"]["runs"]) == 2
-    assert [sum(r["arm"] == a for r in saved["runs"]) for a in study.ARMS] == [4, 4, 2, 2]
+    assert len(saved["runs"]) == 14 and len(saved["pilot"]["runs"]) == 2
+    assert [sum(r["arm"] == a for r in saved["runs"]) for a in study.ALL_ARMS] == [4, 4, 2, 2, 2]
+    # λ acts on the BN'd conv kernels only; the sphere arm retracts them, decays nothing
+    convs = [f"block{i}_conv/kernel" for i in range(1, 5)]
+    for r in saved["runs"]:
+        t = r["treatment"]
+        assert t == {"decoupled": {"decay": convs, "sphere": [], "penalty": []},
+                     "eta_lambda": {"decay": convs, "sphere": [], "penalty": []},
+                     "coupled": {"decay": [], "sphere": [], "penalty": convs},
+                     "sphere": {"decay": [], "sphere": convs, "penalty": []},
+                     "none": {"decay": [], "sphere": [], "penalty": []}}[r["arm"]], r["arm"]
     for r in saved["runs"]:
         assert 0.0 <= r["score"] <= 1.0 and r["seconds"] > 0
         if not r["diverged"]:
