@@ -558,6 +558,9 @@ def train_one(task) -> dict:
     t0 = time.perf_counter()
     keras.backend.clear_session()
     cfg = _recipe(s, arm, gp, seed, epochs)
+    # TensorFlow combines the global seed with tf.data's op seeds: set it before building the
+    # data streams, so that a run's batches do not depend on the runs before it in this worker
+    keras.utils.set_random_seed(seed)
     data = nr_train.prepare_data(cfg)
     xv, yv = _validation_arrays(s.dataset, s.validation_split)
     keras.utils.set_random_seed(seed)

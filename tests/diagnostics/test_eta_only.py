@@ -407,3 +407,23 @@ def test_duplicate_points_are_reported_not_reused():
     assert "η = 0.1, λ = 0.12, scores per seed (a) 0.9000, 0.9100, (d) 0.9000, 0.9200" in text
     assert study._duplicates(study.load_template(), {"decoupled": [other],
                                                      "eta_lambda": [point]}) == ""
+
+
+@pytest.mark.slow
+def test_a_run_does_not_depend_on_the_runs_before_it():
+    """A worker trains many runs in one process: the same task gives the same record whatever
+    ran before it (TensorFlow mixes its global seed into tf.data's shuffles, so train_one seeds
+    before building the streams). ~15 s."""
+    s = dataclasses.asdict(study.make_settings(quick=True))
+
+    def task(arm, eta, lam, seed):
+        return {"settings": s, "arm": arm, "point": 0, "seed": seed, "epochs": 2,
+                "grid_point": {"eta": eta, "lambda": lam,
+                               "eta_lambda": None if lam is None else eta * lam,
+                               "theta_pred": float("nan")}}
+
+    first = study.train_one(task("decoupled", 0.1, 0.12, 1))
+    study.train_one(task("sphere", 0.05, None, 2))
+    again = study.train_one(task("decoupled", 0.1, 0.12, 1))
+    for key in ("val_accuracy_last", "train_loss", "theta_measured", "unit_norm"):
+        assert again[key] == first[key], key
