@@ -427,3 +427,12 @@ def test_a_run_does_not_depend_on_the_runs_before_it():
     again = study.train_one(task("decoupled", 0.1, 0.12, 1))
     for key in ("val_accuracy_last", "train_loss", "theta_measured", "unit_norm"):
         assert again[key] == first[key], key
+
+
+def test_settings_defaults_follow_the_epochs():
+    s = study.make_settings(epochs=3)
+    assert s.score_epochs == 3 and s.pilot_epochs == 3
+    s = study.make_settings(epochs=30)
+    assert s.score_epochs == 5 and s.pilot_epochs == 30 and s.total_steps() == 3000
+    q = study.make_settings(quick=True)
+    assert (q.epochs, q.score_epochs, q.pilot_epochs, q.seeds) == (2, 1, 1, (1,))
