@@ -66,9 +66,10 @@ most of a step), then the last epoch recompiled with one step per call and a
 the BN'd conv kernels. The score of a run is its validation accuracy averaged over the last
 ``score_epochs`` epochs (a constant learning rate leaves the accuracy fluctuating from epoch to
 epoch; a search would see this one number per trial). Runs are spread over ``workers``
-processes with one TensorFlow thread each (TensorFlow: on this model it ran 5x faster per
-epoch than JAX on the 2-core CPU); each run seeds before building its data streams, so its
-result does not depend on the runs before it in its worker.
+processes with one thread each, on the JAX backend by default (jit-compiled; measured on the
+shared 2-core CPU: ~0.35-0.45 s per epoch against TensorFlow's ~0.55, and 20-25 s per
+20-epoch run on 2 workers against 30-35 s); each run seeds before building its data streams,
+so its result does not depend on the runs before it in its worker.
 
 Per arm the report gives the best mean score with its seed standard deviation, the trials used
 (points × seeds) and the trials random search over the arm's grid needs to come within one
@@ -132,12 +133,13 @@ DECAY_MODE = {"decoupled": "decoupled", "coupled": "l2", "sphere": "unit_norm",
               "eta_lambda": "decoupled", "none": "none"}
 
 #: Seconds per epoch and per-run overhead of one run (cnn1d, MNIST-1D ``train[:3000]``, batch
-#: 30, TensorFlow, one thread per worker, two workers side by side, ``steps_per_execution=10``,
-#: the last epoch at one step per call with the monitor), measured on the shared 2-core machine;
-#: what the time estimate printed before a study starts uses (see the report for the study's
-#: own measured time).
-MEASURED_TIMING = {"s_per_epoch": 0.45, "overhead_s": 6.0,
-                   "measured": "2026-11-30, 2-core CPU, 2 workers x 1 TF thread"}
+#: 30, JAX, one thread per worker, two workers side by side, the last epoch monitored every
+#: step), measured with ``--calibrate`` on the shared 2-core machine while other jobs held
+#: about one core (load 3-4): ~25 s per 20-epoch run. What the estimate printed before a study
+#: starts uses (the report gives the study's own measured time).
+MEASURED_TIMING = {"s_per_epoch": 0.85, "overhead_s": 8.0,
+                   "measured": "2026-11-30, shared 2-core CPU at load 3-4, 2 workers x 1 "
+                               "thread, JAX"}
 
 DECAY_SCOPES = ("scale_invariant", "all")
 DEFAULT_OUT = os.path.join("docs", "study_eta_only")
@@ -156,7 +158,10 @@ class Settings:
     epochs: int = 20
     batch_size: int = 30
     momentum: float = 0.9
-    steps_per_execution: int = 10
+    # > 1: all but the last epoch with that many steps per call, the last one recompiled at one
+    # step per call for the monitor (pays off on TensorFlow, whose per-call overhead is most of
+    # a step here; JAX's is not: at 1 the last epoch reuses the compiled step)
+    steps_per_execution: int = 1
     # not 0: with TensorFlow's global seed at 0 (keras.utils.set_random_seed(0) by an earlier
     # run of the same worker), building a data stream fails (data.load_epochs' shuffle gets
     # a tensor seed and TF's get_seed compares the pair with (0, 0))
@@ -184,7 +189,7 @@ class Settings:
     # kernel, the tuning space's own decay modes: λ then also regularizes the classifier)
     decay_scope: str = "scale_invariant"
     workers: int = 2
-    backend: str = "tensorflow"
+    backend: str = "jax"
     quick: bool = False
 
     def steps_per_epoch(self) -> int:
@@ -595,7 +600,8 @@ def train_one(task) -> dict:
         # the last epoch one step per call, monitored: same optimizer (its state kept), the
         # data stream from that epoch on
         last = nr_train.prepare_data(cfg, start_epoch=epochs - 1)
-        _compile(model, cfg, data.steps, 1, optimizer=model.optimizer)
+        if s.steps_per_execution > 1:
+            _compile(model, cfg, data.steps, 1, optimizer=model.optimizer)
         hist = model.fit(last.train, initial_epoch=epochs - 1, epochs=epochs,
                          steps_per_epoch=data.steps, callbacks=[val, nan, monitor],
                          shuffle=False, verbose=0)
@@ -619,9 +625,20 @@ def train_one(task) -> dict:
            "theta_pred_monitor": means.get("predicted_angular_update", float("nan")),
            "unit_norm": means.get("unit_norm", float("nan")),
            "unit_effective_lr": means.get("unit_effective_lr", float("nan")),
-           "treatment": treated, "seconds": round(time.perf_counter() - t0, 2)}
+           "treatment": treated, "seconds": round(time.perf_counter() - t0, 2),
+           "worker": os.getpid(), "rss_mb": _rss_mb()}
     keras.backend.clear_session()
     return rec
+
+
+def _rss_mb():
+    """This process's resident memory in MiB (None where /proc is not there)."""
+    with contextlib.suppress(OSError, ValueError, IndexError):
+        with open("/proc/self/status") as f:
+            for line in f:
+                if line.startswith("VmRSS:"):
+                    return round(int(line.split()[1]) / 1024, 1)
+    return None
 
 
 def _treatment(model) -> dict:
@@ -807,24 +824,38 @@ def calibrate(settings: Settings | None = None, *, verbose=1) -> dict:
             max_workers=s.workers, mp_context=multiprocessing.get_context("spawn")) as pool:
         recs = list(pool.map(train_one, tasks))
     wall = time.perf_counter() - t0
-    per_run = float(np.mean([r["seconds"] for r in recs]))
+    # a worker's first run also pays for the backend's start-up (once per worker)
+    firsts, later, seen = [], [], set()
+    for r in recs:
+        (later if r["worker"] in seen else firsts).append(r["seconds"])
+        seen.add(r["worker"])
+    later = later or firsts
+    per_run = float(np.mean(later))
+    startup = max(0.0, float(np.mean(firsts)) - per_run)
     n = _n_runs(s)
-    est = (n * per_run + len(s.pilot_etas) * per_run) / s.workers
+    est = (n + len(s.pilot_etas)) * per_run / s.workers + startup
     if verbose:
         for r in recs:
             lam = "" if r["lambda"] is None else f", λ={r['lambda']:.3g}"
             print(f"({LETTERS[r['arm']]}) {r['arm']}: η={r['eta']:.3g}{lam}, {r['epochs']} epochs:"
                   f" {r['seconds']:.1f} s (val {r['score']:.4f}, Δθ {r['theta_measured']:.3g})")
         print(f"{len(recs)} runs on {s.workers} worker(s) in {wall:.0f} s; {per_run:.1f} s per "
-              f"run -> the study's {n} runs + {len(s.pilot_etas)} pilots: ~{est / 60:.1f} min")
-    return {"runs": recs, "s_per_run": per_run, "wall_s": wall, "estimate_s": est}
+              f"run after a worker's first (+{startup:.0f} s start-up) -> the study's {n} runs + "
+              f"{len(s.pilot_etas)} pilots: ~{est / 60:.1f} min")
+    return {"runs": recs, "s_per_run": per_run, "startup_s": startup, "wall_s": wall,
+            "estimate_s": est}
 
 
 def _worker_env(s):
     """The workers' environment: the backend, and the cores shared out as TF/OpenMP threads."""
     threads = max(1, (os.cpu_count() or 1) // s.workers)
-    return {"KERAS_BACKEND": s.backend, "TF_NUM_INTRAOP_THREADS": threads,
-            "TF_NUM_INTEROP_THREADS": 1, "OMP_NUM_THREADS": threads, "TF_CPP_MIN_LOG_LEVEL": 2}
+    env = {"KERAS_BACKEND": s.backend, "TF_NUM_INTRAOP_THREADS": threads,
+           "TF_NUM_INTEROP_THREADS": 1, "OMP_NUM_THREADS": threads, "TF_CPP_MIN_LOG_LEVEL": 2}
+    if threads == 1:  # XLA's CPU client (JAX) on one thread too
+        env["XLA_FLAGS"] = " ".join(filter(None, (
+            os.environ.get("XLA_FLAGS", ""), "--xla_cpu_multi_thread_eigen=false",
+            "intra_op_parallelism_threads=1")))
+    return env
 
 
 def _json_default(x):
@@ -841,6 +872,11 @@ def _versions(s):
         import tensorflow as tf  # heavy external package: only for its version
 
         out["tensorflow"] = tf.__version__
+    with contextlib.suppress(Exception):
+        import jax  # heavy external package: only for its version
+
+        out["jax"] = jax.__version__
+    out["threads_per_worker"] = _worker_env(s)["TF_NUM_INTRAOP_THREADS"]
     return out
 
 

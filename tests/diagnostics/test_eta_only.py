@@ -360,8 +360,9 @@ def test_quick_study_end_to_end(tmp_path):
     assert res["report"] == str(out) + ".md"
     saved = json.load(open(out / "results.json"))
     assert saved["command"] == "python -m experiments.eta_only --quick"
-    assert {"keras", "tensorflow", "python", "backend"} <= set(saved["versions"])
-    assert saved["versions"]["backend"] == "tensorflow" and saved["date"].endswith("UTC")
+    assert {"keras", "jax", "python", "backend", "threads_per_worker"} <= set(saved["versions"])
+    assert saved["versions"]["backend"] == "jax" and saved["date"].endswith("UTC")
+    assert len({r["worker"] for r in saved["runs"]}) == 2  # two worker processes
     assert len(saved["runs"]) == 14 and len(saved["pilot"]["runs"]) == 2
     assert [sum(r["arm"] == a for r in saved["runs"]) for a in study.ALL_ARMS] == [4, 4, 2, 2, 2]
     # λ acts on the BN'd conv kernels only; the sphere arm retracts them, decays nothing
