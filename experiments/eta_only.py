@@ -125,7 +125,7 @@ REFERENCE = "none"
 ALL_ARMS = (*ARMS, REFERENCE)
 LETTERS = {"decoupled": "a", "coupled": "b", "sphere": "c", "eta_lambda": "d", "none": "e"}
 TITLES = {"decoupled": "(η, λ) grid, decoupled decay (sgdw)",
-          "coupled": "(η, λ) grid, coupled L2 (SGD + L2(λ/2) on the kernels)",
+          "coupled": "(η, λ) grid, coupled L2 (SGD + L2(λ/2))",
           "sphere": "η grid, BN'd kernels on the unit sphere, λ = 0 (sgdw sphere mode)",
           "eta_lambda": "ηλ grid at a fixed η, decoupled decay (sgdw)",
           "none": "reference: η grid, no decay anywhere (SGD)"}
@@ -1012,7 +1012,8 @@ SECTIONS = ("report", "arm_row", "grid_row", "verdict_holds", "verdict_fails",
             "verdict_no_sphere", "search_faster", "search_slower", "search_same",
             "eta_lambda_reaches", "eta_lambda_misses", "diverged_note", "quick_note",
             "duplicate_note", "duplicate_part", "reference_better", "reference_within",
-            "reference_arm", "scope_note_invariant", "scope_note_all")
+            "reference_arm", "scope_note_invariant", "scope_note_all", "reference_slower",
+            "pilot_full")
 
 
 def load_template(path=TEMPLATE) -> dict[str, string.Template]:
@@ -1080,9 +1081,15 @@ def render_report(results, summary, analysis, out_dir, template=None) -> str:
                      "best_mean": f"{analysis['best_mean']:.4f}",
                      "theta_min": f"{facts['theta_min']:.3g}", "total_steps":
                          facts["total_steps"], "target": f"{target:.4f}"}
-        key = "reference_better" if ref["mean"] - ref["std"] > analysis["best_mean"] else (
-            "reference_within")
-        reference = "\n\n" + t[key].substitute(**facts_ref)
+        below = math.isfinite(ref["theta_measured"]) and ref["theta_measured"] < facts[
+            "theta_min"]
+        facts_ref["relation"] = "below" if below else "not below"
+        if ref["mean"] - ref["std"] > analysis["best_mean"]:
+            reference = "\n\n" + t["reference_better"].substitute(**facts_ref)
+            if below:
+                reference += " " + t["reference_slower"].substitute()
+        else:
+            reference = "\n\n" + t["reference_within"].substitute(**facts_ref)
     pilot = results["pilot"]
     rate = pilot["rate"]
     sphere_grid = results["grids"].get("sphere") or []
@@ -1112,6 +1119,7 @@ def render_report(results, summary, analysis, out_dir, template=None) -> str:
         theta_targets=_short([p.get("theta_target", float("nan")) for p in sphere_grid]),
         pilot_etas=_short([r["eta"] for r in pilot["runs"]]),
         pilot_epochs=s["pilot_epochs"],
+        pilot_length=t["pilot_full"].substitute() if s["pilot_epochs"] == s["epochs"] else "",
         pilot_thetas=_short([r["theta_measured"] for r in pilot["runs"]]),
         pilot_rates=_short([r["theta_measured"] / r["eta"] for r in pilot["runs"]]),
         rate_c=f"{rate['c']:.4g}", rate_p=f"{rate['p']:.3g}",

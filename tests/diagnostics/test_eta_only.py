@@ -251,6 +251,10 @@ def test_render_verdict_follows_the_numbers(tmp_path):
     assert "**The claim does not hold here.**" in text and "holds here.**" not in text.replace(
         "does not hold here.**", "")
     assert "**The reference without any decay does better than all four arms**" in text
+    # its measured angle (0.02) is below the equilibrium floor of the quick budget (0.0281)
+    assert "0.02 rad/step, below this budget's equilibrium floor (0.0281 rad/step" in text
+    assert "Without decay the norms grow and the rotation slows down by itself" in text
+    assert "as long as the grid runs" not in text  # the quick pilots are shorter
     assert "λ acts on every kernel, the classifier's included" in text
 
 
