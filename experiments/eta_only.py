@@ -745,10 +745,17 @@ def run_study(settings: Settings | None = None, out_dir=DEFAULT_OUT, *, command=
     env = _worker_env(s)
     runs, done = [], [0]
     total = n_runs + len(s.pilot_etas)
+    # every finished run, as it finishes (for a look during the study, or after a crash; the
+    # study does not read it back: a new study starts from nothing); removed at the end
+    partial = os.path.join(out_dir, "partial_runs.jsonl")
+    with open(partial, "w"):
+        pass
 
     def collect(fut):
         rec = fut.result()
         runs.append(rec)
+        with open(partial, "a") as f:
+            f.write(json.dumps(rec, default=_json_default) + "\n")
         done[0] += 1
         elapsed = time.perf_counter() - t_start
         lam = "" if rec["lambda"] is None else f" λ={rec['lambda']:.3g}"
@@ -800,6 +807,7 @@ def run_study(settings: Settings | None = None, out_dir=DEFAULT_OUT, *, command=
         "timing": dict(MEASURED_TIMING)}
     with open(os.path.join(out_dir, "results.json"), "w") as f:
         json.dump(results, f, indent=1, default=_json_default)
+    os.remove(partial)
     report = render(out_dir)
     results["report"] = report
     say(f"report: {report} ({results['total_seconds'] / 60:.1f} min)")

@@ -3,11 +3,13 @@
 statistic), the report template, the `keras-normreg study eta-only` command, and (slow) the
 --quick miniature end to end."""
 
+import concurrent.futures
 import copy
 import csv
 import dataclasses
 import json
 import math
+import multiprocessing
 import os
 import re
 
@@ -16,6 +18,7 @@ import pytest
 
 from experiments import eta_only as study
 from keras_normreg import cli
+from keras_normreg._utils import environ
 
 ALPHA = 0.9
 
@@ -362,6 +365,7 @@ def test_quick_study_end_to_end(tmp_path):
     out = tmp_path / "docs" / "study_eta_only"
     res = study.run_study(study.make_settings(quick=True), str(out), verbose=0)
     assert res["report"] == str(out) + ".md"
+    assert not (out / "partial_runs.jsonl").exists()  # the progress log goes at the end
     saved = json.load(open(out / "results.json"))
     assert saved["command"] == "python -m experiments.eta_only --quick"
     assert {"keras", "jax", "python", "backend", "threads_per_worker"} <= set(saved["versions"])
@@ -418,8 +422,10 @@ def test_duplicate_points_are_reported_not_reused():
 def test_a_run_does_not_depend_on_the_runs_before_it():
     """A worker trains many runs in one process: the same task gives the same record whatever
     ran before it (TensorFlow mixes its global seed into tf.data's shuffles, so train_one seeds
-    before building the streams). ~15 s."""
-    s = dataclasses.asdict(study.make_settings(quick=True))
+    before building the streams). Run as the study runs it: one spawned worker, one thread,
+    the study's backend. ~40 s."""
+    settings = study.make_settings(quick=True, workers=1)
+    s = dataclasses.asdict(settings)
 
     def task(arm, eta, lam, seed):
         return {"settings": s, "arm": arm, "point": 0, "seed": seed, "epochs": 2,
@@ -427,9 +433,12 @@ def test_a_run_does_not_depend_on_the_runs_before_it():
                                "eta_lambda": None if lam is None else eta * lam,
                                "theta_pred": float("nan")}}
 
-    first = study.train_one(task("decoupled", 0.1, 0.12, 1))
-    study.train_one(task("sphere", 0.05, None, 2))
-    again = study.train_one(task("decoupled", 0.1, 0.12, 1))
+    tasks = [task("decoupled", 0.1, 0.12, 1), task("sphere", 0.05, None, 2),
+             task("decoupled", 0.1, 0.12, 1)]
+    with environ(study._worker_env(settings)), concurrent.futures.ProcessPoolExecutor(
+            1, mp_context=multiprocessing.get_context("spawn")) as pool:
+        first, _, again = pool.map(study.train_one, tasks)
+    assert first["worker"] == again["worker"]
     for key in ("val_accuracy_last", "train_loss", "theta_measured", "unit_norm"):
         assert again[key] == first[key], key
 
