@@ -26,7 +26,6 @@ and regularizes the rest, e.g. the final Dense classifier.
 
 from __future__ import annotations
 
-import math
 import warnings
 from typing import NamedTuple
 
@@ -40,9 +39,7 @@ __all__ = ["L1", "L2", "ElasticNet", "get", "apply", "RegularizationReport", "RE
 
 
 def _check_factor(name, value):
-    check_number(name, value, low=0)
-    if not math.isfinite(value):
-        raise ValueError(f"Argument `{name}` must be finite. " + received(name, value))
+    check_number(name, value, low=0)  # NaN and inf refused there ("must be a finite number")
     return float(value)
 
 

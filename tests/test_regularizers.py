@@ -282,8 +282,8 @@ def test_saved_model_keeps_regularizers(tmp_path):
     (lambda: L1(-0.1), r"Argument `l1` must be >= 0.*Received: l1=-0.1"),
     (lambda: L2("0.1"), r"Argument `l2` must be a number.*Received: l2='0.1'"),
     (lambda: L2(None), r"Argument `l2` must be a number.*Received: l2=None"),
-    (lambda: L2(math.nan), r"Argument `l2`"),
-    (lambda: L2(math.inf), r"Argument `l2` must be finite"),
+    (lambda: L2(math.nan), r"Argument `l2` must be a finite number.*Received: l2=nan"),
+    (lambda: L2(math.inf), r"Argument `l2` must be a finite number.*Received: l2=inf"),
     (lambda: ElasticNet(0.1, -1), r"Argument `l2` must be >= 0.*Received: l2=-1"),
     (lambda: ElasticNet(True, 0.1), r"Argument `l1` must be a number.*Received: l1=True"),
 ])

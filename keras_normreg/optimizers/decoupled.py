@@ -42,8 +42,9 @@ class Treatment(NamedTuple):
     """How :class:`DecoupledWeightDecay` treats one variable.
 
     ``kind``: ``"decay"`` (shrunk each step), ``"skip"`` (left alone) or ``"sphere"`` (retracted
-    to unit norm after each step); ``reason``: why, for humans; ``granularity``: for
-    ``"sphere"``, ``"unit"`` / ``"tensor"`` / a tuple of axes (None otherwise).
+    to a fixed norm after each step, see :meth:`DecoupledWeightDecay.sphere_radius_of`);
+    ``reason``: why, for humans; ``granularity``: for ``"sphere"``, ``"unit"`` / ``"tensor"`` /
+    a tuple of axes (None otherwise).
     """
 
     kind: str
@@ -145,8 +146,25 @@ def _check_paths(paths):
 
 _DWD_ARGS = (
     "semantics", "decay_schedule", "max_learning_rate", "base_learning_rate", "exclude",
-    "include", "sphere", "scale_invariant", "scale_invariant_paths", "name",
+    "include", "sphere", "scale_invariant", "scale_invariant_paths", "sphere_radius", "name",
 )
+
+
+def _check_sphere_radius(sphere_radius, scale_invariant, sphere):
+    """The radius rule: None -> "units" when some weights are in sphere mode (None otherwise);
+    a value given without sphere mode is an error naming both options."""
+    sphere_on = scale_invariant == "sphere" or bool(sphere)
+    if sphere_radius is None:
+        return _sphere.DEFAULT_RADIUS if sphere_on else None
+    sphere_radius = _sphere.check_radius(sphere_radius)
+    if not sphere_on:
+        raise ValueError(
+            "Argument `sphere_radius` sets the norm of the weights kept on the sphere, but no "
+            "weight is in sphere mode: set `scale_invariant='sphere'` or give `sphere` rules, or "
+            f"drop `sphere_radius` (scale_invariant={scale_invariant!r}, sphere="
+            f"{list(sphere)!r}). {received('sphere_radius', sphere_radius)}"
+        )
+    return sphere_radius
 
 
 @register
@@ -171,21 +189,32 @@ class DecoupledWeightDecay(keras.optimizers.Optimizer):
     steps that update the weights. ``semantics="lr"`` with no exclusions reproduces
     ``keras.optimizers.AdamW`` / ``SGD(weight_decay=λ)`` exactly.
 
-    *Sphere* variables are not decayed; after the inner step they are retracted to unit norm
-    per output unit (the last axis of Keras kernels ``(..., in, out)``; rank <= 1: the whole
-    vector)::
+    *Sphere* variables are not decayed. After the inner step each of their normalized groups
+    is retracted to the radius ``r``. A group is one output unit (the last axis of Keras
+    kernels ``(..., in, out)``; rank <= 1: the whole vector)::
 
-        w[..., j] ← w[..., j] / max(‖w[..., j]‖₂, 1e-12)
+        w[..., j] ← w[..., j] / max(‖w[..., j]‖₂, 1e-12) · r
 
-    so their scale — which a following normalization makes irrelevant — is pinned to 1 and λ
+    Their scale, which a following normalization makes irrelevant, is pinned, and λ
     disappears as a hyperparameter for them ("force ‖w‖ = 1", van Laarhoven 2017). Weights
     listed by ``sphere`` rules are retracted per unit (your assertion that each unit is
     scale-invariant). Weights found by :meth:`bind` get the ``granularity`` the invariance
-    analysis reports (:class:`keras_normreg._invariance.ScaleInvariance`): per unit where
-    per-unit invariance is certain (Dense/Conv kernel -> channel-wise layers -> BatchNorm over channels;
-    a WeightNormalization ``v`` over its own norm axes), else one norm for the whole tensor
-    (``w ← w / ‖w‖``, e.g. a kernel before LayerNormalization), which always preserves the
-    function.
+    analysis reports (:class:`keras_normreg._invariance.ScaleInvariance`). That is per unit
+    where per-unit invariance is certain (Dense/Conv kernel -> channel-wise layers -> BatchNorm
+    over channels; a WeightNormalization ``v`` over its own norm axes). Otherwise it is one
+    norm for the whole tensor (``w ← w / ‖w‖ · r``, e.g. a kernel before LayerNormalization or
+    GroupNormalization), which always preserves the function.
+
+    The radius (``sphere_radius``) does not change the function; it sets the step size. On a
+    sphere of radius ``r`` a scale-invariant weight has ``∇f(rŴ) = ∇f(Ŵ)/r``, so a step turns
+    it by ``≈ η‖∇f(Ŵ)‖/r²``: the effective learning rate is ``η/r²``. The default rule
+    ``"units"`` uses ``r = 1`` for per-unit groups, explicit axes and rank <= 1 weights, so
+    ``η/‖w_j‖² = η`` for each unit. It uses ``r = √units`` (``units = shape[-1]``) for a
+    whole-tensor group of rank >= 2. Then ``mean_j ‖w_j‖² = 1``, and a unit's effective
+    learning rate matches the per-unit case on average. Radius 1 would give each unit
+    ``‖w_j‖ ≈ 1/√units`` and ``units`` times the per-unit rate at the same ``η``. The units'
+    norms within the tensor remain free to differ. The full derivation is in
+    :mod:`keras_normreg.optimizers._sphere`.
 
     Which variables are decayed (first matching line wins):
 
@@ -229,13 +258,20 @@ class DecoupledWeightDecay(keras.optimizers.Optimizer):
         include: optional rules; when given only matching variables are decayed.
         sphere: rules of variables kept on the unit sphere per output unit.
         scale_invariant: ``None`` / ``"none"`` (no special treatment), ``"exclude"``
-            (scale-invariant weights are not decayed) or ``"sphere"`` (they are kept at unit
+            (scale-invariant weights are not decayed) or ``"sphere"`` (they are kept at a fixed
             norm, per unit or per tensor as above). Detection is automatic: :meth:`bind` runs
             ``keras_normreg._invariance.find_scale_invariant``; or give
             ``scale_invariant_paths``. Training without either raises a ValueError.
         scale_invariant_paths: explicit variable paths (each retracted per unit in sphere
             mode) or ``{path: "unit" | "tensor" | [axes]}``; filled in by :meth:`bind` and
             saved in the config, so a reloaded model treats exactly the same variables.
+        sphere_radius: the norm sphere weights are retracted to: ``"units"`` (the rule above:
+            ``√units`` for a whole-tensor group of rank >= 2, else 1), ``"one"`` (1 for every
+            group, the behaviour before this option) or a positive finite number (that norm
+            for every group: each unit, or the whole tensor). Default: ``"units"`` when
+            ``scale_invariant="sphere"`` or ``sphere`` rules are set. Giving it without either
+            raises a ValueError. A saved config without this key is loaded with ``"one"``,
+            the radius it was trained with.
         name: optimizer name.
 
     Example::
@@ -259,6 +295,7 @@ class DecoupledWeightDecay(keras.optimizers.Optimizer):
         sphere=None,
         scale_invariant=None,
         scale_invariant_paths=None,
+        sphere_radius=None,
         name=None,
         **kwargs,
     ):
@@ -283,6 +320,7 @@ class DecoupledWeightDecay(keras.optimizers.Optimizer):
             scale_invariant = None
         check_choice("scale_invariant", scale_invariant, SCALE_INVARIANT)
         scale_invariant_paths = _check_paths(scale_invariant_paths)
+        sphere_radius = _check_sphere_radius(sphere_radius, scale_invariant, sphere)
 
         if semantics == "schedule" and base_learning_rate is None:
             base_learning_rate = _initial_learning_rate(inner)
@@ -322,6 +360,7 @@ class DecoupledWeightDecay(keras.optimizers.Optimizer):
         self.sphere = sphere
         self.scale_invariant = scale_invariant
         self.scale_invariant_paths = scale_invariant_paths
+        self.sphere_radius = sphere_radius
         self.scale_invariant_reasons = {}
         self._plan = {}
 
@@ -441,11 +480,22 @@ class DecoupledWeightDecay(keras.optimizers.Optimizer):
             self._plan[key] = self._classify(variable)
         return self._plan[key]
 
+    def sphere_radius_of(self, variable):
+        """The norm ``variable`` is retracted to after each step (each unit's for per-unit
+        groups, the whole tensor's for ``"tensor"``), as a float; None when it is not a sphere
+        weight. See ``sphere_radius`` in the class docstring."""
+        kind, _, granularity = self._classify(variable)
+        if kind != "sphere":
+            return None
+        return _sphere.radius(self.sphere_radius or _sphere.DEFAULT_RADIUS, granularity,
+                              tuple(variable.shape))
+
     def treatment(self, variable, reason=False):
         """How ``variable`` is treated: ``"decay"`` (shrunk by :meth:`effective_decay` each
-        step), ``"skip"`` (not decayed) or ``"sphere"`` (retracted to unit norm after each
-        step), by the selection order of the class docstring. ``reason=True`` returns the
-        :class:`Treatment` ``(kind, reason, granularity)`` instead of the kind alone.
+        step), ``"skip"`` (not decayed) or ``"sphere"`` (retracted to
+        :meth:`sphere_radius_of` after each step), by the selection order of the class
+        docstring. ``reason=True`` returns the :class:`Treatment` ``(kind, reason,
+        granularity)`` instead of the kind alone.
 
         Raises ValueError when ``scale_invariant`` is set but the scale-invariant weights are
         not known yet (call :meth:`bind` first).
@@ -517,13 +567,17 @@ class DecoupledWeightDecay(keras.optimizers.Optimizer):
         for_each_variable(variables, decay)
 
     def _retract_variables(self, variables_and_granularity):
+        rule = self.sphere_radius or _sphere.DEFAULT_RADIUS
         groups = {}
         for var, granularity in variables_and_granularity:
-            groups.setdefault(granularity, []).append(var)
-        for granularity, variables in groups.items():
-            def retract(var, granularity=granularity):
+            r = _sphere.radius(rule, granularity, tuple(var.shape))
+            groups.setdefault((granularity, r), []).append(var)
+        for (granularity, r), variables in groups.items():
+            def retract(var, granularity=granularity, r=r):
                 value = ops.convert_to_tensor(var)
-                var.assign(value / _sphere.norms(value, granularity, SPHERE_EPSILON))
+                unit = value / _sphere.norms(value, granularity, SPHERE_EPSILON)
+                # r = 1: no multiply, so the unit-radius update stays bit for bit as before
+                var.assign(unit if r == 1.0 else unit * constant(r, var.dtype))
 
             for_each_variable(variables, retract)
 
@@ -575,6 +629,7 @@ class DecoupledWeightDecay(keras.optimizers.Optimizer):
             "include": None if self.include is None else list(self.include),
             "sphere": list(self.sphere),
             "scale_invariant": self.scale_invariant,
+            "sphere_radius": self.sphere_radius,
             "scale_invariant_paths": (
                 None if self.scale_invariant_paths is None else {
                     p: g if isinstance(g, str) else list(g)
@@ -586,6 +641,10 @@ class DecoupledWeightDecay(keras.optimizers.Optimizer):
     @classmethod
     def from_config(cls, config, custom_objects=None):
         config = copy.deepcopy(config)  # Keras' from_config mutates nested configs
+        if "sphere_radius" not in config and (
+            config.get("scale_invariant") == "sphere" or config.get("sphere")
+        ):
+            config["sphere_radius"] = "one"  # saved before the option: radius 1 throughout
         inner = keras.saving.deserialize_keras_object(
             config.pop("optimizer"), custom_objects=custom_objects
         )

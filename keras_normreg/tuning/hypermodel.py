@@ -23,7 +23,7 @@ class NormRegHyperModel(kt.HyperModel):
     * ``norm``: ``Choice(space.norms)`` — the zoo model's normalization;
     * ``decay``: ``Choice(space.decay)`` — ``"l2"`` (coupled, λ/2·‖w‖² also on scale-invariant
       kernels), ``"decoupled"`` (``w ← w − ηλw``), ``"unit_norm"`` (scale-invariant kernels on
-      the unit sphere) or ``"none"``;
+      the sphere, radius rule ``sphere_radius="units"``) or ``"none"``;
     * ``learning_rate``: η (fixed, choice or range);
     * only when ``decay`` is ``l2`` or ``decoupled`` (a conditional scope, so there is no λ
       under ``unit_norm``/``none``): ``lambda`` (independent parametrization) or

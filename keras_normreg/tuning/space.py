@@ -18,8 +18,14 @@ decay mode     recipe
                ``decay_semantics="lr"`` (``w ← w − η λ w`` before the step), biases and
                normalization parameters excluded, scale-invariant kernels decayed.
 ``unit_norm``  ``optimizer.name=opt+"w"``, ``scale_invariant="sphere"``, ``weight_decay=0``:
-               scale-invariant kernels are retracted to unit norm per unit after each step,
-               the other weights are not decayed. No λ hyperparameter exists in this mode.
+               scale-invariant kernels are retracted to a fixed norm after each step, the
+               other weights are not decayed. No λ hyperparameter exists in this mode. The
+               radius is DecoupledWeightDecay's default rule ``sphere_radius="units"``: each
+               unit at norm 1 before a per-channel BatchNorm, and the whole kernel at
+               ``√units`` before LayerNorm/GroupNorm (mean unit norm² 1). So a unit's
+               effective learning rate ``η/‖w_j‖²`` is the same ``η`` on average for every
+               normalization. Radius 1 for the whole tensor made it ``units`` times larger and
+               collapsed ``layer × unit_norm`` in the demo.
 ``none``       optimizer ``opt``, no penalty, no decay.
 =============  ==============================================================================
 
@@ -75,7 +81,8 @@ PARAMETRIZATIONS = ("independent", "product")
 DECAY_MODES: dict[str, tuple[bool, str]] = {
     "l2": (True, "coupled L2 penalty (λ/2)‖w‖² on kernels, scale-invariant ones included"),
     "decoupled": (True, "decoupled decay w ← w − ηλw (sgdw / adamw)"),
-    "unit_norm": (False, "scale-invariant kernels kept on the unit sphere; no λ"),
+    "unit_norm": (False, "scale-invariant kernels kept on the sphere (unit norm per unit, "
+                         "√units per whole tensor); no λ"),
     "none": (False, "no decay"),
 }
 OPTIMIZER_FAMILIES = ("sgd", "adam")

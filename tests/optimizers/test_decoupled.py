@@ -425,7 +425,8 @@ def test_bind_auto_with_real_analysis():
 
 def test_sphere_granularity_is_tensor_before_layer_norm():
     """A kernel before LayerNormalization is invariant only as a whole: retract the tensor
-    (the real analysis decides the granularity)."""
+    (the real analysis decides the granularity), to √units = 2 under the default
+    sphere_radius="units" (tests/optimizers/test_sphere_radius.py checks the rule)."""
     inp = keras.Input((5,))
     x = keras.layers.Dense(4, use_bias=False, name="d")(inp)
     x = keras.layers.LayerNormalization(name="ln")(x)
@@ -436,7 +437,7 @@ def test_sphere_granularity_is_tensor_before_layer_norm():
     x = np.random.default_rng(0).normal(size=(7, 5)).astype("float32")
     opt.apply([ops.ones(v.shape) for v in model.trainable_variables], model.trainable_variables)
     kernel = model.get_layer("d").kernel.numpy()
-    assert np.linalg.norm(kernel) == pytest.approx(1.0, abs=1e-6)
+    assert np.linalg.norm(kernel) == pytest.approx(2.0, abs=1e-6)  # √4 units
     assert np.abs(np.linalg.norm(kernel, axis=0) - 1).max() > 1e-3  # units not forced to 1
     assert model(x).shape == (7, 2)
 

@@ -151,6 +151,35 @@ def test_lambda_is_pytorch_style_decay(mode):
                                    err_msg=v.path)
 
 
+@pytest.mark.parametrize("norm, granularity, radius", [("layer", "tensor", 2.0),
+                                                       ("batch", "unit", 1.0)])
+def test_unit_norm_uses_the_sphere_radius_rule(norm, granularity, radius):
+    """unit_norm builds sgdw with the default sphere_radius="units": the conv kernel (4 units)
+    before LayerNorm ends a step at ‖W‖_F = √4 = 2 (mean unit norm² 1), before BatchNorm each
+    unit at 1 (hand-derived; the NumPy references are in tests/optimizers)."""
+    sp = S.resolve_space({"norms": [norm], "decay": ["unit_norm"]})
+    cfg = S.trial_recipe(BASE, {"norm": norm, "decay": "unit_norm", "learning_rate": 0.1,
+                                "lambda": None, "eta_lambda": None}, sp, "x")
+    keras.utils.set_random_seed(0)
+    model = train.build_model(cfg)
+    opt = train.build_optimizer(cfg, 10, model)
+    assert opt.sphere_radius == "units"
+    assert opt.scale_invariant_paths == {"block1_conv/kernel": granularity}
+    kernel = model.get_layer("block1_conv").kernel
+    assert opt.sphere_radius_of(kernel) == radius
+    model.compile(optimizer=opt,
+                  loss=keras.losses.SparseCategoricalCrossentropy(from_logits=True))
+    rng = np.random.default_rng(0)
+    model.train_on_batch(rng.normal(size=(16, 8, 8, 1)).astype("float32"),
+                         rng.integers(0, 10, size=16))
+    w = kernel.numpy().reshape(-1, 4)
+    if granularity == "tensor":
+        assert np.linalg.norm(w) == pytest.approx(2.0, rel=1e-6)
+        assert np.mean(np.sum(w * w, axis=0)) == pytest.approx(1.0, rel=1e-5)
+    else:
+        np.testing.assert_allclose(np.linalg.norm(w, axis=0), 1.0, rtol=1e-6)
+
+
 def test_hypermodel_build_declares_and_compiles():
     hm = NormRegHyperModel("cnn_digits", "digits",
                            {"norms": ["none", "batch"], "decay": ["unit_norm", "decoupled"],
