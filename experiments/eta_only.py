@@ -173,8 +173,12 @@ class Settings:
     lambda_points: int = 5
     eta_lambda_eta: float = 0.1
     eta_lambda_points: int = 7
-    sphere_points: int = 7
-    pilot_etas: tuple = (0.03, 0.3)
+    sphere_points: int = 9
+    # the sphere arm's Δθ range starts this factor below (a)'s smallest equilibrium Δθ: the
+    # angles that the decayed arms reach only off equilibrium in this budget (their floor is
+    # set by n_tau relaxation times) are in reach of the sphere at once
+    sphere_below: float = 4.0
+    pilot_etas: tuple = (0.003, 0.03, 0.3)
     # None: as long as the grid runs, so that the pilot measures Δθ/η at the stage of training
     # where the grid runs are measured (the last epoch)
     pilot_epochs: int | None = None
@@ -237,6 +241,7 @@ def make_settings(*, quick=False, **overrides) -> Settings:
                          f"{received('reference', s.reference)}")
     check_number("n_tau", s.n_tau, low=0, low_inclusive=False)
     check_number("lambda_factor", s.lambda_factor, low=1, low_inclusive=False)
+    check_number("sphere_below", s.sphere_below, low=1)
     for name in ("lambda_points", "eta_lambda_points", "sphere_points"):
         check_number(name, getattr(s, name), low=1, integer=True)
     if not s.seeds or len(set(s.seeds)) != len(s.seeds) or not all(
@@ -345,16 +350,18 @@ def arm_grids(settings: Settings, rate=None) -> dict:
                            for v in log_grid(min(el), max(el), s.eta_lambda_points)]
     thetas = [p["theta_pred"] for p in grids["decoupled"]]
     theta_min, theta_max = min(thetas), max(thetas)
+    sphere_lo = theta_min / float(s.sphere_below)
     if rate is not None:
         grids["sphere"] = [point("sphere", e, None)
-                           for e in sphere_eta_grid(theta_min, theta_max, s.sphere_points, rate)]
-        for p, t in zip(grids["sphere"], log_grid(theta_min, theta_max, s.sphere_points),
+                           for e in sphere_eta_grid(sphere_lo, theta_max, s.sphere_points, rate)]
+        for p, t in zip(grids["sphere"], log_grid(sphere_lo, theta_max, s.sphere_points),
                         strict=True):
             p["theta_target"] = t
     if s.reference:
         grids[REFERENCE] = [point(REFERENCE, e, None) for e in etas]
     grids["_facts"] = {"eta_lambda_min": floor, "lambda_grid": lams,
                        "theta_min": theta_min, "theta_max": theta_max,
+                       "sphere_theta_min": sphere_lo,
                        "total_steps": s.total_steps(), "steps_per_epoch": s.steps_per_epoch(),
                        "tau_steps_max": 1.0 / (2.0 * floor)}
     return grids
@@ -691,8 +698,10 @@ def _plan_lines(settings, grids) -> list[str]:
         if arm == REFERENCE and pts is None:
             continue
         if pts is None:
-            lines.append(f"({LETTERS[arm]}) {arm}: {s.sphere_points} η points after the "
-                         f"pilot (η = {list(s.pilot_etas)}, {s.pilot_epochs} epochs)")
+            lines.append(f"({LETTERS[arm]}) {arm}: {s.sphere_points} η points × "
+                         f"{len(s.seeds)} seeds after the pilot (η = {list(s.pilot_etas)}, "
+                         f"{s.pilot_epochs} epochs), aimed at Δθ "
+                         f"{f['sphere_theta_min']:.3g}..{f['theta_max']:.3g} rad/step")
             continue
         etas = sorted({p["eta"] for p in pts})
         lams = sorted({p["lambda"] for p in pts if p["lambda"] is not None})
