@@ -93,7 +93,6 @@ import math
 import multiprocessing
 import os
 import platform
-import re
 import shlex
 import string
 import sys
@@ -111,6 +110,8 @@ from keras_normreg._utils import check_number, environ, received
 from keras_normreg.data import splits as nr_splits
 from keras_normreg.diagnostics.monitor import NormMonitor, equilibrium_angular_update
 from keras_normreg.tuning import space as nr_space
+
+from ._report import load_sections
 
 __all__ = ["ALL_ARMS", "ARMS", "MEASURED_TIMING", "REFERENCE", "Settings", "arm_grids", "calibrate", "cli", "equilibrium_theta",
            "estimate_seconds", "eta_lambda_floor", "fit_rate", "geometric_quantile",
@@ -993,13 +994,9 @@ def _plots(out_dir, results, summary, analysis):
     target = analysis["targets"]["best_std"]
     ax.axhline(target, color="k", linestyle=":", linewidth=1,
                label="target: best − its seed std")
-    ax.set_xscale("log")
-    ax.set_xlabel("measured angular update of the BN'd conv units, last epoch (rad/step)")
-    ax.set_ylabel("val. accuracy (mean over seeds)")
-    ax.grid(True, alpha=0.3)
-    ax.legend(fontsize=8)
-    fig.tight_layout()
-    fig.savefig(os.path.join(out_dir, "accuracy_vs_theta.png"), bbox_inches="tight")
+    _finish_log_x(fig, ax, "measured angular update of the BN'd conv units, last epoch "
+                  "(rad/step)", "val. accuracy (mean over seeds)",
+                  os.path.join(out_dir, "accuracy_vs_theta.png"))
 
     # the search statistic: CDF of the trials to target per arm
     fig, (ax,) = _figure(1, 1, size=(6.2, 4.0))
@@ -1014,17 +1011,22 @@ def _plots(out_dir, results, summary, analysis):
         hits = np.array([t for t in st["trials"] if t is not None])
         cdf = [(hits <= k).sum() / len(st["trials"]) for k in ks]
         ax.step(ks, cdf, where="post", color=f"C{i}", label=f"({LETTERS[arm]}) {arm}")
+    _finish_log_x(fig, ax, "trials (random search, one seed's score per trial)",
+                  "share of searches at the target", os.path.join(out_dir, "search.png"))
+
+
+def _finish_log_x(fig, ax, xlabel, ylabel, path):
+    """A log-x line plot's axes, grid and legend, saved to ``path``."""
     ax.set_xscale("log")
-    ax.set_xlabel("trials (random search, one seed's score per trial)")
-    ax.set_ylabel("share of searches at the target")
+    ax.set_xlabel(xlabel)
+    ax.set_ylabel(ylabel)
     ax.grid(True, alpha=0.3)
     ax.legend(fontsize=8)
     fig.tight_layout()
-    fig.savefig(os.path.join(out_dir, "search.png"), bbox_inches="tight")
+    fig.savefig(path, bbox_inches="tight")
 
 
 # ------------------------------------------------------------------------------ the report
-_SECTION = re.compile(r"^<!-- @section (\w+) -->$", re.MULTILINE)
 SECTIONS = ("report", "arm_row", "grid_row", "verdict_holds", "verdict_fails",
             "verdict_no_sphere", "search_faster", "search_slower", "search_same",
             "eta_lambda_reaches", "eta_lambda_misses", "diverged_note", "quick_note",
@@ -1035,17 +1037,7 @@ SECTIONS = ("report", "arm_row", "grid_row", "verdict_holds", "verdict_fails",
 
 def load_template(path=TEMPLATE) -> dict[str, string.Template]:
     """``{name: string.Template}`` of the ``<!-- @section name -->`` blocks of ``path``."""
-    with open(path, encoding="utf-8") as f:
-        text = f.read()
-    pieces = _SECTION.split(text)
-    sections = {name: string.Template(body.strip("\n"))
-                for name, body in zip(pieces[1::2], pieces[2::2], strict=True)}
-    missing = [n for n in SECTIONS if n not in sections]
-    if missing:
-        raise ValueError(f"Argument `path` must be an eta-only report template with the "
-                         f"sections {list(SECTIONS)}; missing: {missing}. "
-                         f"{received('path', os.fspath(path))}")
-    return sections
+    return load_sections(path, SECTIONS, "eta-only")
 
 
 def _trials(v, budget):
@@ -1134,6 +1126,9 @@ def render_report(results, summary, analysis, out_dir, template=None) -> str:
         eta_lambda_max=f"{max(p['eta_lambda'] for p in results['grids']['eta_lambda']):.3g}",
         theta_min=f"{facts['theta_min']:.3g}", theta_max=f"{facts['theta_max']:.3g}",
         theta_targets=_short([p.get("theta_target", float("nan")) for p in sphere_grid]),
+        sphere_below=f"{s.get('sphere_below', 1.0):g}",
+        sphere_theta_min=f"{facts.get('sphere_theta_min', facts['theta_min']):.3g}",
+        n_pilots=_count_word(len(pilot["runs"])),
         pilot_etas=_short([r["eta"] for r in pilot["runs"]]),
         pilot_epochs=s["pilot_epochs"],
         pilot_length=t["pilot_full"].substitute() if s["pilot_epochs"] == s["epochs"] else "",
@@ -1175,6 +1170,10 @@ def _duplicates(t, summary) -> str:
     if not parts:
         return ""
     return " " + t["duplicate_note"].substitute(parts="; ".join(parts))
+
+
+def _count_word(n):
+    return {1: "One", 2: "Two", 3: "Three", 4: "Four"}.get(n, str(n))
 
 
 def _theta_ratios(summary):
