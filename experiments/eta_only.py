@@ -174,11 +174,13 @@ class Settings:
     lambda_points: int = 5
     eta_lambda_eta: float = 0.1
     eta_lambda_points: int = 7
-    sphere_points: int = 9
+    sphere_points: int = 11
     # the sphere arm's Δθ range starts this factor below (a)'s smallest equilibrium Δθ: the
     # angles that the decayed arms reach only off equilibrium in this budget (their floor is
-    # set by n_tau relaxation times) are in reach of the sphere at once
-    sphere_below: float = 4.0
+    # set by n_tau relaxation times) are in reach of the sphere at once. 16: the no-decay
+    # reference ends its runs turning by ~0.001 rad/step, 1/9 of this budget's floor, and the
+    # sphere's best η must lie inside its grid, not on its edge
+    sphere_below: float = 16.0
     pilot_etas: tuple = (0.003, 0.03, 0.3)
     # None: as long as the grid runs, so that the pilot measures Δθ/η at the stage of training
     # where the grid runs are measured (the last epoch)

@@ -86,15 +86,15 @@ def test_sphere_eta_grid_hand_values():
     # Δθ = 0.2·η^0.5 -> η = (Δθ/0.2)²: (0.00888523/0.2)² = 0.00197368
     got = study.sphere_eta_grid(th_min, th_max, 2, {"c": 0.2, "p": 0.5})
     np.testing.assert_allclose(got, [0.00197368, 0.505263], rtol=1e-4)
-    # through arm_grids: 9 target angles from θ_min/4 (sphere_below) to θ_max = 16·θ_min, i.e.
-    # a factor 64 in 8 steps of 64^(1/8) = 2^0.75; each point carries its target angle
+    # through arm_grids: 11 target angles from θ_min/16 (sphere_below) to θ_max = 16·θ_min,
+    # i.e. a factor 256 = 2^8 in 10 steps of 2^0.8; each point carries its target angle
     s = study.make_settings()
     g = study.arm_grids(s, {"c": 0.5, "p": 1.0})
-    assert len(g["sphere"]) == 9
-    assert g["_facts"]["sphere_theta_min"] == pytest.approx(th_min / 4, rel=1e-5)
-    assert g["sphere"][0]["eta"] == pytest.approx(2 * th_min / 4, rel=1e-5)
-    assert g["sphere"][0]["theta_target"] == pytest.approx(0.00222131, rel=1e-5)
-    assert g["sphere"][4]["theta_target"] == pytest.approx(2 * th_min, rel=1e-5)
+    assert len(g["sphere"]) == 11
+    assert g["_facts"]["sphere_theta_min"] == pytest.approx(th_min / 16, rel=1e-5)
+    assert g["sphere"][0]["eta"] == pytest.approx(2 * th_min / 16, rel=1e-5)
+    assert g["sphere"][0]["theta_target"] == pytest.approx(0.000555327, rel=1e-5)
+    assert g["sphere"][5]["theta_target"] == pytest.approx(th_min, rel=1e-5)  # 2^(5·0.8) = 16
     assert g["sphere"][-1]["theta_target"] == pytest.approx(th_max, rel=1e-5)
     assert all(p["lambda"] is None for p in g["sphere"])
     # sphere_below = 1: the sphere spans exactly (a)'s equilibrium range
@@ -320,7 +320,7 @@ def test_estimate_and_dry_run(capsys):
                                   overhead_s=5) == pytest.approx(1440)
     assert study.main(["--dry-run"]) == 0
     out = capsys.readouterr().out
-    assert "213 runs × 20 epochs" in out and "(a) decoupled: 25 points × 3 seeds" in out
+    assert "219 runs × 20 epochs" in out and "(a) decoupled: 25 points × 3 seeds" in out
     assert "(e) none: 5 points × 3 seeds" in out
     assert "ηλ >= 0.00075" in out and "min" in out
     # --set: any other setting
