@@ -52,8 +52,9 @@ Arm (b)'s λ values are (a)'s times (1 − α): coupled decay goes through the m
 amplified by 1/(1 − α), so (b) has the same relaxation time and the same equilibrium Δθ as (a)
 point by point. Arm (d) spans (a)'s ηλ range at (a)'s middle η. Arm (c) has no λ: on the unit
 sphere a unit turns by ``Δθ ≈ η·‖∇f(ŵ)‖`` per step (times the momentum's gain), so its η grid
-is chosen to span (a)'s range of equilibrium Δθ, with the rate Δθ/η measured in two pilot
-runs on the sphere (:class:`~keras_normreg.diagnostics.NormMonitor`'s ``unit_angular_update``
+is chosen to span (a)'s range of equilibrium Δθ and ``sphere_below`` = 16 times under it (the
+small angles a decayed run reaches in this budget only off equilibrium, where the no-decay
+reference ends), with the rate Δθ/η measured in three pilot runs on the sphere (:class:`~keras_normreg.diagnostics.NormMonitor`'s ``unit_angular_update``
 / ``unit_effective_lr``, the latter being η for unit-norm units), as long as the grid runs by
 default (the gradient norm shrinks as the net fits, and the grid runs are measured in their
 last epoch too), fitted as a power law ``Δθ = c·η^p`` (:func:`fit_rate`,
@@ -114,7 +115,7 @@ from keras_normreg.tuning import space as nr_space
 from ._report import load_sections
 
 __all__ = ["ALL_ARMS", "ARMS", "MEASURED_TIMING", "REFERENCE", "Settings", "arm_grids", "calibrate", "cli", "equilibrium_theta",
-           "estimate_seconds", "eta_lambda_floor", "fit_rate", "geometric_quantile",
+           "equilibrium_steps", "estimate_seconds", "eta_lambda_floor", "fit_rate", "geometric_quantile",
            "load_template", "log_grid", "main", "make_settings", "render", "render_report",
            "run_study", "search_trials", "sphere_eta_grid", "summarize"]
 
@@ -946,6 +947,15 @@ def _g(x, digits=4):
 
 
 FIGURES = ("heatmaps", "accuracy_vs_theta", "search")
+#: rad/step: a grid point whose units turned by less than this in the last epoch has stopped
+#: (a collapsed net: its gradients vanished); the accuracy-vs-angle figure leaves it out
+STILL = 1e-5
+
+
+def _still_points(summary) -> list[str]:
+    """Labels of the grid points that stopped turning (measured Δθ < :data:`STILL`)."""
+    return [f"({LETTERS[a]}) {_point_label(a, p)}" for a in ALL_ARMS for p in summary.get(a, [])
+            if math.isfinite(p["theta_measured"]) and p["theta_measured"] < STILL]
 
 
 def _figure(ncols=1, nrows=1, size=(5.2, 4.0)):
@@ -986,7 +996,8 @@ def _plots(out_dir, results, summary, analysis):
     fig, (ax,) = _figure(1, 1, size=(6.6, 4.4))
     markers = {"decoupled": "o", "coupled": "s", "sphere": "D", "eta_lambda": "^", "none": "x"}
     for i, arm in enumerate(ALL_ARMS):
-        pts = [p for p in summary.get(arm, []) if math.isfinite(p["theta_measured"])]
+        pts = [p for p in summary.get(arm, []) if math.isfinite(p["theta_measured"])
+               and p["theta_measured"] >= STILL]
         if not pts:
             continue
         ax.errorbar([p["theta_measured"] for p in pts], [p["mean"] for p in pts],
@@ -1034,7 +1045,8 @@ SECTIONS = ("report", "arm_row", "grid_row", "verdict_holds", "verdict_fails",
             "eta_lambda_reaches", "eta_lambda_misses", "diverged_note", "quick_note",
             "duplicate_note", "duplicate_part", "reference_better", "reference_within",
             "reference_arm", "scope_note_invariant", "scope_note_all", "reference_slower",
-            "pilot_full")
+            "pilot_full", "equilibrium_cost", "cost_beyond", "cost_within", "still_note",
+            "limits")
 
 
 def load_template(path=TEMPLATE) -> dict[str, string.Template]:
@@ -1147,7 +1159,10 @@ def render_report(results, summary, analysis, out_dir, template=None) -> str:
         best_mean=f"{analysis['best_mean']:.4f}", best_std=f"{analysis['best_std']:.4f}",
         target=f"{target:.4f}", pooled_std=f"{analysis['pooled_std']:.4f}",
         target2=f"{analysis['targets']['pooled_std']:.4f}", searches=results.get("searches", 500),
-        verdict=verdict, reference_note=reference,
+        verdict=verdict, reference_note=reference, limits=t["limits"].substitute(),
+        equilibrium_cost=_equilibrium_cost(t, summary, s, facts),
+        still_note=t["still_note"].substitute(points="; ".join(still), still=f"{STILL:g}")
+        if (still := _still_points(summary)) else "",
         reference_arm=t["reference_arm"].substitute(eta_grid=_short(s["eta_grid"]))
         if REFERENCE in summary and summary[REFERENCE] else "",
         scope_note="\n" + t["scope_note_" + ("invariant" if s.get("decay_scope", "all") ==
@@ -1172,6 +1187,38 @@ def _duplicates(t, summary) -> str:
     if not parts:
         return ""
     return " " + t["duplicate_note"].substitute(parts="; ".join(parts))
+
+
+def equilibrium_steps(theta, momentum, n_tau) -> dict:
+    """What decoupled decay needs to settle a scale-invariant kernel at the angle ``theta``
+    per step: ``ηλ = Δθ²(1+α)/(2(1−α))`` (the inverse of the equilibrium formula), its
+    relaxation time ``τ = 1/(2ηλ)`` and ``n_tau·τ`` steps."""
+    check_number("theta", theta, low=0, low_inclusive=False)
+    check_number("momentum", momentum, low=0, high=1, high_inclusive=False)
+    check_number("n_tau", n_tau, low=0, low_inclusive=False)
+    el = theta ** 2 * (1 + momentum) / (2 * (1 - momentum))
+    tau = 1.0 / (2.0 * el)
+    return {"eta_lambda": el, "tau": tau, "steps": n_tau * tau}
+
+
+def _equilibrium_cost(t, summary, s, facts) -> str:
+    """The sentence on what reaching the sphere's best angle at equilibrium would cost a
+    decayed run ('' without a measured sphere angle)."""
+    pts = summary.get("sphere") or []
+    if not pts:
+        return ""
+    best = max(pts, key=lambda p: p["mean"])
+    theta = best["theta_measured"]
+    if not (isinstance(theta, float) and math.isfinite(theta) and theta > 0):
+        return ""
+    need = equilibrium_steps(theta, s["momentum"], s["n_tau"])
+    return "\n\n" + t["equilibrium_cost"].substitute(
+        theta=f"{theta:.3g}", eta=f"{best['eta']:.3g}", eta_lambda=f"{need['eta_lambda']:.3g}",
+        tau=f"{need['tau']:,.0f}", n_tau=f"{s['n_tau']:g}", steps=f"{need['steps']:,.0f}",
+        ratio=f"{need['steps'] / facts['total_steps']:.0f}", total_steps=facts["total_steps"],
+        epochs=f"{need['steps'] / facts['steps_per_epoch']:,.0f}",
+        consequence=t["cost_beyond" if need["steps"] > facts["total_steps"]
+                      else "cost_within"].substitute())
 
 
 def _count_word(n):

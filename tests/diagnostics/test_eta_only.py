@@ -459,3 +459,16 @@ def test_settings_defaults_follow_the_epochs():
     assert s.score_epochs == 5 and s.pilot_epochs == 30 and s.total_steps() == 3000
     q = study.make_settings(quick=True)
     assert (q.epochs, q.score_epochs, q.pilot_epochs, q.seeds) == (2, 1, 1, (1,))
+
+
+def test_equilibrium_steps_hand_values():
+    # Δθ = 0.001, α = 0.9: ηλ = 1e-6·1.9/0.2 = 9.5e-6, τ = 1/(2·9.5e-6) = 52631.58 steps
+    need = study.equilibrium_steps(0.001, 0.9, 3)
+    assert need["eta_lambda"] == pytest.approx(9.5e-6)
+    assert need["tau"] == pytest.approx(52631.58, rel=1e-6)
+    assert need["steps"] == pytest.approx(157894.74, rel=1e-6)
+    # the inverse of the library's equilibrium angle for decoupled SGD
+    el = study.equilibrium_steps(0.02, 0.9, 1)["eta_lambda"]
+    assert study.equilibrium_theta("decoupled", 0.1, el / 0.1, 0.9) == pytest.approx(0.02)
+    with pytest.raises(ValueError, match=r"`theta`.*Received: theta=0"):
+        study.equilibrium_steps(0, 0.9, 3)
