@@ -216,12 +216,13 @@ def _split_size(split, sizes):
 
 def make_settings(*, quick=False, **overrides) -> Settings:
     """The full study's settings, or the miniature (``quick``: 2×2 grids, 2-point 1-D grids,
-    2 epochs, 1 seed, 1 pilot epoch), with ``overrides`` (None values ignored)."""
+    2 epochs, 1 seed, 2 pilots of 1 epoch), with ``overrides`` (None values ignored)."""
     base = {}
     if quick:
         base = {"epochs": 2, "seeds": (1,), "score_epochs": 1, "eta_grid": (0.05, 0.2),
                 "lambda_points": 2, "lambda_factor": 4.0, "eta_lambda_points": 2,
-                "sphere_points": 2, "pilot_epochs": 1, "quick": True}
+                "sphere_points": 2, "pilot_etas": (0.03, 0.3), "pilot_epochs": 1,
+                "quick": True}
     base.update({k: v for k, v in overrides.items() if v is not None})
     unknown = sorted(set(base) - {f.name for f in dataclasses.fields(Settings)})
     if unknown:
