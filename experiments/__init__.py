@@ -2,9 +2,13 @@
 
 * :mod:`experiments.l2_vs_bn` — ``keras-normreg study l2-vs-bn``: BN + L2 vs unit norm vs no BN
   on MNIST-1D, with a Markdown report (prose in ``experiments/templates/l2_vs_bn.md``) and plots.
+* :mod:`experiments.eta_only` — ``keras-normreg study eta-only``: with the BN'd kernels on the
+  sphere, is tuning η alone enough? Four arms of grids × 3 seeds on MNIST-1D, a report (prose in
+  ``experiments/templates/eta_only.md``), table, plots and the random-search statistic.
+* :mod:`experiments._report` — the ``<!-- @section name -->`` template format both reports use.
 * :mod:`experiments.compare` — invariance-aware search: trials each parametrization (λ, η) or
   (ηλ, η) needs to reach a target (used by ``bench/bench_tuning.py``).
 
 They import ``keras_normreg``; nothing in ``keras_normreg`` imports them (the CLI's ``study``
-subcommand loads :mod:`experiments.l2_vs_bn` from the checkout it runs in).
+subcommand loads the study's module from the checkout it runs in).
 """

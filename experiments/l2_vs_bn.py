@@ -33,7 +33,6 @@ import json
 import math
 import os
 import platform
-import re
 import string
 import sys
 import tempfile
@@ -49,6 +48,8 @@ from keras_normreg._utils import check_number, received
 from keras_normreg.diagnostics import plots
 from keras_normreg.diagnostics.auditor import AuditRow, InvarianceReport, scale_invariant_weights
 from keras_normreg.diagnostics.monitor import NormMonitor, equilibrium_angular_update
+
+from ._report import load_sections
 
 __all__ = ["DEFAULT_L2_VALUES", "cli", "load_results", "load_template", "render_report",
            "run_l2_vs_bn"]
@@ -342,7 +343,6 @@ def _relaxation_steps(lr, l2, momentum):
 
 # ------------------------------------------------------------------------------ the report
 TEMPLATE = os.path.join(os.path.dirname(os.path.abspath(__file__)), "templates", "l2_vs_bn.md")
-_SECTION = re.compile(r"^<!-- @section (\w+) -->$", re.MULTILINE)
 
 
 _SECTIONS = ("report", "row", "matched", "matched_unit", "matched_pinned", "item1", "item1_norm",
@@ -356,17 +356,7 @@ def load_template(path=TEMPLATE) -> dict[str, string.Template]:
     """``{name: string.Template}``, one per ``<!-- @section name -->`` block of ``path``
     (leading and trailing blank lines dropped); every section :func:`render_report` uses must
     be there."""
-    with open(path, encoding="utf-8") as f:
-        text = f.read()
-    pieces = _SECTION.split(text)  # [preamble, name, body, name, body, ...]
-    sections = {name: string.Template(body.strip("\n"))
-                for name, body in zip(pieces[1::2], pieces[2::2], strict=True)}
-    missing = [name for name in _SECTIONS if name not in sections]
-    if missing:
-        raise ValueError(f"Argument `path` must be an l2-vs-bn report template with the sections "
-                         f"{list(_SECTIONS)} (`<!-- @section name -->` lines); missing: "
-                         f"{missing}. {received('path', os.fspath(path))}")
-    return sections
+    return load_sections(path, _SECTIONS, "l2-vs-bn")
 
 
 def load_results(path):

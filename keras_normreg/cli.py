@@ -155,11 +155,14 @@ def _parser() -> argparse.ArgumentParser:
     s.add_argument("--directory", default=None, help="override output.directory")
 
     s = sub.add_parser("study", help="diagnostic studies with a Markdown report "
-                                     "(l2-vs-bn: L2 vs BatchNorm on MNIST-1D)")
-    s.add_argument("which", choices=("l2-vs-bn",), help="the study to run")
-    s.add_argument("--epochs", type=int, default=30, help="epochs per run (default 30)")
-    s.add_argument("--out", default="docs/study_l2_vs_bn",
-                   help="folder for figures and data; the report is <out>.md")
+                                     "(l2-vs-bn: L2 vs BatchNorm on MNIST-1D; eta-only: is "
+                                     "tuning η alone enough with the kernels on the sphere?)")
+    s.add_argument("which", choices=tuple(STUDIES), help="the study to run")
+    s.add_argument("--epochs", type=int, default=None,
+                   help="epochs per run (default: l2-vs-bn 30, eta-only 20)")
+    s.add_argument("--out", default=None,
+                   help="folder for figures and data; the report is <out>.md (default: "
+                        "docs/study_l2_vs_bn, docs/study_eta_only)")
     # --verbose is accepted after the command too (`keras-normreg train r.toml --verbose`);
     # SUPPRESS keeps a subcommand from overwriting the global flag with its default
     for subparser in sub.choices.values():
@@ -350,10 +353,16 @@ def _source_root() -> str:
     return os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 
 
+#: ``keras-normreg study NAME`` -> the module of the source checkout that runs it (its
+#: ``cli(epochs=, out=, which=)``; an option left out keeps the study's own default).
+STUDIES = {"l2-vs-bn": "experiments.l2_vs_bn", "eta-only": "experiments.eta_only"}
+
+
 def _cmd_study(args) -> int:
     # The studies are experiments of the source checkout (experiments/), not of the package.
     root = _source_root()
-    if not os.path.isfile(os.path.join(root, "experiments", "l2_vs_bn.py")):
+    module = STUDIES[args.which]
+    if not os.path.isfile(os.path.join(root, *module.split(".")) + ".py"):
         print(f"keras-normreg study: error: the studies run from a source checkout (no "
               f"experiments/ next to the installed package in {root}); clone the repository, "
               f"`pip install -e .` in it and run `keras-normreg study {args.which}` there.",
@@ -363,8 +372,9 @@ def _cmd_study(args) -> int:
         sys.path.insert(0, root)
     import importlib
 
-    study = importlib.import_module("experiments.l2_vs_bn")
-    return study.cli(epochs=args.epochs, out=args.out, which=args.which)
+    study = importlib.import_module(module)
+    options = {k: v for k, v in (("epochs", args.epochs), ("out", args.out)) if v is not None}
+    return study.cli(**options, which=args.which)
 
 
 COMMANDS = {
