@@ -234,3 +234,20 @@ def test_bench_tuning_quick_speedup():
     cores = sorted(os.sched_getaffinity(0))
     first = cores[:round(len(cores) / 2)] if len(cores) >= 2 else cores
     assert s["runs"][1]["cpus"][1] == [set(first)]  # 1 worker: the first of two machines
+
+
+def test_bench_jit_default_one_epoch(capsys, monkeypatch):
+    """Both settings train in their own process on this session's backend; "auto" resolves as
+    Keras does (XLA on JAX only, among CPU backends)."""
+    import keras
+
+    monkeypatch.setenv("TF_CPP_MIN_LOG_LEVEL", "3")
+    module = _load("bench_jit_default")
+    assert module.main(["--epochs", "1"]) == 0
+    lines = capsys.readouterr().out.strip().splitlines()
+    rows = [json.loads(line) for line in lines[:2]]
+    assert [r["jit_compile"] for r in rows] == ["false", '"auto"']
+    assert rows[0]["resolved"] is False
+    assert rows[1]["resolved"] is (keras.backend.backend() == "jax")
+    assert all(r["train_seconds"] > 0 and 0 <= r["test_accuracy"] <= 1 for r in rows)
+    assert lines[2].startswith("train_seconds false / auto: ")
