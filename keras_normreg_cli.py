@@ -47,20 +47,10 @@ def catalog_path() -> str | None:
 
 
 def list_lines(cat: dict, what: str = "all") -> list[str]:
-    """The lines of ``keras-normreg list WHAT`` for a catalog (``keras_normreg.cli`` prints
-    the live one with this same function)."""
-    lines = []
-    if what in ("models", "all"):
-        lines.append("models:")
-        for m in cat["models"]:
-            lines.append(f"  {m['name']:<16} {m['family']:<10} {m['description']}")
-    if what in ("datasets", "all"):
-        lines.append("datasets:")
-        for d in cat["datasets"]:
-            splits = ", ".join(f"{k}={v}" for k, v in d["splits"].items())
-            lines.append(f"  {d['name']:<16} input={tuple(d['input_shape'])} "
-                         f"classes={d['classes']} {splits}")
-    return lines
+    """The lines of ``keras-normreg list WHAT``: the catalog holds them as
+    ``keras_normreg.cli.list_lines`` formats them (``"lines"``, per part)."""
+    return [line for part in ("models", "datasets") if what in (part, "all")
+            for line in cat["lines"][part]]
 
 
 def _fast_list(argv: list[str]) -> int | None:

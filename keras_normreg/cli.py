@@ -29,7 +29,6 @@ import keras
 from keras_normreg import _atomic, config, distribute
 from keras_normreg._backend import SUPPORTED_BACKENDS
 from keras_normreg._locks import LockError
-from keras_normreg_cli import list_lines  # one formatter: the fast path's (no Keras there)
 
 #: The static catalog answered by ``keras-normreg list`` (see the module docstring).
 CATALOG_PATH = os.path.join(os.path.dirname(os.path.abspath(__file__)), "catalog.json")
@@ -173,7 +172,7 @@ def _parser() -> argparse.ArgumentParser:
 def catalog() -> dict:
     """The zoo models and datasets as read from the live registries (what ``list`` prints):
     ``{"models": [{name, family, description}], "datasets": [{name, input_shape, classes,
-    splits}]}``. :data:`CATALOG_PATH` holds a copy, written by :func:`write_catalog`."""
+    splits}], "lines": {"models": [...], "datasets": [...]}}`` (the printed lines). :data:`CATALOG_PATH` holds a copy, written by :func:`write_catalog`."""
     from keras_normreg import data, zoo
 
     models = []
@@ -185,7 +184,11 @@ def catalog() -> dict:
         i = data.info(name)
         datasets.append({"name": name, "input_shape": list(i.input_shape),
                          "classes": i.num_classes, "splits": dict(i.splits)})
-    return {"models": models, "datasets": datasets}
+    cat = {"models": models, "datasets": datasets}
+    # the printed lines travel in the catalog, so that keras_normreg_cli (which must not import
+    # this package) prints them without a formatter of its own
+    cat["lines"] = {part: list_lines(cat, part) for part in ("models", "datasets")}
+    return cat
 
 
 def catalog_text(cat: dict) -> str:
@@ -197,6 +200,23 @@ def write_catalog(path: str = CATALOG_PATH) -> str:
     """Write :func:`catalog` to ``path`` (``make catalog``) and return the path."""
     _atomic.write_text(path, catalog_text(catalog()))
     return path
+
+
+def list_lines(cat: dict, what: str = "all") -> list[str]:
+    """The lines ``keras-normreg list WHAT`` prints for a catalog (:func:`catalog` stores them
+    per part under ``"lines"`` for ``keras_normreg_cli``)."""
+    lines = []
+    if what in ("models", "all"):
+        lines.append("models:")
+        for m in cat["models"]:
+            lines.append(f"  {m['name']:<16} {m['family']:<10} {m['description']}")
+    if what in ("datasets", "all"):
+        lines.append("datasets:")
+        for d in cat["datasets"]:
+            splits = ", ".join(f"{k}={v}" for k, v in d["splits"].items())
+            lines.append(f"  {d['name']:<16} input={tuple(d['input_shape'])} "
+                         f"classes={d['classes']} {splits}")
+    return lines
 
 
 def _cmd_list(args) -> int:
