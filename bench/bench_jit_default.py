@@ -2,7 +2,7 @@
 
 Usage::
 
-    KERAS_BACKEND=jax python bench/bench_jit_default.py            # zoo/mnist1d_cnn1d_batch, 3 epochs
+    KERAS_BACKEND=jax python bench/bench_jit_default.py   # zoo/mnist1d_cnn1d_batch, 3 epochs
     KERAS_BACKEND=jax python bench/bench_jit_default.py --epochs 5 --recipe zoo/OTHER.toml
 
 Each setting trains in a fresh process (Keras picks its backend at import, and a process's

@@ -54,8 +54,9 @@ point by point. Arm (d) spans (a)'s ηλ range at (a)'s middle η. Arm (c) has n
 sphere a unit turns by ``Δθ ≈ η·‖∇f(ŵ)‖`` per step (times the momentum's gain), so its η grid
 is chosen to span (a)'s range of equilibrium Δθ and ``sphere_below`` = 16 times under it (the
 small angles a decayed run reaches in this budget only off equilibrium, where the no-decay
-reference ends), with the rate Δθ/η measured in three pilot runs on the sphere (:class:`~keras_normreg.diagnostics.NormMonitor`'s ``unit_angular_update``
-/ ``unit_effective_lr``, the latter being η for unit-norm units), as long as the grid runs by
+reference ends), with the rate Δθ/η measured in three pilot runs on the sphere
+(:class:`~keras_normreg.diagnostics.NormMonitor`'s ``unit_angular_update`` /
+``unit_effective_lr``, the latter being η for unit-norm units), as long as the grid runs by
 default (the gradient norm shrinks as the net fits, and the grid runs are measured in their
 last epoch too), fitted as a power law ``Δθ = c·η^p`` (:func:`fit_rate`,
 :func:`sphere_eta_grid`).
@@ -114,10 +115,11 @@ from keras_normreg.tuning import space as nr_space
 
 from ._report import load_sections
 
-__all__ = ["ALL_ARMS", "ARMS", "MEASURED_TIMING", "REFERENCE", "Settings", "arm_grids", "calibrate", "cli", "equilibrium_theta",
-           "equilibrium_steps", "estimate_seconds", "eta_lambda_floor", "fit_rate", "geometric_quantile",
-           "load_template", "log_grid", "main", "make_settings", "render", "render_report",
-           "run_study", "search_trials", "sphere_eta_grid", "summarize"]
+__all__ = ["ALL_ARMS", "ARMS", "MEASURED_TIMING", "REFERENCE", "Settings", "arm_grids",
+           "calibrate", "cli", "equilibrium_steps", "equilibrium_theta", "estimate_seconds",
+           "eta_lambda_floor", "fit_rate", "geometric_quantile", "load_template", "log_grid",
+           "main", "make_settings", "render", "render_report", "run_study", "search_trials",
+           "sphere_eta_grid", "summarize"]
 
 #: The arms, in report order: (a) decoupled 2-D, (b) coupled 2-D, (c) sphere η, (d) ηλ at fixed η.
 ARMS = ("decoupled", "coupled", "sphere", "eta_lambda")
@@ -950,10 +952,15 @@ FIGURES = ("heatmaps", "accuracy_vs_theta", "search")
 STILL = 1e-5
 
 
+def _stopped(point) -> bool:
+    """Whether a grid point stopped turning (measured Δθ < :data:`STILL`)."""
+    return math.isfinite(point["theta_measured"]) and point["theta_measured"] < STILL
+
+
 def _still_points(summary) -> list[str]:
-    """Labels of the grid points that stopped turning (measured Δθ < :data:`STILL`)."""
+    """Labels of the grid points that stopped turning."""
     return [f"({LETTERS[a]}) {_point_label(a, p)}" for a in ALL_ARMS for p in summary.get(a, [])
-            if math.isfinite(p["theta_measured"]) and p["theta_measured"] < STILL]
+            if _stopped(p)]
 
 
 def _figure(ncols=1, nrows=1, size=(5.2, 4.0)):
@@ -995,7 +1002,7 @@ def _plots(out_dir, results, summary, analysis):
     markers = {"decoupled": "o", "coupled": "s", "sphere": "D", "eta_lambda": "^", "none": "x"}
     for i, arm in enumerate(ALL_ARMS):
         pts = [p for p in summary.get(arm, []) if math.isfinite(p["theta_measured"])
-               and p["theta_measured"] >= STILL]
+               and not _stopped(p)]
         if not pts:
             continue
         ax.errorbar([p["theta_measured"] for p in pts], [p["mean"] for p in pts],
@@ -1158,7 +1165,7 @@ def render_report(results, summary, analysis, out_dir, template=None) -> str:
         target=f"{target:.4f}", pooled_std=f"{analysis['pooled_std']:.4f}",
         target2=f"{analysis['targets']['pooled_std']:.4f}", searches=results.get("searches", 500),
         verdict=verdict, reference_note=reference, limits=t["limits"].substitute(),
-        equilibrium_cost=_equilibrium_cost(t, summary, s, facts),
+        equilibrium_cost=_equilibrium_cost(t, analysis, s, facts),
         still_note=t["still_note"].substitute(points="; ".join(still), still=f"{STILL:g}")
         if (still := _still_points(summary)) else "",
         reference_arm=t["reference_arm"].substitute(eta_grid=_short(s["eta_grid"]))
@@ -1199,13 +1206,12 @@ def equilibrium_steps(theta, momentum, n_tau) -> dict:
     return {"eta_lambda": el, "tau": tau, "steps": n_tau * tau}
 
 
-def _equilibrium_cost(t, summary, s, facts) -> str:
+def _equilibrium_cost(t, analysis, s, facts) -> str:
     """The sentence on what reaching the sphere's best angle at equilibrium would cost a
     decayed run ('' without a measured sphere angle)."""
-    pts = summary.get("sphere") or []
-    if not pts:
+    if "sphere" not in analysis["arms"]:
         return ""
-    best = max(pts, key=lambda p: p["mean"])
+    best = analysis["arms"]["sphere"]["best"]
     theta = best["theta_measured"]
     if not (isinstance(theta, float) and math.isfinite(theta) and theta > 0):
         return ""

@@ -172,7 +172,8 @@ def _parser() -> argparse.ArgumentParser:
 def catalog() -> dict:
     """The zoo models and datasets as read from the live registries (what ``list`` prints):
     ``{"models": [{name, family, description}], "datasets": [{name, input_shape, classes,
-    splits}], "lines": {"models": [...], "datasets": [...]}}`` (the printed lines). :data:`CATALOG_PATH` holds a copy, written by :func:`write_catalog`."""
+    splits}], "lines": {"models": [...], "datasets": [...]}}`` (the printed lines).
+    :data:`CATALOG_PATH` holds a copy, written by :func:`write_catalog`."""
     from keras_normreg import data, zoo
 
     models = []

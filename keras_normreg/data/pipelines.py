@@ -302,8 +302,8 @@ def load_epochs(name: str, split: str, batch_size: int, data_dir=None, augment=N
     ``steps_per_epoch``. Batches never straddle two epochs. ``seed=None`` draws a random seed
     once. With TensorFlow's global seed set (``keras.utils.set_random_seed``; ``train`` sets
     it to ``train.seed`` before building its pipelines) that seed enters too, as in every
-    seeded tf.data op. ``start_epoch`` = k starts the stream at epoch k (a run resumed after k finished
-    epochs): its first batches are those epoch k of a stream started at 0 yields.
+    seeded tf.data op. ``start_epoch`` = k starts the stream at epoch k (a run resumed after k
+    finished epochs): its first batches are those epoch k of a stream started at 0 yields.
 
     Returns:
         ``(dataset, num_examples)``: the batched, prefetched stream and the examples per epoch.
