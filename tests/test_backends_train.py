@@ -69,27 +69,46 @@ def test_train_save_and_evaluate_on_backend(backend, tmp_path):
     assert proc.returncode == 0 and "match" in proc.stdout, proc.stdout + proc.stderr[-2000:]
 
 
-_WEIGHTS = textwrap.dedent("""
+_DATA_PARALLEL = textwrap.dedent("""
     import json, sys
     import numpy as np
+    import jax
     import keras
-    from keras_normreg import config, train
-    cfg = config.load_recipe(sys.argv[1], [f'train.strategy="{sys.argv[2]}"'])
-    result = train.train(cfg, save=False, run_dir=sys.argv[3])
-    weights = [np.asarray(keras.ops.convert_to_numpy(w)).tolist() for w in result.model.weights]
-    print("RESULT " + json.dumps({"weights": weights, "acc": result.test_accuracy,
-                                  "loss": result.history["loss"]}))
+    from keras_normreg import config, data, distribute, train
+    assert len(jax.devices("cpu")) == 2, jax.devices()
+    recipe, run_dir = sys.argv[1], sys.argv[2]
+    out = {}
+
+    # (1) the training path: one step (128 examples, batch 128) on one device and on two
+    sets = ['data.train_split="train[:128]"', "train.epochs=1"]
+    for spec in ("default", "cpu:2"):
+        cfg = config.load_recipe(recipe, sets + [f'train.strategy="{spec}"'])
+        result = train.train(cfg, save=False, run_dir=f"{run_dir}/{spec.replace(':', '')}")
+        out[spec] = {"weights": [np.asarray(keras.ops.convert_to_numpy(w)).tolist()
+                                 for w in result.model.weights],
+                     "loss": result.history["loss"]}
+
+    # (2) batch statistics: a batch whose halves (one per device) have different statistics
+    x, y = data.arrays("mnist1d", "train[:128]")
+    x = np.array(x, dtype="float32")
+    x[64:] = 3.0 * x[64:] + 2.0
+    cfg = config.load_recipe(recipe, sets)
+    means = {}
+    for spec in ("default", "cpu:2"):
+        strategy = distribute.resolve(spec)
+        with strategy.scope():
+            model = train.build_and_compile(cfg, steps_per_epoch=1)
+            bn = model.get_layer("block1_norm")
+            if spec == "default":  # the pre-normalization activations at the initial weights
+                probe = keras.Model(model.inputs, bn.input)
+                out["activations"] = np.asarray(keras.ops.convert_to_numpy(
+                    probe(x, training=False)), dtype="float64").tolist()
+            model.train_on_batch(x, y)
+            moving = np.asarray(keras.ops.convert_to_numpy(bn.moving_mean), dtype="float64")
+            means[spec] = (moving / (1.0 - bn.momentum)).tolist()   # moving mean starts at 0
+    out["batch_means"] = means
+    print("RESULT " + json.dumps(out))
 """)
-
-
-def _weights(recipe, strategy, run_dir, devices):
-    env = _env(KERAS_BACKEND="jax",
-               XLA_FLAGS=f"--xla_force_host_platform_device_count={devices}")
-    proc = subprocess.run([sys.executable, "-c", _WEIGHTS, str(recipe), strategy, str(run_dir)],
-                          cwd=ROOT, env=env, capture_output=True, text=True, timeout=900)
-    lines = [ln for ln in proc.stdout.splitlines() if ln.startswith("RESULT ")]
-    assert proc.returncode == 0 and lines, proc.stdout[-2000:] + proc.stderr[-3000:]
-    return json.loads(lines[-1][7:])
 
 
 def test_jax_data_parallel_two_devices_matches_one(tmp_path):
@@ -97,17 +116,47 @@ def test_jax_data_parallel_two_devices_matches_one(tmp_path):
     device: the global batch is split over the devices, batch-norm statistics and gradients are
     those of the whole batch (XLA all-reduces them), and the variables stay replicated.
 
-    Tolerance: the two runs differ only in the order of float32 reductions (sums split in two
-    halves, then added), ~1e-7 relative per step; over 2 epochs x 32 steps of SGD with momentum
-    that grows to ~1e-5 in the weights. A 2-device run that used per-device batch statistics or
-    half the gradient would differ at the 1e-2 level."""
+    (1) One step of the training path (``train.train``, one batch of 128) on 1 and 2 devices.
+    The runs differ only in the order of float32 reductions: a sum of N terms split in two
+    partial sums and then added is rounded differently, by at most ~log2(N)·u·Σ|t| (u = 2^-24;
+    N <= 128 examples x 40 positions = 5120, so ~8e-7 relative to the terms' magnitude, which
+    is O(1) for this model's gradients, amplified at most a few times by BatchNorm's backward
+    pass). One SGD step with lr 0.1 moves a weight by lr·g, so the weights differ by
+    <~ 0.1 x 8e-7 x a few ~ 3e-7: atol 1e-6, rtol 1e-5. Per-device statistics or half the
+    gradient would differ at the 1e-2 level. Several epochs are NOT compared: with momentum and
+    BatchNorm the ~1e-7 differences grow step after step to ~1e-3 over 64 steps on some CPUs
+    (not a bug of either run: chaotic growth of rounding differences).
+
+    (2) Batch statistics are global: a batch whose two halves (one per device) have different
+    statistics (the second half scaled by 3 and shifted by 2). The first BatchNormalization's
+    moving mean after one step gives the batch mean it used, (1 - momentum)·mean from 0; it
+    must equal the NumPy mean of the whole batch's pre-normalization activations (float32
+    reductions over 5120 values: <= ~13·u·max|a| ~ 1e-6·max|a|; atol 1e-5·max|a|), while
+    the mean of either half differs from it by more than 0.1 (checked, so the test can tell
+    per-device statistics from global ones)."""
     recipe = _tiny_recipe(tmp_path, "dp")
-    one = _weights(recipe, "auto", tmp_path / "run1", devices=1)
-    two = _weights(recipe, "cpu:2", tmp_path / "run2", devices=2)
+    env = _env(KERAS_BACKEND="jax", XLA_FLAGS="--xla_force_host_platform_device_count=2")
+    proc = subprocess.run([sys.executable, "-c", _DATA_PARALLEL, str(recipe), str(tmp_path)],
+                          cwd=ROOT, env=env, capture_output=True, text=True, timeout=900)
+    lines = [ln for ln in proc.stdout.splitlines() if ln.startswith("RESULT ")]
+    assert proc.returncode == 0 and lines, proc.stdout[-2000:] + proc.stderr[-3000:]
+    out = json.loads(lines[-1][7:])
+
+    one, two = out["default"], out["cpu:2"]
     assert len(one["weights"]) == len(two["weights"])
     for a, b in zip(one["weights"], two["weights"], strict=True):
-        np.testing.assert_allclose(np.asarray(b), np.asarray(a), rtol=1e-4, atol=2e-5)
-    np.testing.assert_allclose(two["loss"], one["loss"], rtol=1e-4)
+        np.testing.assert_allclose(np.asarray(b), np.asarray(a), rtol=1e-5, atol=1e-6)
+    np.testing.assert_allclose(two["loss"], one["loss"], rtol=1e-5)
+
+    act = np.asarray(out["activations"])            # (128, positions, channels)
+    channels = act.shape[-1]
+    whole = act.reshape(-1, channels).mean(axis=0)
+    first = act[:64].reshape(-1, channels).mean(axis=0)
+    second = act[64:].reshape(-1, channels).mean(axis=0)
+    tol = 1e-5 * np.abs(act).max()
+    assert min(np.abs(first - whole).max(), np.abs(second - whole).max()) > 0.1 > 100 * tol
+    for spec in ("default", "cpu:2"):
+        np.testing.assert_allclose(out["batch_means"][spec], whole, rtol=0, atol=tol)
 
 
 def test_jax_cpu_strategy_without_the_devices_says_how():
