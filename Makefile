@@ -8,6 +8,10 @@ BIN    := $(VENV)/bin
 EXTRAS ?= cpu,dev
 comma  := ,
 STAMP  := $(VENV)/.installed-$(subst $(comma),-,$(EXTRAS))
+# The versions the suite passed with (constraints.txt): a fresh machine installs exactly these.
+CONSTRAINTS ?= constraints.txt
+# What `make test` prints first: the versions it runs with.
+VERSIONS := keras keras-tuner tensorflow tensorflow-cpu tensorflow-datasets jax jaxlib torch numpy
 PYTEST_ARGS ?=
 # The blocks' tests run again on the JAX and PyTorch backends (TensorFlow-only tests skip
 # themselves there, and so do the tests that start every backend in subprocesses: those run once,
@@ -20,13 +24,13 @@ BACKEND_TESTS ?= tests/layers tests/test_kernels.py tests/test_backend.py \
 	tests/zoo/test_zoo_layers.py tests/zoo/test_families.py \
 	tests/data/test_arrays.py tests/data/test_streams.py
 
-.PHONY: demo test test-slow lint bench clean install catalog
+.PHONY: demo test test-slow lint bench clean install catalog versions constraints
 
 install: $(STAMP)
 
-$(STAMP): pyproject.toml
+$(STAMP): pyproject.toml $(CONSTRAINTS)
 	@test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
-	$(BIN)/python -m pip install --quiet --disable-pip-version-check -e '.[$(EXTRAS)]'
+	$(BIN)/python -m pip install --quiet --disable-pip-version-check -c $(CONSTRAINTS) -e '.[$(EXTRAS)]'
 	@rm -f $(VENV)/.installed-*
 	@touch $@
 
@@ -41,7 +45,16 @@ catalog: $(STAMP)
 lint: $(STAMP)
 	$(BIN)/ruff check .
 
-test: $(STAMP)
+# the installed versions of what the results depend on (Python first)
+versions: $(STAMP)
+	@$(BIN)/python -c "import sys, importlib.metadata as m; d = {x.metadata['Name'].lower().replace('_', '-'): x.version for x in m.distributions()}; print('python', sys.version.split()[0]); [print(n, d[n]) for n in sys.argv[1:] if n in d]" $(VERSIONS)
+
+# constraints.txt from the current .venv (after the suite passed with an upgrade)
+constraints: $(STAMP)
+	@{ sed -n '/^#/p' $(CONSTRAINTS); $(BIN)/python -m pip freeze --disable-pip-version-check --exclude-editable | sed 's/^torch==\([0-9.]*\)+cpu$$/torch==\1/'; } > $(CONSTRAINTS).new
+	@mv $(CONSTRAINTS).new $(CONSTRAINTS)
+
+test: $(STAMP) versions
 	$(BIN)/ruff check .
 	$(BIN)/python -m pytest -m "not slow" $(PYTEST_ARGS)
 	KERAS_BACKEND=jax $(BIN)/python -m pytest -m "not slow" $(BACKEND_TESTS)

@@ -42,7 +42,7 @@ __all__ = [
 ]
 
 #: (lowest, first excluded) versions of Keras this package is tested with (pyproject.toml).
-KERAS_TESTED = ("3.5", "3.16")
+KERAS_TESTED = ("3.10", "3.16")
 #: (lowest, first excluded) versions of keras-tuner this package is tested with.
 KERAS_TUNER_TESTED = ("1.4", "1.5")
 
