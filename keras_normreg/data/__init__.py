@@ -1,20 +1,26 @@
-"""Datasets: tf.data pipelines over tensorflow-datasets, plus two embedded offline sets.
+"""Datasets: tf.data pipelines over tensorflow-datasets, plus embedded offline sets.
 
-Two embedded sets need no network:
+The embedded sets need no network:
 
 - ``mnist1d``, generated with the reference generator of the ``mnist1d`` package;
-- ``digits``, scikit-learn's bundled 8x8 digits.
+- ``digits``, scikit-learn's bundled 8x8 digits;
+- ``modular_add``, ``modular_sub``, ``modular_mul``, ``modular_div``: every equation
+  ``a op b = c (mod p)`` as int32 tokens (Power et al., 2022, "Grokking"), generated with NumPy;
+  one split ``train`` in a fixed order, cut with percent slices (``"train[:30%]"`` /
+  ``"train[30%:]"``); see :mod:`keras_normreg.data.modular`.
 
 Without TensorFlow (any Keras backend): :func:`arrays` gives the embedded sets as NumPy arrays
 (preprocessed like the pipelines, tfds split strings such as ``"train[:90%]"``), and
 :func:`info`, :func:`list_datasets`, :class:`DatasetInfo` give the static metadata.
 
-With TensorFlow and tensorflow-datasets installed, importing this package also registers the two
+With TensorFlow and tensorflow-datasets installed, importing this package also registers the
 embedded sets as real tfds builders (:mod:`keras_normreg.data.mnist1d`,
-:mod:`keras_normreg.data.digits`), so ``tfds.load("mnist1d", split="test")`` works after
-``import keras_normreg``; and :func:`load` (batched tf.data pipelines), :func:`load_epochs`,
-:func:`is_prepared`, :class:`DatasetNotFoundError`, :class:`Mnist1d`, :class:`Digits`,
-:class:`Mnist1dConfig` and :func:`mnist1d_config` are available. Those are imported lazily on
+:mod:`keras_normreg.data.digits`, :mod:`keras_normreg.data.modular_builders`), so
+``tfds.load("mnist1d", split="test")`` works after ``import keras_normreg``; and :func:`load`
+(batched tf.data pipelines), :func:`load_epochs`, :func:`is_prepared`,
+:class:`DatasetNotFoundError`, :class:`Mnist1d`, :class:`Digits`, :class:`Mnist1dConfig`,
+:func:`mnist1d_config`, :class:`ModularAdd`, :class:`ModularSub`, :class:`ModularMul`,
+:class:`ModularDiv`, :class:`ModularConfig` and :func:`modular_config` are available. Those are imported lazily on
 first access (PEP 562); without TensorFlow, accessing them raises an ImportError that says what
 to install. Preprocessing constants are documented in :mod:`keras_normreg.data.registry`.
 """
@@ -37,17 +43,23 @@ _LAZY = {
     "Mnist1d": "mnist1d",
     "Mnist1dConfig": "mnist1d",
     "mnist1d_config": "mnist1d",
+    "ModularAdd": "modular_builders",
+    "ModularSub": "modular_builders",
+    "ModularMul": "modular_builders",
+    "ModularDiv": "modular_builders",
+    "ModularConfig": "modular_builders",
+    "modular_config": "modular_builders",
 }
-_LAZY_MODULES = ("pipelines", "digits", "mnist1d", "_common")
+_LAZY_MODULES = ("pipelines", "digits", "mnist1d", "modular_builders", "_common")
 
 __all__ = ["DatasetInfo", "arrays", "info", "list_datasets"]
 
 
 def register_tfds_builders() -> None:
-    """Register the embedded sets (mnist1d, digits) as tfds builders, so that
+    """Register the embedded sets (mnist1d, digits, modular_*) as tfds builders, so that
     ``tfds.load("mnist1d")`` works; imports TensorFlow. Done at import on the TensorFlow
     backend and on first use of a tf.data name (``load``, ...) on the others; idempotent."""
-    for module in ("digits", "mnist1d"):
+    for module in ("digits", "mnist1d", "modular_builders"):
         importlib.import_module(f"{__name__}.{module}")
 
 

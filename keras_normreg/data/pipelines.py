@@ -1,4 +1,5 @@
-"""``load()``: batched tf.data pipelines of ``(features float32, label int64)`` ready for ``fit``.
+"""``load()``: batched tf.data pipelines of ``(features float32, label int64)`` ready for ``fit``
+(the modular arithmetic sets: ``(tokens int32, label int64)``, the tokens as stored).
 
 Order of the stages::
 
@@ -6,6 +7,7 @@ Order of the stages::
     -> cache()                                 if cache=True and the split is < ~1 GiB as stored
     -> shuffle(seed, reshuffle each epoch)     training splits by default
     -> map: float32, scale, augment, normalize augmentation only where asked / by default
+                                               (token sets: int32, nothing else)
     -> batch(batch_size, drop_remainder) -> prefetch(AUTOTUNE)
     -> with_options(autotune.enabled=False)   unless autotune=True
 
@@ -30,8 +32,8 @@ most 16).
 
 Data never leaves the network unannounced: the tfds sets (cifar10, cifar100, mnist,
 fashion_mnist, svhn_cropped) are downloaded only with ``download=True``; otherwise missing data
-raise :class:`DatasetNotFoundError`. The embedded sets (mnist1d, digits) are generated locally
-on first use, with no network involved.
+raise :class:`DatasetNotFoundError`. The embedded sets (mnist1d, digits, modular_*) are
+generated locally on first use, with no network involved.
 """
 
 from __future__ import annotations
@@ -49,6 +51,8 @@ import tensorflow_datasets as tfds  # noqa: E402
 
 from keras_normreg._utils import check_bool, check_number, received  # noqa: E402
 from keras_normreg.data import mnist1d as _mnist1d  # noqa: E402
+from keras_normreg.data import modular as _modular  # noqa: E402
+from keras_normreg.data import modular_builders as _modular_builders  # noqa: E402
 from keras_normreg.data import registry  # noqa: E402
 from keras_normreg.data.splits import split_bases as _split_bases  # noqa: E402
 
@@ -65,6 +69,9 @@ def _builder(base: str, config: str | None, data_dir):
     data_dir = None if data_dir is None else str(data_dir)
     if base == "mnist1d" and config is not None:
         return tfds.builder(base, config=_mnist1d.config_from_name(config), data_dir=data_dir)
+    if base in _modular.DATASETS and config is not None:
+        return tfds.builder(base, config=_modular_builders.config_from_name(config),
+                            data_dir=data_dir)
     return tfds.builder(base, data_dir=data_dir)
 
 
@@ -155,6 +162,13 @@ def _preprocess_fn(spec, augment_mode):
     pad = registry.crop_padding(spec)
     identity = spec.mean == (0.0,) and spec.std == (1.0,)
 
+    def tokens(x, label, seed=None):  # token ids (the modular sets): as stored
+        del seed
+        return tf.ensure_shape(tf.cast(x, spec.dtype), spec.input_shape), label
+
+    if spec.dtype != "float32":
+        return tokens
+
     def preprocess(x, label, seed=None):
         x = tf.cast(x, tf.float32)
         if spec.scale is not None:
@@ -172,11 +186,12 @@ def _preprocess_fn(spec, augment_mode):
 def load(name: str, split: str, batch_size: int, data_dir=None, augment=None, shuffle=None,
          seed: int | None = 42, download: bool = False, cache: bool = True,
          drop_remainder: bool = False, autotune: bool = False) -> tf.data.Dataset:
-    """Batched ``tf.data`` pipeline of ``(features float32, label int64)`` pairs for ``fit``.
+    """Batched ``tf.data`` pipeline of ``(features float32, label int64)`` pairs for ``fit``
+    (``int32`` token features for the modular arithmetic sets).
 
     Args:
         name: one of :func:`keras_normreg.data.list_datasets` (``"mnist1d/num_samples_<N>"``
-            selects a larger MNIST-1D).
+            selects a larger MNIST-1D, ``"modular_add/p_<prime>"`` another modulus).
         split: tfds split string: ``"train"``, ``"test"``, ``"extra"`` (svhn_cropped),
             ``"all"``, sliced (``"train[:90%]"``) or joined (``"train+extra"``); passed to tfds
             as is. A split is a *training split* when all its parts are ``train`` (or
@@ -192,8 +207,8 @@ def load(name: str, split: str, batch_size: int, data_dir=None, augment=None, sh
         shuffle: None: shuffle training splits only; or a bool.
         seed: seed of the shuffle and of the augmentation (None: not reproducible).
         download: let tfds download and prepare a missing tfds dataset. Without it, missing
-            data raise :class:`DatasetNotFoundError`. The embedded sets (mnist1d, digits) are
-            always prepared locally when missing, without network.
+            data raise :class:`DatasetNotFoundError`. The embedded sets (mnist1d, digits,
+            modular_*) are always prepared locally when missing, without network.
         cache: cache the split in memory when it is under ~1 GiB as stored.
         drop_remainder: drop the last partial batch.
         autotune: keep tf.data's autotuning on (off by default: see the module docstring).

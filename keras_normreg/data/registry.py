@@ -2,7 +2,8 @@
 
 The table below is known ahead of time, so :func:`info` answers without the data on disk.
 
-Preprocessing (applied by :func:`keras_normreg.data.load`, all in float32):
+Preprocessing (applied by :func:`keras_normreg.data.load`, all in float32 except the integer
+tokens of the modular sets):
 
 ============== ========= ======================================= =======================================
 dataset        scale     mean (per channel)                      std (per channel)
@@ -14,6 +15,7 @@ fashion_mnist  x / 255   (0.2860,)                               (0.3530,)
 svhn_cropped   x / 255   (0.4377, 0.4438, 0.4728)                (0.1980, 0.2010, 0.1970)
 digits         x / 16    (0.305383,) one constant for all pixels (0.376119,)
 mnist1d        none      (0.0,)                                  (1.0,)
+modular_*      none      none: ``()``                            none: ``()``
 ============== ========= ======================================= =======================================
 
 The image constants are the per-channel mean and standard deviation of each training split
@@ -22,6 +24,10 @@ pair of constants: the mean and standard deviation of all pixels of its training
 ``x / 16`` (per-pixel statistics are avoided because border pixels are constant zero in training).
 ``mnist1d`` is left as generated: ``make_dataset`` already centres the whole set to mean 0 and
 standard deviation 1 (training split: mean -0.0003, std 0.998).
+The modular arithmetic sets (``modular_add``, ``modular_sub``, ``modular_mul``, ``modular_div``;
+:mod:`keras_normreg.data.modular`) are token ids for an embedding: served as stored, ``int32``
+(``DatasetInfo.dtype``), with no scaling and no normalization (``mean == std == ()``);
+``DatasetInfo.vocab_size`` is ``p + 2``.
 
 Default training augmentation: pad-4 (zeros) random crop + horizontal flip for cifar10/cifar100;
 pad-4 random crop without flip for svhn_cropped (digits are not mirror-symmetric); none otherwise.
@@ -33,7 +39,7 @@ import dataclasses
 import math
 
 from keras_normreg._utils import received
-from keras_normreg.data import embedded
+from keras_normreg.data import embedded, modular
 
 AUGMENTATIONS = ("crop", "crop_flip")
 
@@ -51,7 +57,12 @@ class DatasetInfo:
         mean, std: normalization constants (per channel; one value for single-channel data).
         scale: the divisor applied before normalization (None: no scaling).
         augment: default augmentation on training splits (``"crop_flip"``, ``"crop"`` or None).
-        embedded: True for the sets generated offline (mnist1d, digits).
+        embedded: True for the sets generated offline (mnist1d, digits, modular_*), which
+            :func:`keras_normreg.data.arrays` serves on every backend.
+        dtype: dtype of the features as served: ``"float32"``, or ``"int32"`` for the token ids
+            of the modular sets (mean and std are then empty: no normalization).
+        vocab_size: number of token ids of a token dataset (``p + 2`` for the modular sets);
+            None for the others.
     """
 
     name: str
@@ -64,6 +75,8 @@ class DatasetInfo:
     scale: float | None
     augment: str | None
     embedded: bool
+    dtype: str = "float32"
+    vocab_size: int | None = None
 
 
 @dataclasses.dataclass(frozen=True)
@@ -78,6 +91,14 @@ class _Spec:
     embedded: bool
     storage_dtype_bytes: int  # bytes per scalar as stored (for the cache-size estimate)
     train_splits: tuple = ("train",)
+    dtype: str = "float32"  # features as served; not "float32": tokens, used as stored
+    vocab_size: int | None = None
+
+
+def _modular_spec(name: str, p: int) -> _Spec:
+    """The spec of a modular arithmetic set with modulus ``p`` (int32 tokens, no preprocessing)."""
+    return _Spec((modular.SEQUENCE_LENGTH,), modular.num_classes(p), modular.split_sizes(name, p),
+                 (), (), None, None, True, 4, dtype="int32", vocab_size=modular.vocab_size(p))
 
 
 _SPECS: dict[str, _Spec] = {
@@ -99,13 +120,15 @@ _SPECS: dict[str, _Spec] = {
     "mnist1d": _Spec((embedded.SEQUENCE_LENGTH, 1), embedded.MNIST1D_NUM_CLASSES,
                      embedded.mnist1d_split_sizes(embedded.DEFAULT_NUM_SAMPLES),
                      (0.0,), (1.0,), None, None, True, 4),
+    **{name: _modular_spec(name, modular.DEFAULT_P) for name in modular.DATASETS},
 }
 
 
 def list_datasets() -> list[str]:
     """Sorted names accepted by :func:`keras_normreg.data.load` and :func:`info`.
 
-    ``mnist1d`` also accepts a config: ``"mnist1d/num_samples_50000"`` (any multiple of 10).
+    ``mnist1d`` also accepts a config: ``"mnist1d/num_samples_50000"`` (any multiple of 10);
+    the modular sets a modulus: ``"modular_add/p_113"`` (any prime in [3, 4093]).
     """
     return sorted(_SPECS)
 
@@ -113,7 +136,8 @@ def list_datasets() -> list[str]:
 def _unknown(name) -> ValueError:
     return ValueError(
         f"Unknown dataset. Argument `name` must be one of {list_datasets()} "
-        f"(mnist1d also as 'mnist1d/num_samples_<N>'). {received('name', name)}"
+        f"(mnist1d also as 'mnist1d/num_samples_<N>', the modular sets as "
+        f"'modular_add/p_<prime>'). {received('name', name)}"
     )
 
 
@@ -127,6 +151,17 @@ def resolve(name) -> tuple[str, str | None, _Spec]:
     spec = _SPECS[base]
     if not config:
         return base, None, spec
+    if base in modular.DATASETS:
+        p = modular.p_from_config_name(config)
+        if p is None:
+            raise _unknown(name)
+        problem = modular.prime_problem(p)
+        if problem is not None:
+            raise ValueError(
+                f"Argument `name` selects the modulus with '{base}/p_<p>', and p must be a "
+                f"prime in [3, {modular.MAX_P}]; {problem}. {received('name', name)}"
+            )
+        return base, modular.config_name(p), _modular_spec(base, p)
     if base != "mnist1d":
         raise _unknown(name)
     num_samples = embedded.num_samples_from_config_name(config)
@@ -142,6 +177,9 @@ def _fmt(values: tuple) -> str:
 
 def describe(spec: _Spec) -> str:
     """The ``preprocessing`` text of :class:`DatasetInfo`."""
+    if spec.dtype != "float32":
+        return (f"{spec.dtype} token ids as stored, vocabulary {spec.vocab_size}; "
+                f"preprocessing: none (no scaling, no normalization); no augmentation")
     steps = ["cast to float32"]
     if spec.scale is not None:
         steps.append(f"divide by {spec.scale:g}")
@@ -164,7 +202,8 @@ def info(name: str, data_dir=None) -> DatasetInfo:
     """Static metadata of dataset ``name`` (no data needed on disk).
 
     Args:
-        name: one of :func:`list_datasets` (or ``"mnist1d/num_samples_<N>"``).
+        name: one of :func:`list_datasets` (or ``"mnist1d/num_samples_<N>"``,
+            ``"modular_add/p_<prime>"``).
         data_dir: accepted for symmetry with :func:`keras_normreg.data.load`; the metadata is
             static, so it is not read.
 
@@ -184,6 +223,8 @@ def info(name: str, data_dir=None) -> DatasetInfo:
         scale=spec.scale,
         augment=spec.augment,
         embedded=spec.embedded,
+        dtype=spec.dtype,
+        vocab_size=spec.vocab_size,
     )
 
 
