@@ -32,9 +32,13 @@ __all__ = [
     "optimizer_learning_rate_attr",
     "optimizer_uses_weight_decay",
     "optimizer_variable_key",
+    "oracle_client_class",
     "oracle_display",
+    "oracle_messages",
     "oracle_servicer",
+    "oracle_stub",
     "sequential_functional",
+    "set_oracle_client_channel",
     "set_oracle_display",
     "stored_value",
     "tuner_checkpoint_path",
@@ -254,3 +258,40 @@ def set_checkpoint_writer(callback, write) -> None:
     """Make a ``SaveBestEpoch`` callback write its weights with ``write(model, filepath)``
     instead of ``model.save_weights(filepath)`` (replaces ``_save_model`` on the instance)."""
     callback._save_model = lambda: write(callback.model, callback.filepath)
+
+
+# ------------------------------------------------------------------------------------------
+# Who may use the oracle (issue "Green on every fresh machine", item 4): keras-tuner's worker
+# client builds its own ``grpc.insecure_channel`` in ``OracleClient.__init__`` and keeps only
+# the stub; the study gives it a stub over its own channel (TLS, the secret on every call).
+def oracle_client_class():
+    """keras-tuner's worker-side oracle proxy (``distribute.oracle_client.OracleClient``)."""
+    from keras_tuner.src.distribute import oracle_client
+
+    return oracle_client.OracleClient
+
+
+def oracle_stub(channel):
+    """keras-tuner's gRPC client stub of the oracle service over ``channel``
+    (``protos.get_service_grpc().OracleStub``): one callable per RPC (``GetSpace``,
+    ``CreateTrial``, ``UpdateTrial``, ``EndTrial``, ``GetTrial``, ...)."""
+    from keras_tuner.src import protos
+
+    return protos.get_service_grpc().OracleStub(channel)
+
+
+def oracle_messages():
+    """keras-tuner's request/response messages of the oracle service
+    (``protos.get_service()``: ``GetSpaceRequest``, ``CreateTrialRequest``, ...)."""
+    from keras_tuner.src import protos
+
+    return protos.get_service()
+
+
+def set_oracle_client_channel(client, channel) -> None:
+    """Make keras-tuner's ``OracleClient`` send every call over ``channel`` (its ``stub``,
+    which its methods call, replaced by one over ``channel``)."""
+    if not isinstance(client, oracle_client_class()) or not hasattr(client, "stub"):
+        raise TypeError("Expected keras-tuner's OracleClient with a `stub` attribute (keras-tuner "
+                        f"changed?). Received: client={type(client).__name__}")
+    client.stub = oracle_stub(channel)

@@ -56,7 +56,8 @@ def test_version_in_range_by_hand(version, inside):
 
 @pytest.mark.parametrize("version", ["3.16.0", "4.0", "3.4.9"])
 def test_untested_keras_raises_naming_it(version):
-    with pytest.raises(RuntimeError, match=rf"keras>=3\.5,<3\.16\. Received: keras=={version}$"):
+    low, high = (re.escape(b) for b in _compat.KERAS_TESTED)  # the bounds of pyproject.toml
+    with pytest.raises(RuntimeError, match=rf"keras>={low},<{high}\. Received: keras=={version}$"):
         _compat.check_versions(keras_version=version, keras_tuner_version=kt.__version__)
 
 
@@ -253,6 +254,74 @@ def test_oracle_servicer(tmp_path):
     server = grpc.server(futures.ThreadPoolExecutor(max_workers=1))
     add_to_server(servicer, server)  # registers without error
     server.stop(grace=None)
+
+
+ORACLE_RPCS = ("GetSpace", "UpdateSpace", "CreateTrial", "UpdateTrial", "EndTrial", "GetTrial",
+               "GetBestTrials")
+
+
+def test_oracle_stub_and_messages():
+    grpc = pytest.importorskip("grpc")
+    messages = _compat.oracle_messages()
+    for rpc in ORACLE_RPCS:
+        assert callable(getattr(messages, f"{rpc}Request"))
+        assert callable(getattr(messages, f"{rpc}Response"))
+    with grpc.insecure_channel("127.0.0.1:1") as channel:  # a channel connects lazily
+        stub = _compat.oracle_stub(channel)
+        for rpc in ORACLE_RPCS:
+            assert callable(getattr(stub, rpc)), rpc
+
+
+def test_oracle_client_sends_its_calls_over_the_channel_given(tmp_path, monkeypatch):
+    """keras-tuner's OracleClient keeps only ``stub`` from the channel it builds itself: after
+    set_oracle_client_channel its calls go over ours (here one adding a metadata entry, which
+    a server interceptor sees), through keras-tuner's real servicer."""
+    grpc = pytest.importorskip("grpc")
+    import collections
+    from concurrent import futures
+
+    seen = []
+
+    class Record(grpc.ServerInterceptor):
+        def intercept_service(self, continuation, details):
+            seen.append((details.method, dict(details.invocation_metadata or ())))
+            return continuation(details)
+
+    class Details(collections.namedtuple("Details", ("method", "timeout", "metadata",
+                                                     "credentials", "wait_for_ready",
+                                                     "compression")), grpc.ClientCallDetails):
+        pass
+
+    class Tag(grpc.UnaryUnaryClientInterceptor):
+        def intercept_unary_unary(self, continuation, d, request):
+            return continuation(Details(d.method, d.timeout, [*(d.metadata or ()), ("x-tag", "1")],
+                                        d.credentials, d.wait_for_ready, d.compression), request)
+
+    oracle = _oracle(tmp_path, max_trials=1)
+    oracle._set_project_dir(str(tmp_path), "p")
+    oracle.hyperparameters.Float("x", 0.0, 1.0)
+    servicer, add_to_server, _ = _compat.oracle_servicer(oracle)
+    server = grpc.server(futures.ThreadPoolExecutor(max_workers=2), interceptors=[Record()])
+    add_to_server(servicer, server)
+    port = server.add_insecure_port("127.0.0.1:0")
+    server.start()
+    try:
+        monkeypatch.setenv("KERASTUNER_ORACLE_IP", "127.0.0.1")
+        monkeypatch.setenv("KERASTUNER_ORACLE_PORT", str(port))
+        monkeypatch.setenv("KERASTUNER_TUNER_ID", "w0")
+        client = _compat.oracle_client_class()(oracle)
+        assert [p.name for p in client.get_space().space] == ["x"]  # keras-tuner's own channel
+        _compat.set_oracle_client_channel(
+            client, grpc.intercept_channel(grpc.insecure_channel(f"127.0.0.1:{port}"), Tag()))
+        assert [p.name for p in client.get_space().space] == ["x"]
+        assert client.create_trial("w0").status == "RUNNING"
+    finally:
+        server.stop(grace=None)
+    assert [method.rsplit("/", 1)[1] for method, _ in seen] == ["GetSpace", "GetSpace",
+                                                                "CreateTrial"]
+    assert [md.get("x-tag") for _, md in seen] == [None, "1", "1"]
+    with pytest.raises(TypeError, match="OracleClient"):
+        _compat.set_oracle_client_channel(oracle, None)
 
 
 def test_sequential_functional():

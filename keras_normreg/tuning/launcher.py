@@ -22,9 +22,16 @@ are set by environment variables, which :func:`tuner_environment` sets from the 
 * Several machines, sharing the study directory (for the export):
   ``keras-normreg tune STUDY --role chief --oracle HOST:PORT`` on one,
   ``keras-normreg tune STUDY --role worker --oracle HOST:PORT [--worker-id ID]`` on the others.
-  keras-tuner's gRPC oracle has no authentication: a chief bound to an address that is not
-  loopback warns (:func:`exposure_warning`); keep it on 127.0.0.1 with SSH tunnels, or on a
-  private network.
+
+Who may use the oracle (keras-tuner's own gRPC oracle has no authentication): every call
+carries a shared secret, which the chief checks (:func:`oracle_security`: the variable
+``KERAS_NORMREG_ORACLE_SECRET``, or ``--oracle-secret-file PATH`` to a file private to its
+owner, mode 600, as ssh demands of a key); a call without it is refused (gRPC
+``UNAUTHENTICATED``). ``--tls-cert``/``--tls-key`` make the chief speak TLS (workers:
+``--tls-ca``, the certificate they trust). A chief on an address that is not loopback refuses
+to start without a secret unless given ``--insecure`` (:func:`check_chief`), and warns when
+its calls cross the network in clear (:func:`exposure_warning`). :func:`run_local` gives its
+chief and workers a fresh random secret through their environment.
 
 One chief per study: the chief (or a one-process run) holds ``<directory>/<name>/.study.lock``
 (:func:`study_lock`) while it runs; a second one is refused with the holder's pid.
@@ -41,9 +48,11 @@ import importlib.util
 import ipaddress
 import math
 import os
+import secrets
 import shutil
 import signal
 import socket
+import stat
 import subprocess
 import sys
 import threading
@@ -52,10 +61,13 @@ import time
 from keras_normreg._locks import FileLock
 from keras_normreg._utils import check_bool, environ
 
-__all__ = ["DEFAULT_WORKER_TIMEOUT", "DistributedDependencyError", "check_distributed_dependencies",
+__all__ = ["DEFAULT_WORKER_TIMEOUT", "DistributedDependencyError", "OracleAuthError",
+           "OracleSecurity", "SECRET_ENV", "SECRET_FILE_ENV", "TLS_CA_ENV", "TLS_CERT_ENV",
+           "TLS_KEY_ENV", "check_chief", "check_distributed_dependencies", "check_secret",
            "check_study_free", "check_worker_timeout", "exposure_warning", "free_port",
-           "is_loopback", "parse_address", "run_local", "study_lock", "tuner_environment",
-           "warn_if_exposed", "worker_cpus"]
+           "is_loopback", "oracle_security", "parse_address", "read_secret_file", "run_local",
+           "security_environment", "study_lock", "tuner_environment", "warn_if_exposed",
+           "worker_cpus"]
 
 ENV_KEYS = ("KERASTUNER_TUNER_ID", "KERASTUNER_ORACLE_IP", "KERASTUNER_ORACLE_PORT")
 ROLES = ("chief", "worker")
@@ -204,11 +216,44 @@ def worker_cpus(workers: int, available=None, shares: int | None = None) -> list
     return [set(cpus[bounds[i]:bounds[i + 1]]) for i in range(workers)]
 
 
-def _affinity(mask):
-    """A ``preexec_fn`` pinning the child to ``mask`` (None: no pinning)."""
-    if mask is None:
+#: prctl(2) option: the signal a child gets when the thread that started it dies (Linux).
+PR_SET_PDEATHSIG = 1
+
+
+def _libc():
+    """The C library (Linux), loaded in the launcher itself: a ``preexec_fn`` runs between
+    fork and exec, where loading a library could deadlock on a lock another thread held."""
+    if not sys.platform.startswith("linux"):
         return None
-    return lambda: os.sched_setaffinity(0, mask)
+    import ctypes
+
+    try:
+        return ctypes.CDLL(None, use_errno=True)
+    except OSError:
+        return None
+
+
+def _child_setup(mask):
+    """The ``preexec_fn`` of the chief and the workers: on Linux they get SIGTERM when the
+    launcher dies, even by SIGKILL, which no handler of the launcher can see (prctl
+    ``PR_SET_PDEATHSIG``; a launcher already gone before the call is caught by comparing the
+    parent pid); then the child is pinned to the CPUs of ``mask`` (None: no pinning). SIGTERM
+    is what the launcher itself sends on a clean stop: the chief and workers stop as then.
+    None when there is nothing to do (not Linux, no pinning)."""
+    libc = _libc()
+    parent = os.getpid()
+    if libc is None and mask is None:
+        return None
+
+    def setup():
+        if libc is not None:
+            libc.prctl(PR_SET_PDEATHSIG, int(signal.SIGTERM), 0, 0, 0)
+            if os.getppid() != parent:
+                os.kill(os.getpid(), signal.SIGTERM)
+        if mask is not None:
+            os.sched_setaffinity(0, mask)
+
+    return setup
 
 
 # ---------------------------------------------------------------- one study, one chief
@@ -234,6 +279,21 @@ def check_study_free(project_dir: str) -> None:
 
 
 # ------------------------------------------------------------ who can reach the oracle
+#: the shared secret of a study's chief and workers (every gRPC call carries it)
+SECRET_ENV = "KERAS_NORMREG_ORACLE_SECRET"
+#: ... or the path of a file holding it (readable by its owner only, like an SSH key)
+SECRET_FILE_ENV = "KERAS_NORMREG_ORACLE_SECRET_FILE"
+#: TLS: the chief's certificate and private key (PEM); a worker's CA certificate (PEM)
+TLS_CERT_ENV = "KERAS_NORMREG_ORACLE_TLS_CERT"
+TLS_KEY_ENV = "KERAS_NORMREG_ORACLE_TLS_KEY"
+TLS_CA_ENV = "KERAS_NORMREG_ORACLE_TLS_CA"
+SECURITY_ENV_KEYS = (SECRET_ENV, SECRET_FILE_ENV, TLS_CERT_ENV, TLS_KEY_ENV, TLS_CA_ENV)
+#: the gRPC metadata key under which every call carries the secret (lower case: gRPC's rule)
+SECRET_METADATA_KEY = "x-keras-normreg-oracle-secret"
+#: a shorter secret could be guessed; secrets.token_urlsafe(32) gives 43 characters
+MIN_SECRET_LENGTH = 16
+
+
 def is_loopback(host: str) -> bool:
     """Whether ``host`` (an address or a name) is this machine's loopback interface only."""
     if not isinstance(host, str) or not host:
@@ -251,27 +311,225 @@ def is_loopback(host: str) -> bool:
     return bool(infos) and all(ipaddress.ip_address(i[4][0]).is_loopback for i in infos)
 
 
-def exposure_warning(host: str, port: int) -> str | None:
-    """The warning for a chief listening on ``host:port`` when ``host`` is not loopback
-    (None when it is): keras-tuner's oracle speaks unauthenticated gRPC."""
-    if is_loopback(host):
+class OracleAuthError(PermissionError):
+    """The chief refused this worker's call: missing or wrong oracle secret."""
+
+
+class OracleSecurity:
+    """How a study's chief and workers protect the oracle (:func:`oracle_security`).
+
+    ``secret``: the shared secret every gRPC call carries (None: none; the chief then accepts
+    anyone who reaches its port). ``tls_cert``/``tls_key``: the chief's certificate and key
+    (PEM paths). ``tls_ca``: the certificate a worker trusts (default ``tls_cert``: a
+    self-signed one). ``insecure``: the user accepts a chief on a non-loopback address with
+    no secret. The secret never appears in ``repr``.
+    """
+
+    __slots__ = ("secret", "tls_cert", "tls_key", "tls_ca", "insecure")
+
+    def __init__(self, secret: str | None = None, tls_cert: str | None = None,
+                 tls_key: str | None = None, tls_ca: str | None = None,
+                 insecure: bool = False):
+        self.secret = None if secret is None else check_secret(secret)
+        self.tls_cert, self.tls_key, self.tls_ca = tls_cert, tls_key, tls_ca
+        self.insecure = check_bool("insecure", insecure)
+
+    @property
+    def server_tls(self) -> bool:
+        """Whether the chief serves TLS (it has a certificate and a key)."""
+        return self.tls_cert is not None and self.tls_key is not None
+
+    @property
+    def client_tls(self) -> bool:
+        """Whether a worker speaks TLS (it has a CA or the chief's certificate)."""
+        return (self.tls_ca or self.tls_cert) is not None
+
+    def __repr__(self):
+        secret = None if self.secret is None else "<hidden>"
+        return (f"OracleSecurity(secret={secret}, tls_cert={self.tls_cert!r}, "
+                f"tls_key={self.tls_key!r}, tls_ca={self.tls_ca!r}, insecure={self.insecure})")
+
+
+def check_secret(secret, name: str = "secret") -> str:
+    """``secret`` if it can be the oracle's shared secret: a string of at least
+    :data:`MIN_SECRET_LENGTH` printable ASCII characters without spaces (what a gRPC metadata
+    value may hold); else ValueError naming ``name``, which never shows the secret."""
+    if not isinstance(secret, str):
+        raise ValueError(f"The oracle secret must be a string. "
+                         f"Received: {name}=<a {type(secret).__name__}>")
+    if len(secret) < MIN_SECRET_LENGTH:
+        raise ValueError(f"The oracle secret must have at least {MIN_SECRET_LENGTH} characters "
+                         f"(make one with: python -c 'import secrets; "
+                         f"print(secrets.token_urlsafe(32))'). "
+                         f"Received: {name}=<hidden, {len(secret)} characters>")
+    if not all(33 <= ord(c) <= 126 for c in secret):
+        raise ValueError(f"The oracle secret must be printable ASCII without spaces (letters, "
+                         f"digits, punctuation). Received: {name}=<hidden, {len(secret)} "
+                         f"characters>")
+    return secret
+
+
+def _check_private(path: str, name: str, what: str) -> os.stat_result:
+    """ValueError naming ``name`` unless ``path`` is a regular file that only its owner may
+    read or write (no permission bit for group or others: ssh's rule for private keys)."""
+    try:
+        st = os.stat(path)
+    except OSError as e:
+        raise ValueError(f"The {what} {path} cannot be read ({e.strerror}). "
+                         f"Received: {name}={path!r}") from e
+    if not stat.S_ISREG(st.st_mode):
+        raise ValueError(f"The {what} {path} is not a regular file. Received: {name}={path!r}")
+    if os.name == "posix" and st.st_mode & 0o077:
+        raise ValueError(f"The {what} {path} has mode {stat.S_IMODE(st.st_mode):04o}: group or "
+                         f"others may access it, and it must be private to its owner (like an "
+                         f"SSH key). Run: chmod 600 {path}. Received: {name}={path!r}")
+    return st
+
+
+def read_secret_file(path, name: str = "secret_file") -> str:
+    """The secret held in ``path`` (surrounding whitespace, e.g. the final newline, removed).
+    The file must be private to its owner (mode 600 or stricter), else ValueError, as ssh
+    refuses a private key that others can read."""
+    if not isinstance(path, (str, os.PathLike)) or not str(path):
+        raise ValueError(f"The oracle secret file must be a path. Received: {name}={path!r}")
+    path = os.fspath(path)
+    _check_private(path, name, "oracle secret file")
+    try:
+        with open(path, encoding="ascii") as f:
+            text = f.read().strip()
+    except (OSError, UnicodeDecodeError) as e:
+        raise ValueError(f"The oracle secret file {path} cannot be read as ASCII text ({e}). "
+                         f"Received: {name}={path!r}") from e
+    if not text:
+        raise ValueError(f"The oracle secret file {path} is empty. Received: {name}={path!r}")
+    return check_secret(text, f"the secret in {name}={path!r}")
+
+
+def _check_pem(path, name: str, private: bool = False) -> str:
+    if not isinstance(path, (str, os.PathLike)) or not str(path):
+        raise ValueError(f"`{name}` must be the path of a PEM file. Received: {name}={path!r}")
+    path = os.fspath(path)
+    if private:
+        _check_private(path, name, "TLS private key")
+    elif not os.path.isfile(path):
+        raise ValueError(f"The TLS file {path} does not exist. Received: {name}={path!r}")
+    return path
+
+
+def oracle_security(*, secret: str | None = None, secret_file=None, tls_cert=None,
+                    tls_key=None, tls_ca=None, insecure: bool = False,
+                    env=None) -> OracleSecurity:
+    """The chief's or a worker's :class:`OracleSecurity`, from the arguments, else from the
+    environment (``env``, default ``os.environ``):
+
+    ==================================  ====================================================
+    ``KERAS_NORMREG_ORACLE_SECRET``      the secret itself (``secret``)
+    ``KERAS_NORMREG_ORACLE_SECRET_FILE`` a file holding it, mode 600 (``secret_file``)
+    ``KERAS_NORMREG_ORACLE_TLS_CERT``    the chief's certificate, PEM (``tls_cert``)
+    ``KERAS_NORMREG_ORACLE_TLS_KEY``     the chief's private key, PEM, mode 600 (``tls_key``)
+    ``KERAS_NORMREG_ORACLE_TLS_CA``      what a worker trusts, PEM (``tls_ca``; default:
+                                         ``tls_cert``, for a self-signed certificate)
+    ==================================  ====================================================
+
+    An argument wins over the environment; ``secret`` and ``secret_file`` together (or both
+    variables) are refused. The secret is never passed on a command line (``ps`` shows it).
+    """
+    env = os.environ if env is None else env
+    if secret is not None and secret_file is not None:
+        raise ValueError("Give the oracle secret once: `secret` or `secret_file`, not both. "
+                         f"Received: secret=<hidden>, secret_file={secret_file!r}")
+    if secret is None and secret_file is None:
+        from_env, file_env = env.get(SECRET_ENV), env.get(SECRET_FILE_ENV)
+        if from_env is not None and file_env is not None:
+            raise ValueError(f"Set one of {SECRET_ENV} and {SECRET_FILE_ENV}, not both. "
+                             f"Received: {SECRET_FILE_ENV}={file_env!r}")
+        if from_env is not None:
+            secret = check_secret(from_env, SECRET_ENV)
+        elif file_env is not None:
+            secret = read_secret_file(file_env, SECRET_FILE_ENV)
+    elif secret_file is not None:
+        secret = read_secret_file(secret_file)
+
+    def pick(value, name, key):  # (path, the name its errors give)
+        if value is None and env.get(key):
+            return env[key], key
+        return value, name
+
+    cert, cert_name = pick(tls_cert, "tls_cert", TLS_CERT_ENV)
+    key, key_name = pick(tls_key, "tls_key", TLS_KEY_ENV)
+    ca, ca_name = pick(tls_ca, "tls_ca", TLS_CA_ENV)
+    cert = None if cert is None else _check_pem(cert, cert_name)
+    key = None if key is None else _check_pem(key, key_name, private=True)
+    ca = None if ca is None else _check_pem(ca, ca_name)
+    if key is not None and cert is None:
+        raise ValueError(f"A TLS key needs its certificate (--tls-cert or {TLS_CERT_ENV}). "
+                         f"Received: tls_cert=None, tls_key={key!r}")
+    return OracleSecurity(secret, tls_cert=cert, tls_key=key, tls_ca=ca, insecure=insecure)
+
+
+def check_chief(host: str, port: int, security: OracleSecurity | None) -> None:
+    """What a chief on ``host:port`` must have before it serves (ValueError otherwise): a
+    secret when ``host`` is not loopback, unless the user opted in with ``insecure``
+    (``--insecure``); a key with its TLS certificate."""
+    if security is not None and security.tls_cert is not None and security.tls_key is None:
+        raise ValueError(f"The chief serves TLS with a certificate and its private key: give "
+                         f"--tls-key (or {TLS_KEY_ENV}) too. Received: tls_key=None")
+    if is_loopback(host) or (security is not None and
+                             (security.secret is not None or security.insecure)):
+        return
+    raise ValueError(
+        f"Refusing to serve the oracle on {host}:{port}, which is not a loopback address, "
+        f"without a secret: anyone who reaches this port could read the study and insert or "
+        f"overwrite results. Give the chief and every worker the same secret "
+        f"({SECRET_ENV}, or --oracle-secret-file PATH to a file of mode 600), with TLS "
+        f"(--tls-cert/--tls-key; workers --tls-ca) across an untrusted network, or pass "
+        f"--insecure to accept the risk on a private network. Received: oracle='{host}:{port}'")
+
+
+def exposure_warning(host: str, port: int, *, secret: bool = False,
+                     tls: bool = False) -> str | None:
+    """The warning for a chief listening on ``host:port`` (None when there is nothing to say:
+    a loopback ``host``, or a secret and TLS). With a secret but no TLS, the calls (secret
+    included) cross the network in clear; without a secret (``--insecure``), anyone who
+    reaches the port can use the oracle."""
+    if is_loopback(host) or (secret and tls):
         return None
+    tunnel = (f"keep the chief on 127.0.0.1 and give each worker an SSH tunnel (ssh -N -L "
+              f"{port}:127.0.0.1:{port} CHIEF_HOST, then --oracle 127.0.0.1:{port} on the "
+              f"worker)")
+    if secret:
+        return (f"tune: warning: the oracle listens on {host}:{port}, which is not a loopback "
+                f"address, without TLS: its calls, the secret included, cross the network in "
+                f"clear, and whoever can watch the traffic can read the study and reuse the "
+                f"secret. Give the chief --tls-cert/--tls-key (and the workers --tls-ca), or "
+                f"{tunnel}.")
     return (f"tune: warning: the oracle listens on {host}:{port}, which is not a loopback "
-            f"address. keras-tuner's oracle has no authentication: anyone who can reach this "
-            f"port can read the study (every trial's hyperparameters and scores) and insert or "
+            f"address, with no authentication (--insecure): anyone who can reach this port "
+            f"can read the study (every trial's hyperparameters and scores) and insert or "
             f"overwrite results (a fake trial can rank first and be exported). Run it only on a "
-            f"private network, or keep the chief on 127.0.0.1 and give each worker an SSH "
-            f"tunnel (ssh -N -L {port}:127.0.0.1:{port} CHIEF_HOST, then --oracle "
-            f"127.0.0.1:{port} on the worker).")
+            f"private network, give it a secret ({SECRET_ENV} or --oracle-secret-file), or "
+            f"{tunnel}.")
 
 
-def warn_if_exposed(host: str, port: int, err=None) -> bool:
+def warn_if_exposed(host: str, port: int, err=None, *, secret: bool = False,
+                    tls: bool = False) -> bool:
     """Print :func:`exposure_warning` to ``err`` (default stderr) if it applies; returns
     whether it did."""
-    text = exposure_warning(host, port)
+    text = exposure_warning(host, port, secret=secret, tls=tls)
     if text:
         print(text, file=err or sys.stderr, flush=True)
     return text is not None
+
+
+def security_environment(security: OracleSecurity) -> dict[str, str]:
+    """The environment variables that hand ``security`` to a chief or worker process: the
+    secret and the TLS paths (absolute)."""
+    env = {} if security.secret is None else {SECRET_ENV: security.secret}
+    for key, path in ((TLS_CERT_ENV, security.tls_cert), (TLS_KEY_ENV, security.tls_key),
+                      (TLS_CA_ENV, security.tls_ca)):
+        if path is not None:
+            env[key] = os.path.abspath(path)
+    return env
 
 
 # ------------------------------------------------------------------------- the launcher
@@ -314,7 +572,8 @@ def run_local(study: str, workers: int, *, project_dir: str, directory: str | No
               timeout: float | None = None, host: str = "127.0.0.1", out=None,
               python: str | None = None, pin_cpus: bool = False,
               cpu_shares: int | None = None, worker_timeout: float | None = None,
-              grace: float = 10.0) -> int:
+              grace: float = 10.0, secret: str | None = None, secret_file=None,
+              tls_cert=None, tls_key=None, tls_ca=None) -> int:
     """Run ``study`` with a chief and ``workers`` workers on this machine; returns the exit
     code for the shell: 0 when the study ended, non-zero when the chief or a worker failed for
     good, ``128 + signum`` when this process got SIGTERM/SIGINT.
@@ -325,6 +584,12 @@ def run_local(study: str, workers: int, *, project_dir: str, directory: str | No
     waited for: no process is left behind. A chief that dies stops the workers, with a line
     naming its exit status and its log. A study that another chief (or one-process ``tune``)
     runs is refused before anything starts (:class:`~keras_normreg._locks.LockError`).
+
+    The chief and the workers share a secret that every oracle call carries (see
+    :func:`oracle_security`): the one given (argument or environment), else a new random one
+    (``secrets.token_urlsafe(32)``); it reaches them through their environment
+    (``KERAS_NORMREG_ORACLE_SECRET``), never their command line, which ``ps`` shows to every
+    user of the machine. TLS files, when given, reach them the same way.
 
     Args:
         study: path of the study TOML (the subprocesses read it).
@@ -346,6 +611,8 @@ def run_local(study: str, workers: int, *, project_dir: str, directory: str | No
         worker_timeout: passed on as ``--worker-timeout`` (None: the study's
             ``distributed.worker_timeout``).
         grace: seconds between SIGTERM and SIGKILL when stopping the processes.
+        secret, secret_file, tls_cert, tls_key, tls_ca: the oracle's protection
+            (:func:`oracle_security`; default: the environment, and a random secret).
     """
     out = out or sys.stdout
     _check_workers(workers)
@@ -357,6 +624,11 @@ def run_local(study: str, workers: int, *, project_dir: str, directory: str | No
         _check_shares("cpu_shares", cpu_shares, workers)
     if worker_timeout is not None:
         check_worker_timeout(worker_timeout)
+    security = oracle_security(secret=secret, secret_file=secret_file, tls_cert=tls_cert,
+                               tls_key=tls_key, tls_ca=tls_ca)
+    if security.secret is None:
+        security.secret = secrets.token_urlsafe(32)
+    check_chief(host, 0, security)  # e.g. a TLS certificate without its key
     ids = [f"tuner{i}" for i in range(workers)]
     masks = (dict(zip(ids, worker_cpus(workers, shares=cpu_shares), strict=True)) if pin_cpus
              else {})
@@ -368,8 +640,9 @@ def run_local(study: str, workers: int, *, project_dir: str, directory: str | No
     os.makedirs(log_dir, exist_ok=True)
     address = f"{host}:{free_port(host)}"
     env = dict(os.environ)
-    for k in ENV_KEYS:
+    for k in ENV_KEYS + SECURITY_ENV_KEYS:
         env.pop(k, None)
+    env.update(security_environment(security))
     extra = [] if worker_timeout is None else ["--worker-timeout", str(worker_timeout)]
     chief_log_path = os.path.join(project_dir, "chief.log")
     print(f"tune: chief on {address}, {workers} worker(s); worker logs in {log_dir}/, "
@@ -394,7 +667,7 @@ def run_local(study: str, workers: int, *, project_dir: str, directory: str | No
             _tune_command(study, "chief", address, directory=directory,
                           max_trials=max_trials, python=python) + extra,
             env=env, stdout=chief_log, stderr=subprocess.STDOUT,
-            preexec_fn=_affinity(masks.get(ids[0])))
+            preexec_fn=_child_setup(masks.get(ids[0])))
 
         def start(wid):
             if wid in logs:
@@ -404,7 +677,7 @@ def run_local(study: str, workers: int, *, project_dir: str, directory: str | No
                 _tune_command(study, "worker", address, directory=directory,
                               max_trials=max_trials, worker_id=wid, python=python) + extra,
                 env=env, stdout=logs[wid], stderr=subprocess.STDOUT,
-                preexec_fn=_affinity(masks.get(wid)))
+                preexec_fn=_child_setup(masks.get(wid)))
 
         started = time.monotonic()
         finished: set[str] = set()

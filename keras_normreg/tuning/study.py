@@ -14,6 +14,10 @@ Distributed (keras-tuner's chief/worker protocol over gRPC): with ``role="chief"
 serves the oracle on ``address`` until every worker has been told to stop, then writes the
 reports; with ``role="worker"`` it asks the chief for trials and runs them. Workers must share
 the study directory with the chief for the export (same machine, or a shared file system).
+Every call carries the study's secret (:func:`launcher.oracle_security`), which the chief's
+server checks before keras-tuner's servicer sees the call (:class:`_SecretCheck`); the workers'
+keras-tuner client is given a channel that adds it (:func:`oracle_channel`), over TLS when the
+chief has a certificate.
 
 Faults (issue 16): the oracle (:class:`_StudyOracle`) saves its state atomically and after each
 trial has left ``ongoing_trials``, so a finished study reruns nothing; a worker sends a
@@ -29,6 +33,7 @@ import collections
 import contextlib
 import copy
 import datetime
+import hmac
 import json
 import os
 import shutil
@@ -40,6 +45,7 @@ import time
 import warnings
 from collections.abc import Mapping
 
+import grpc  # a requirement of keras-tuner
 import keras
 import keras_tuner as kt
 from keras_tuner.engine.trial import Trial as KTTrial
@@ -53,7 +59,8 @@ from keras_normreg.tuning.grid import EagerGridOracle
 from keras_normreg.tuning.hypermodel import NormRegHyperModel
 
 __all__ = ["ProgressDisplay", "budget", "export_best", "format_duration", "make_tuner",
-           "progress_line", "run_study", "serve_oracle", "study_finished", "trials_done"]
+           "oracle_channel", "progress_line", "run_study", "serve_oracle", "start_oracle_server",
+           "study_finished", "trials_done"]
 
 # keras-tuner 1.4.8's Parent.to_proto prints its first value (a leftover debug print) every
 # time a conditional hyperparameter crosses gRPC; a module global shadows the builtin there.
@@ -404,14 +411,26 @@ class _StudyMixin:
 
     study: dict
 
-    def _init_study(self, study):
+    def _init_study(self, study, security=None):
         self.study = study
         self._executions = collections.Counter()
         self._heartbeat = None
+        self._security = security
+
+    def _oracle_security(self) -> launcher.OracleSecurity:
+        """The secret and TLS files given to :func:`make_tuner`, else the environment's."""
+        if self._security is None:
+            self._security = launcher.oracle_security()
+        return self._security
 
     def _wrap_worker_oracle(self):
-        """On a worker, tag the reports with this worker's id (see :class:`_WorkerOracle`)."""
+        """On a worker, send keras-tuner's calls over :func:`oracle_channel` (the secret on
+        every call, TLS) and tag the reports with this worker's id (:class:`_WorkerOracle`)."""
         if kt_dist.has_chief_oracle() and not kt_dist.is_chief_oracle():
+            address = (f"{os.environ['KERASTUNER_ORACLE_IP']}:"
+                       f"{os.environ['KERASTUNER_ORACLE_PORT']}")
+            _compat.set_oracle_client_channel(
+                self.oracle, oracle_channel(address, self._oracle_security()))
             self.oracle = _WorkerOracle(self.oracle, self.tuner_id)
 
     def search(self, *args, **kwargs):
@@ -419,7 +438,8 @@ class _StudyMixin:
             self.save()
             try:
                 serve_oracle(self.oracle, os.environ["KERASTUNER_ORACLE_IP"],
-                             int(os.environ["KERASTUNER_ORACLE_PORT"]))
+                             int(os.environ["KERASTUNER_ORACLE_PORT"]),
+                             security=self._oracle_security())
             finally:
                 self.save()  # once more at exit: the state every worker left
             return
@@ -513,8 +533,8 @@ class _StudyMixin:
 class StudyTuner(_StudyMixin, kt.Tuner):
     """keras-tuner ``Tuner`` for random, bayesian and grid studies."""
 
-    def __init__(self, study, oracle, hypermodel, **kwargs):
-        self._init_study(study)
+    def __init__(self, study, oracle, hypermodel, security=None, **kwargs):
+        self._init_study(study, security)
         super().__init__(oracle=oracle, hypermodel=hypermodel, **kwargs)
         self._wrap_worker_oracle()
 
@@ -522,8 +542,8 @@ class StudyTuner(_StudyMixin, kt.Tuner):
 class HyperbandStudyTuner(_StudyMixin, kt.Hyperband):
     """keras-tuner ``Hyperband`` (epochs per trial from the bracket, weights carried over)."""
 
-    def __init__(self, study, oracle, hypermodel, **kwargs):
-        self._init_study(study)
+    def __init__(self, study, oracle, hypermodel, security=None, **kwargs):
+        self._init_study(study, security)
         # Hyperband.__init__ only builds its own oracle: skip to Tuner with ours.
         kt.Tuner.__init__(self, oracle=oracle, hypermodel=hypermodel, **kwargs)
         self._wrap_worker_oracle()
@@ -576,9 +596,10 @@ def _strategy(spec):
 
 
 def make_tuner(spec: Mapping, *, directory: str | None = None, overwrite: bool = False,
-               out=None):
+               out=None, security: launcher.OracleSecurity | None = None):
     """The keras-tuner tuner of a resolved study (reloads an existing project unless
-    ``overwrite``)."""
+    ``overwrite``); ``security`` protects the oracle of a chief or a worker (default: from
+    the environment, :func:`launcher.oracle_security`)."""
     strategy = _strategy(spec)
     # keras-tuner enters a tf.distribute strategy's scope around each build; on JAX the Keras
     # distribution is already set globally (see _strategy)
@@ -600,29 +621,113 @@ def make_tuner(spec: Mapping, *, directory: str | None = None, overwrite: bool =
         with open(os.path.join(project, f"{tuner_id}.json"), "w", encoding="utf-8") as f:
             f.write("{}")
     cls = HyperbandStudyTuner if spec["tuner"]["kind"] == "hyperband" else StudyTuner
-    return cls(dict(spec), oracle, hypermodel, directory=directory or spec["output"]["directory"],
+    return cls(dict(spec), oracle, hypermodel, security=security,
+               directory=directory or spec["output"]["directory"],
                project_name=spec["name"], overwrite=overwrite, distribution_strategy=tuner_strategy,
                executions_per_trial=spec["budget"]["executions_per_trial"])
 
 
-def serve_oracle(oracle, host: str, port: int, poll: float = 0.5, err=None) -> None:
-    """Serve ``oracle`` to workers over gRPC until the search has ended: some worker was told
-    to stop, no trial is running, no trial waits for a retry and every worker that asked for
-    trials has been told to stop or has been silent for longer than the oracle's
-    ``worker_timeout`` (:meth:`_StudyOracle.expire_silent_workers`, checked every ``poll``
-    seconds). A ``host`` that is not loopback gets a warning on ``err`` (default stderr):
-    keras-tuner's oracle has no authentication (:func:`launcher.exposure_warning`).
-    """
+# ------------------------------------------------------------ who may use the oracle (gRPC)
+class _SecretCheck(grpc.ServerInterceptor):
+    """The chief's gate: a call whose metadata does not carry ``secret`` under
+    :data:`launcher.SECRET_METADATA_KEY` (exactly once) is refused with ``UNAUTHENTICATED``
+    before keras-tuner's servicer sees it; the first refusals are reported on ``err``."""
+
+    SHOWN = 5  # refusals reported one by one; the later ones are only counted
+
+    def __init__(self, secret: str, err=None):
+        self._expected = secret.encode("ascii")
+        self._err = err
+        self._lock = threading.Lock()
+        self.refused = 0
+        self._refuse = grpc.unary_unary_rpc_method_handler(self._deny)
+
+    def _deny(self, request, context):
+        with self._lock:
+            self.refused += 1
+            n = self.refused
+        if n <= self.SHOWN:
+            more = " (further refusals are not shown)" if n == self.SHOWN else ""
+            print(f"tune: refused a call from {context.peer()}: missing or wrong oracle "
+                  f"secret{more}", file=self._err or sys.stderr, flush=True)
+        context.abort(grpc.StatusCode.UNAUTHENTICATED,
+                      "missing or wrong oracle secret (the chief's KERAS_NORMREG_ORACLE_SECRET "
+                      "or --oracle-secret-file)")
+
+    def intercept_service(self, continuation, handler_call_details):
+        given = [value for key, value in (handler_call_details.invocation_metadata or ())
+                 if key == launcher.SECRET_METADATA_KEY]
+        if len(given) == 1 and isinstance(given[0], str) and \
+                hmac.compare_digest(given[0].encode("ascii", "replace"), self._expected):
+            return continuation(handler_call_details)
+        return self._refuse
+
+
+class _CallDetails(collections.namedtuple(
+        "_CallDetails", ("method", "timeout", "metadata", "credentials", "wait_for_ready",
+                         "compression")), grpc.ClientCallDetails):
+    """A client call's details with other metadata (gRPC's own class is private)."""
+
+
+class _SecretMetadata(grpc.UnaryUnaryClientInterceptor):
+    """A worker's side: every (unary) call carries ``secret`` in its metadata."""
+
+    def __init__(self, secret: str):
+        self._entry = (launcher.SECRET_METADATA_KEY, secret)
+
+    def intercept_unary_unary(self, continuation, client_call_details, request):
+        d = client_call_details
+        details = _CallDetails(d.method, d.timeout, [*(d.metadata or ()), self._entry],
+                               d.credentials, getattr(d, "wait_for_ready", None),
+                               getattr(d, "compression", None))
+        return continuation(details, request)
+
+
+def _read_bytes(path: str) -> bytes:
+    with open(path, "rb") as f:
+        return f.read()
+
+
+def oracle_channel(address: str, security: launcher.OracleSecurity | None = None):
+    """A gRPC channel to the chief at ``address`` (``HOST:PORT``) as a worker talks to it:
+    TLS when ``security`` has a CA (or the chief's certificate), and the secret on every
+    call when it has one."""
+    security = security or launcher.OracleSecurity()
+    if security.client_tls:
+        root = _read_bytes(security.tls_ca or security.tls_cert)
+        channel = grpc.secure_channel(address, grpc.ssl_channel_credentials(root_certificates=root))
+    else:
+        channel = grpc.insecure_channel(address)
+    if security.secret is not None:
+        channel = grpc.intercept_channel(channel, _SecretMetadata(security.secret))
+    return channel
+
+
+def start_oracle_server(oracle, host: str, port: int, *,
+                        security: launcher.OracleSecurity | None = None, err=None):
+    """Start serving ``oracle`` on ``host:port`` as a chief does; returns ``(server,
+    servicer, exit_chief)`` (see :func:`_compat.oracle_servicer`); the caller stops the
+    server. With a secret in ``security`` every call without it is refused
+    (``UNAUTHENTICATED``); with a certificate and key it serves TLS. Refused before binding
+    (ValueError, :func:`launcher.check_chief`): a ``host`` that is not loopback without a
+    secret, unless ``security.insecure``. The remaining exposure is reported on ``err``
+    (default stderr, :func:`launcher.exposure_warning`)."""
     from concurrent import futures
 
-    import grpc
-
+    security = security or launcher.OracleSecurity()
+    launcher.check_chief(host, port, security)
+    interceptors = [] if security.secret is None else [_SecretCheck(security.secret, err=err)]
     # idle workers wait IDLE_WAIT seconds inside a request: room for a few dozen of them
-    server = grpc.server(futures.ThreadPoolExecutor(max_workers=32))
+    server = grpc.server(futures.ThreadPoolExecutor(max_workers=32), interceptors=interceptors)
     servicer, add_to_server, exit_chief = _compat.oracle_servicer(oracle)
     add_to_server(servicer, server)
     try:
-        bound = server.add_insecure_port(f"{host}:{port}")
+        if security.server_tls:
+            creds = grpc.ssl_server_credentials(
+                [(_read_bytes(security.tls_key), _read_bytes(security.tls_cert))])
+            bound = server.add_secure_port(f"{host}:{port}", creds)
+        else:
+            bound = server.add_insecure_port(f"{host}:{port}")
     except RuntimeError as e:
         bound = 0
         cause = e
@@ -631,21 +736,39 @@ def serve_oracle(oracle, host: str, port: int, poll: float = 0.5, err=None) -> N
     if not bound:
         raise OSError(f"The chief could not listen on {host}:{port} (address in use or not "
                       f"this machine's). Received: oracle='{host}:{port}'") from cause
-    launcher.warn_if_exposed(host, port, err=err)
+    launcher.warn_if_exposed(host, port, err=err, secret=security.secret is not None,
+                             tls=security.server_tls)
+    server.start()
+    return server, servicer, exit_chief
+
+
+def serve_oracle(oracle, host: str, port: int, poll: float = 0.5, err=None, *,
+                 security: launcher.OracleSecurity | None = None) -> None:
+    """Serve ``oracle`` to workers over gRPC until the search has ended: some worker was told
+    to stop, no trial is running, no trial waits for a retry and every worker that asked for
+    trials has been told to stop or has been silent for longer than the oracle's
+    ``worker_timeout`` (:meth:`_StudyOracle.expire_silent_workers`, checked every ``poll``
+    seconds). ``security`` (default: none) is the secret every call must carry and the TLS
+    certificate; a ``host`` that is not loopback needs a secret or ``security.insecure``, and
+    gets a warning on ``err`` (default stderr) without TLS (:func:`start_oracle_server`).
+    """
     expire = getattr(oracle, "expire_silent_workers", None)
     if expire is not None:
-        oracle.serving = True
-    server.start()
+        oracle.serving = True  # before the first request can come
     try:
-        while True:
-            if expire is not None:
-                expire()
-            if servicer.stop_triggered and exit_chief(oracle) and \
-                    not _compat.oracle_retry_queue(oracle):
-                break
-            time.sleep(poll)
+        server, servicer, exit_chief = start_oracle_server(oracle, host, port,
+                                                           security=security, err=err)
+        try:
+            while True:
+                if expire is not None:
+                    expire()
+                if servicer.stop_triggered and exit_chief(oracle) and \
+                        not _compat.oracle_retry_queue(oracle):
+                    break
+                time.sleep(poll)
+        finally:
+            server.stop(grace=2)
     finally:
-        server.stop(grace=2)
         if expire is not None:
             oracle.serving = False
 
@@ -750,7 +873,9 @@ def run_study(study, *, directory: str | None = None, overwrite: bool = False,
               max_trials: int | None = None, export: bool | None = None,
               role: str | None = None, oracle: str | None = None,
               worker_id: str | None = None, command: str | None = None, out=None,
-              worker_timeout: float | None = None) -> dict:
+              worker_timeout: float | None = None, secret: str | None = None,
+              secret_file=None, tls_cert=None, tls_key=None, tls_ca=None,
+              insecure: bool = False) -> dict:
     """Run (or resume) a study; see the module docstring.
 
     The chief and a one-process run hold ``<project>/.study.lock`` while they run
@@ -773,6 +898,16 @@ def run_study(study, *, directory: str | None = None, overwrite: bool = False,
         out: where progress goes (default stdout).
         worker_timeout: overrides ``distributed.worker_timeout`` (seconds a worker may stay
             silent before the chief hands its trial to another worker).
+        secret, secret_file: the secret every oracle call carries (with ``role``; default:
+            ``KERAS_NORMREG_ORACLE_SECRET`` or ``KERAS_NORMREG_ORACLE_SECRET_FILE``; a file
+            must be private to its owner). See :func:`launcher.oracle_security`.
+        tls_cert, tls_key: the chief's TLS certificate and key (PEM paths); tls_ca: the
+            certificate a worker trusts (default ``tls_cert``).
+        insecure: let a chief on an address that is not loopback run without a secret
+            (refused otherwise, before anything runs).
+
+    Raises:
+        launcher.OracleAuthError: (a worker) the chief refused its secret.
 
     Returns:
         ``{"project_dir", "done", "budget", "role", "reports", "export", "best"}``.
@@ -783,8 +918,22 @@ def run_study(study, *, directory: str | None = None, overwrite: bool = False,
     else:
         spec = nr_spec.with_max_trials(study, max_trials)
     spec = nr_spec.with_worker_timeout(spec, worker_timeout)
+    given = {"secret": secret, "secret_file": secret_file, "tls_cert": tls_cert,
+             "tls_key": tls_key, "tls_ca": tls_ca, "insecure": insecure or None}
+    security = None
     if role is not None:
         launcher.check_distributed_dependencies()
+        security = launcher.oracle_security(secret=secret, secret_file=secret_file,
+                                            tls_cert=tls_cert, tls_key=tls_key, tls_ca=tls_ca,
+                                            insecure=insecure)
+        if role == "chief" and oracle is not None:
+            launcher.check_chief(*launcher.parse_address(oracle), security)
+    elif any(v is not None for v in given.values()):
+        name = next(k for k, v in given.items() if v is not None)
+        shown = "<hidden>" if name == "secret" else repr(given[name])
+        raise ValueError(f"The oracle's secret and TLS options are for a study spread over "
+                         f"processes (--role chief|worker, or --workers). "
+                         f"Received: {name}={shown}")
     if role == "worker" and overwrite:
         raise ValueError("A worker never overwrites the study (the chief or the launcher does). "
                          "Received: overwrite=True")
@@ -801,7 +950,8 @@ def run_study(study, *, directory: str | None = None, overwrite: bool = False,
     with lock, graceful, launcher.tuner_environment(role, oracle, worker_id):
         if overwrite and os.path.isdir(project):
             _clear_project(project)
-        tuner = make_tuner(spec, directory=directory, overwrite=False, out=out)
+        tuner = make_tuner(spec, directory=directory, overwrite=False, out=out,
+                           security=security)
         total = _compat.oracle_display(tuner.oracle).total if role != "worker" else None
         finished = False
         if role != "worker":
@@ -815,7 +965,8 @@ def run_study(study, *, directory: str | None = None, overwrite: bool = False,
             _write_text(os.path.join(tuner.project_dir, "study.toml"),
                         nr_spec.study_to_toml(spec))
         if not finished:
-            tuner.search()
+            with _refused_as(oracle) if role == "worker" else contextlib.nullcontext():
+                tuner.search()
         if role == "worker":
             return {"project_dir": project, "role": "worker", "done": None, "budget": None,
                     "reports": None, "export": None, "best": None}
@@ -845,6 +996,33 @@ def run_study(study, *, directory: str | None = None, overwrite: bool = False,
         return {"project_dir": project, "role": role or "single", "done": done,
                 "budget": total, "reports": reports, "export": exported,
                 "best": best_rows[0] if best_rows else None}
+
+
+def _unauthenticated(error: BaseException) -> bool:
+    """Whether ``error`` (or what caused it) is a gRPC call refused as UNAUTHENTICATED."""
+    seen = set()
+    while error is not None and id(error) not in seen:
+        seen.add(id(error))
+        if isinstance(error, grpc.RpcError) and callable(getattr(error, "code", None)) and \
+                error.code() == grpc.StatusCode.UNAUTHENTICATED:
+            return True
+        error = error.__cause__ or error.__context__
+    return False
+
+
+@contextlib.contextmanager
+def _refused_as(address: str | None):
+    """A worker's calls refused by the chief for the secret end the worker with
+    :class:`launcher.OracleAuthError` (one clear line) instead of a gRPC traceback."""
+    try:
+        yield
+    except Exception as e:
+        if not _unauthenticated(e):
+            raise
+        raise launcher.OracleAuthError(
+            f"The chief at {address} refused this worker: missing or wrong oracle secret. "
+            f"Give the worker the chief's secret ({launcher.SECRET_ENV}, or "
+            f"--oracle-secret-file). Received: oracle={address!r}") from e
 
 
 @contextlib.contextmanager

@@ -3,6 +3,7 @@ a finished study reruns nothing, SIGTERM to the launcher leaves no process behin
 worker's trial is handed to another, one chief per study, the oracle's exposure warning and an
 unwritable study folder."""
 
+import contextlib
 import glob
 import hashlib
 import io
@@ -11,6 +12,7 @@ import os
 import signal
 import subprocess
 import sys
+import time
 
 import pytest
 
@@ -135,6 +137,43 @@ def test_sigterm_to_the_launcher_stops_everything_and_the_rerun_completes(tmp_pa
                            env=tune_env(), capture_output=True, text=True, timeout=TIMEOUT)
     assert again.returncode == 0, again.stdout[-3000:] + again.stderr[-3000:]
     _check_every_trial_once(project, budget)
+
+
+@pytest.mark.slow
+@needs_proc
+@pytest.mark.skipif(not sys.platform.startswith("linux"), reason="PR_SET_PDEATHSIG is Linux")
+def test_sigkilled_launcher_leaves_no_process_behind(tmp_path):
+    """SIGKILL cannot be handled by the launcher: its chief and workers must still stop
+    (PR_SET_PDEATHSIG), within 15 s. The study is sized so that it cannot end by itself in
+    that time (40 trials of 30 epochs; a trial of 2 epochs takes a few seconds here): without
+    the death signal the chief and workers were measured still training 15 s later."""
+    budget = 40
+    path = write_tiny_spec(tmp_path, output={"export": False}, base={"train": {"epochs": 30}})
+    project = str(tmp_path / "runs" / "tiny_digits")
+    with open(tmp_path / "launcher.log", "w") as log:
+        proc = subprocess.Popen(tune_cmd(path, "--workers", "2", "--max-trials", str(budget)),
+                                cwd=ROOT, env=tune_env(), stdout=log, stderr=subprocess.STDOUT)
+        kids = []
+        try:
+            wait_for(lambda: any(t["status"] == "RUNNING" for t in read_trials(project).values()),
+                     [proc], TIMEOUT, "a running trial")
+            kids = children(proc.pid)
+            assert len(kids) == 3, [cmdline(k) for k in kids]  # the chief and 2 workers
+            proc.send_signal(signal.SIGKILL)
+            proc.wait(timeout=30)
+            deadline = time.monotonic() + 15
+            while time.monotonic() < deadline and any(_alive(k) for k in kids):
+                time.sleep(0.2)
+            alive = [(k, cmdline(k)) for k in kids if _alive(k)]
+            done = sum(t["status"] == "COMPLETED" for t in read_trials(project).values())
+        finally:
+            for k in kids:  # never leave one behind, even when the check fails
+                with contextlib.suppress(OSError):
+                    os.kill(k, signal.SIGKILL)
+            kill_all([proc])
+    assert proc.returncode == -signal.SIGKILL
+    assert not alive, alive
+    assert done < budget  # stopped by the death signal, not by the end of the study
 
 
 @pytest.mark.slow
@@ -305,7 +344,8 @@ def test_non_loopback_bind_warns_once_on_stderr(capsys):
 
 
 def test_chief_bound_to_all_interfaces_warns(monkeypatch):
-    """serve_oracle itself warns when it binds 0.0.0.0 (a chief whose search is over)."""
+    """serve_oracle itself refuses 0.0.0.0 without a secret, and warns when it binds it with
+    the insecure opt-in (a chief whose search is over)."""
 
     class Done:  # an oracle with nothing left to serve
         ongoing_trials, tuner_ids, _retry_queue = {}, set(), []
@@ -316,8 +356,12 @@ def test_chief_bound_to_all_interfaces_warns(monkeypatch):
     monkeypatch.setattr(study._compat, "oracle_servicer",
                         lambda oracle: (Servicer(), lambda servicer, server: None,
                                         lambda oracle: True))
+    port = launcher.free_port("0.0.0.0")
+    with pytest.raises(ValueError, match="Refusing to serve the oracle on 0.0.0.0"):
+        study.serve_oracle(Done(), "0.0.0.0", port, err=io.StringIO())
     err = io.StringIO()
-    study.serve_oracle(Done(), "0.0.0.0", launcher.free_port("0.0.0.0"), err=err)
+    study.serve_oracle(Done(), "0.0.0.0", port, err=err,
+                       security=launcher.OracleSecurity(insecure=True))
     assert "no authentication" in err.getvalue()
     err = io.StringIO()
     study.serve_oracle(Done(), "127.0.0.1", launcher.free_port(), err=err)

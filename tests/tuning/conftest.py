@@ -65,8 +65,11 @@ def mid_trial(project) -> bool:
 # ------------------------------------------------------------- studies as separate processes
 def tune_env() -> dict:
     """The environment of a ``keras-normreg tune`` subprocess: ours minus the launcher's own
-    variables, TensorFlow quiet, the TensorFlow backend unless one is set."""
-    env = {k: v for k, v in os.environ.items() if k not in launcher.ENV_KEYS}
+    variables and the oracle's secret and TLS files (a process started by hand has no
+    secret; the launcher makes one), TensorFlow quiet, the TensorFlow backend unless one is
+    set."""
+    env = {k: v for k, v in os.environ.items()
+           if k not in launcher.ENV_KEYS + launcher.SECURITY_ENV_KEYS}
     env["TF_CPP_MIN_LOG_LEVEL"] = "3"
     env.setdefault("KERAS_BACKEND", "tensorflow")
     return env

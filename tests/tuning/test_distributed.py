@@ -232,6 +232,9 @@ def _fake_processes(monkeypatch, record):
 
     monkeypatch.setattr(launcher.subprocess, "Popen", FakePopen)
     monkeypatch.setattr(launcher, "check_distributed_dependencies", lambda: None)
+    # the fake runs the preexec_fn in THIS process: no death signal bound to pytest itself
+    # (test_children_get_the_death_signal checks that part)
+    monkeypatch.setattr(launcher, "_libc", lambda: None)
 
 
 @pytest.mark.parametrize("workers,cpu_shares,expected", [
@@ -262,6 +265,29 @@ def test_run_local_pins_workers_and_chief(tmp_path, monkeypatch, workers, cpu_sh
     roles = [cmd[cmd.index("--role") + 1] for cmd in calls]
     assert roles == ["chief"] + ["worker"] * workers
     assert pinned == expected
+
+
+def test_children_get_the_death_signal(monkeypatch):
+    """The chief's and workers' preexec_fn asks the kernel for SIGTERM when the launcher dies
+    (prctl(PR_SET_PDEATHSIG, SIGTERM)); a child whose launcher is already gone (its parent pid
+    is not the launcher's) terminates itself. Real processes: tests/faults/test_studies.py."""
+    calls, killed = [], []
+
+    class Libc:
+        def prctl(self, *args):
+            calls.append(args)
+            return 0
+
+    monkeypatch.setattr(launcher, "_libc", lambda: Libc())
+    monkeypatch.setattr(launcher.os, "kill", lambda pid, sig: killed.append(sig))
+    setup = launcher._child_setup(None)
+    launcher_pid = os.getpid()
+    monkeypatch.setattr(launcher.os, "getppid", lambda: launcher_pid)  # as seen by the child
+    setup()
+    assert calls == [(1, int(signal.SIGTERM), 0, 0, 0)] and killed == []
+    monkeypatch.setattr(launcher.os, "getppid", lambda: 1)  # the launcher died before prctl
+    setup()
+    assert killed == [signal.SIGTERM]
 
 
 def test_run_local_unpinned_by_default(tmp_path, monkeypatch):
