@@ -51,3 +51,22 @@ def test_column_norms_gradient_matches_finite_differences():
         e[idx] = h
         fd[idx] = (f(v0 + e) - f(v0 - e)) / (2 * h)
     np.testing.assert_allclose(got, fd, rtol=1e-6, atol=1e-8)
+
+
+def test_column_dots_match_numpy():
+    """Four column sums of products in one reduction, against float64 NumPy; float32 bound:
+    37 terms, |error| <= 37 u sum|a b| (Higham), u = 2**-24, plus one rounding per product."""
+    from keras_normreg._kernels import column_dots
+
+    rng = np.random.default_rng(2)
+    a, b, c = (rng.normal(size=(37, 5)).astype("float32") for _ in range(3))
+    pairs = [(a, a), (b, b), (a, b), (a, c)]
+    got = _np(column_dots([(keras.ops.convert_to_tensor(p), keras.ops.convert_to_tensor(q))
+                           for p, q in pairs]))
+    assert got.shape == (4, 5)
+    for row, (p, q) in zip(got, pairs, strict=True):
+        p, q = p.astype(np.float64), q.astype(np.float64)
+        bound = 38 * 2.0**-24 * np.abs(p * q).sum(0)
+        assert np.all(np.abs(row - (p * q).sum(0)) <= bound)
+    (single,) = _np(column_dots([(a, c)]))
+    np.testing.assert_allclose(single, got[3], rtol=1e-6, atol=1e-6)

@@ -9,7 +9,7 @@ from keras import ops
 
 from keras_normreg._compat import in_stateless_scope, stored_value
 from keras_normreg._kernels import column_norms
-from keras_normreg._utils import check_bool, check_number, received, register
+from keras_normreg._utils import check_bool, check_choice, check_number, received, register
 from keras_normreg.layers._base import all_reduce_sum, sync_replica_context
 
 _CONV_TYPES = (keras.layers.Conv1D, keras.layers.Conv2D, keras.layers.Conv3D)
@@ -18,6 +18,9 @@ SUPPORTED_LAYERS = (keras.layers.Dense,) + _CONV_TYPES + _DEPTHWISE_TYPES
 
 #: Added to the pre-activation variance in the data-dependent initialization.
 DATA_INIT_EPSILON = 1e-6
+
+#: Where ``g / ||v||`` is applied: chosen per call ("auto"), on the kernel, on the outputs.
+FORMS = ("auto", "kernel", "output")
 
 
 def _kind(layer):
@@ -90,16 +93,45 @@ class WeightNormalization(keras.layers.Wrapper):
     ``fixed_g=c`` ("bounded weight norm", Hoffer et al. 2018): ``g`` is a non-trainable
     constant ``c`` for every unit, so ``||w|| = c`` per unit at all times.
 
+    **Two forms of the same function** (``form``). With ``s = g / ||v||`` per output unit and
+    ``L`` the inner layer's linear op (matmul / conv / depthwise conv, linear in its kernel
+    and acting on each output unit's kernel slice separately)::
+
+        kernel form:   y = L(x, v * s) + b           (build w = v * s, then run the op)
+        output form:   y = L(x, v) * s + b           (Salimans & Kingma 2016, eq. 2)
+
+    equal because ``L(x, v * s)_u = s_u * L(x, v)_u`` for every output unit ``u``. Gradients
+    (``dy`` upstream, ``z = L(x, v)``, ``c_u = -(dL/ds_u) g_u / ||v_u||^3``)::
+
+        kernel form:   dw = L*(x, dy);  dv = dw * s + v * c';   dg = <dw, v> / ||v||
+        output form:   dz = dy * s;  dv = L*(x, dz) + v * c;    dg = sum(dy * z) / ||v||
+
+    Elementwise work beyond the shared op and norm (the ``v * c`` term and ``||v||`` are in
+    both): the kernel form touches every kernel entry twice (``v * s`` forward, ``dw * s``
+    backward), ``2 K`` with ``K = prod(kernel shape)``; the output form touches every output
+    entry three times (``z * s``, ``dy * s``, ``dy * z``), ``3 R U`` with ``R`` the rows of
+    the output (batch x output positions) and ``U`` the output units (XLA fuses the first
+    and last into the bias add and the loss gradient, leaving ``~R U``). ``form="auto"``
+    takes the output form when ``R * U <= K`` (from the static shapes of the call;
+    ``R <= fan_in`` for Dense): a Dense layer on a batch no larger than its fan-in, a conv
+    on small maps / few positions. Large feature maps (``R U >> K``, the usual conv) keep the
+    kernel form. An unknown batch size counts as 1 for convolutions and, for Dense, takes the
+    output form on rank-2 inputs (a batch of feature vectors). ``"kernel"`` / ``"output"``
+    force a form; the results agree to float rounding (the order of one multiplication).
+
     Args:
         layer: an unbuilt ``keras.layers.Dense``, ``Conv1D``, ``Conv2D``, ``Conv3D``,
             ``DepthwiseConv1D`` or ``DepthwiseConv2D``.
         data_init: bool, data-dependent initialization on the first training batch.
         fixed_g: None (trainable ``g``) or a float > 0 (``g`` fixed at that value).
         epsilon: float > 0, lower bound on the squared norm of ``v``.
+        form: ``"auto"`` (default), ``"kernel"`` or ``"output"``: where ``g / ||v||`` is
+            applied (see above; the same function either way).
         **kwargs: base layer arguments; ``dtype`` defaults to the inner layer's dtype policy.
     """
 
-    def __init__(self, layer, data_init=False, fixed_g=None, epsilon=1e-12, **kwargs):
+    def __init__(self, layer, data_init=False, fixed_g=None, epsilon=1e-12, form="auto",
+                 **kwargs):
         if _kind(layer) is None:
             names = ", ".join(cls.__name__ for cls in SUPPORTED_LAYERS)
             raise ValueError(
@@ -118,12 +150,14 @@ class WeightNormalization(keras.layers.Wrapper):
         check_bool("data_init", data_init)
         check_number("fixed_g", fixed_g, low=0.0, low_inclusive=False, allow_none=True)
         check_number("epsilon", epsilon, low=0.0, low_inclusive=False)
+        check_choice("form", form, FORMS)
         if "dtype" not in kwargs:
             kwargs["dtype"] = layer.dtype_policy
         super().__init__(layer, **kwargs)
         self.data_init = data_init
         self.fixed_g = None if fixed_g is None else float(fixed_g)
         self.epsilon = float(epsilon)
+        self.form = form
         if self.activity_regularizer is None and layer.activity_regularizer is not None:
             self.activity_regularizer = layer.activity_regularizer
         self._layer_kind = _kind(layer)
@@ -249,15 +283,22 @@ class WeightNormalization(keras.layers.Wrapper):
         )
 
     def _scale_outputs(self, x):
-        """Whether ``call`` scales the outputs rather than the kernel: Dense only, when the
-        rows of ``x`` (all axes but the last) are at most ``fan_in`` (unknown rows: rank-2
-        inputs only, i.e. a batch of feature vectors)."""
-        if self._layer_kind != "dense":
+        """Whether ``call`` scales the outputs rather than the kernel (see the class docstring:
+        ``form="auto"`` takes the output form when output rows x units <= kernel size)."""
+        if self.form != "auto":
+            return self.form == "output"
+        if self._layer_kind == "dense":
+            rows = x.shape[:-1]
+            if any(d is None for d in rows):
+                return len(x.shape) == 2
+            return math.prod(rows) <= self.v.shape[0]
+        out_shape = self.layer.compute_output_shape(tuple(x.shape))
+        axis = self._channel_axis(len(out_shape))
+        positions = [d for i, d in enumerate(out_shape) if i != axis]
+        if any(d is None for d in positions[1:]):
             return False
-        rows = x.shape[:-1]
-        if any(d is None for d in rows):
-            return len(x.shape) == 2
-        return math.prod(rows) <= self.v.shape[0]
+        rows = math.prod(positions[1:]) * (positions[0] or 1)
+        return rows * out_shape[axis] <= math.prod(self.v.shape)
 
     def _broadcast_units(self, values, ndim):
         shape = [1] * ndim
@@ -335,11 +376,13 @@ class WeightNormalization(keras.layers.Wrapper):
             self._maybe_initialize(inputs)
         x = inputs
         if self._scale_outputs(x):
-            # Dense: x @ (v * s) == (x @ v) * s with s = g / ||v|| per unit. Scaling the
-            # (rows, units) output instead of the (fan_in, units) kernel saves full passes over
-            # the kernel forward and backward when rows <= fan_in.
+            # L(x, v * s) == L(x, v) * s with s = g / ||v|| per output unit: scale the
+            # (rows, units) output instead of the kernel (cheaper when rows * units <= size).
             v = ops.convert_to_tensor(self.v)
-            outputs = ops.matmul(x, ops.cast(v, x.dtype)) * ops.cast(self._unit_scale(v), x.dtype)
+            outputs = self._linear(x, ops.cast(v, x.dtype))
+            # x.dtype, not outputs.dtype: Keras' torch matmul returns float32 for float64.
+            scale = ops.reshape(ops.cast(self._unit_scale(v), x.dtype), (-1,))
+            outputs = outputs * self._broadcast_units(scale, len(outputs.shape))
         else:
             w = ops.cast(self.effective_kernel(), x.dtype)
             outputs = self._linear(x, w)
@@ -360,5 +403,6 @@ class WeightNormalization(keras.layers.Wrapper):
             "data_init": self.data_init,
             "fixed_g": self.fixed_g,
             "epsilon": self.epsilon,
+            "form": self.form,
         }
         return {**super().get_config(), **config}

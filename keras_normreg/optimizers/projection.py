@@ -15,7 +15,7 @@ import keras
 from keras import ops
 
 from keras_normreg import _compat
-from keras_normreg._kernels import column_sums
+from keras_normreg._kernels import column_dots
 from keras_normreg._utils import check_bool, check_choice, check_number, register
 from keras_normreg.optimizers import _rules
 from keras_normreg.optimizers.decoupled import DEFAULT_EXCLUDE, constant
@@ -54,8 +54,15 @@ def projection_coefficients(w, g, p, delta, wd_ratio, epsilon):
     Both views reduce to the same form: the channel projection
     ``p_j - ŵ_j⟨ŵ_j, p_j⟩ = p_j - w_j·⟨w_j, p_j⟩/(‖w_j‖ + ε)²`` and the layer projection
     ``p - w·⟨w, p⟩/(‖w‖ + ε)²``; the layer sums are sums of the column sums. So four column
-    reductions (``Σw², Σg², Σw·g, Σw·p`` over the fan axis) decide the branch and give the
-    coefficient, and applying it is one pass over the weight.
+    reductions (``Σw², Σg², Σw·g, Σw·p`` over the fan axis, computed as ONE stacked
+    reduction that XLA fuses into one pass over ``w, g, p``) decide the branch and give the
+    coefficient, and applying it is one pass over the weight. The branch is chosen with
+    ``where`` on ``(units,)`` vectors only (both branches cost O(units), nothing of the size
+    of the weight is computed twice). Passes over the weight per step: the optimizer's own
+    moment update, this reduction pass, and the update pass (projection, decay and step
+    folded into ``w·scale − step·p``): the reduction needs all of ``w, g, p`` before any
+    coefficient is known (the channel test takes a max over all units), so two passes after
+    the moment update is the least the algorithm allows.
     """
     w, g, p = (ops.convert_to_tensor(x) for x in (w, g, p))
     shape = tuple(w.shape)
@@ -66,10 +73,9 @@ def projection_coefficients(w, g, p, delta, wd_ratio, epsilon):
     W = ops.reshape(w, (fan, units))
     G = ops.reshape(g, (fan, units))
     P = ops.reshape(p, (fan, units))
-    sww = column_sums(W * W)
-    sgg = column_sums(G * G)
-    swg = column_sums(W * G)
-    swp = column_sums(W * P)
+    # One reduction pass over (w, g, p) for all four column sums (see keras_normreg._kernels).
+    sums = column_dots([(W, W), (G, G), (W, G), (W, P)])
+    sww, sgg, swg, swp = sums[0], sums[1], sums[2], sums[3]
 
     wn_c = ops.sqrt(sww)
     cos_c = ops.abs(swg) / (wn_c * ops.sqrt(sgg) + eps)

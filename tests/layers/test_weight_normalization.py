@@ -330,3 +330,138 @@ def test_jax_stateless_training_call_before_init_raises():
     assert bool(wrapper.initialized.numpy())
     wrapper.stateless_call([w.value for w in wrapper.trainable_variables],
                            [w.value for w in wrapper.non_trainable_variables], x, training=True)
+
+
+# ------------------------------------------------------------------ kernel form vs output form
+U32 = 2.0**-24  # float32 unit roundoff
+FORM_CASES = ["dense_3d", "dense_wide", "conv1d_causal", "conv2d", "conv2d_groups",
+              "conv2d_channels_first", "depthwise1d", "depthwise2d"]
+
+
+def _bound(n, magnitude):
+    """Higham's bound for a float32 sum of n products, |fl(s) - s| <= n u sum|terms| (to first
+    order), for each side compared (x2), plus 8 roundings of the scaling / norm / bias chain
+    (x (n + 8)); `magnitude` is the same computation on absolute values."""
+    return 2.0 * (n + 8) * U32 * magnitude + 1e-30
+
+
+def _plain_grads(name, w, bias, x, c):
+    """Value and gradients (w, bias, x) of sum(c * plain_layer(x)) with kernel w, from the
+    plain Keras layer (an op independent of the wrapper) and without activation."""
+    factory, shape, _ = LAYER_CASES[name]
+    plain = factory()
+    plain.activation = keras.activations.linear
+    plain.build(shape)
+    plain.weights[0].assign(w.astype("float32"))
+    variables = [plain.weights[0]] + ([plain.bias] if bias is not None else [])
+    if bias is not None:
+        plain.bias.assign(bias.astype("float32"))
+    ct = keras.ops.convert_to_tensor(c)
+    out, (gx, *gvs) = gradients(lambda xt: keras.ops.sum(plain(xt) * ct), [x], variables)
+    return float(out), gx, gvs
+
+
+@pytest.mark.parametrize("name", FORM_CASES)
+def test_kernel_and_output_forms_agree_with_plain_layer_and_chain_rule(name):
+    """Forward and gradients (x, v, g, bias) of both forms against the plain Keras layer with
+    w = g v/||v|| (float64 NumPy) and the NumPy chain rule dv = (g/n)(dw - <dw, u> u),
+    dg = <dw, u> (u = v/n), to within the float32 rounding bound of the sums involved."""
+    rng = np.random.default_rng(5)
+    factory, shape, axes = LAYER_CASES[name]
+    wrappers = {}
+    for form in ("kernel", "output"):
+        wrapper = WeightNormalization(factory(), form=form)
+        wrapper.layer.activation = keras.activations.linear  # compare the linear part
+        wrapper.build(shape)
+        wrappers[form] = wrapper
+    first = wrappers["kernel"]
+    v = rng.normal(size=first.v.shape)
+    g = rng.uniform(0.5, 2.0, size=first.g.shape)
+    bias = None if first.bias is None else rng.normal(size=first.bias.shape)
+    for wrapper in wrappers.values():
+        wrapper.v.assign(v.astype("float32"))
+        wrapper.g.assign(g.astype("float32"))
+        if bias is not None:
+            wrapper.bias.assign(bias.astype("float32"))
+    v, g = first.v.numpy().astype(np.float64), first.g.numpy().astype(np.float64)
+    n = np.sqrt(np.sum(v**2, axis=axes, keepdims=True))
+    u = v / n
+    w = g * u
+    x = rng.normal(size=shape).astype("float32")
+    y_plain = keras.ops.convert_to_numpy(wrappers["kernel"](x))
+    c = rng.normal(size=y_plain.shape).astype("float32")
+    _, gx_ref, (dw, *db_ref) = _plain_grads(name, w, bias, x, c)
+    _, gx_abs, (dw_abs, *_) = _plain_grads(name, np.abs(w), None if bias is None else
+                                           np.abs(bias), np.abs(x), np.abs(c))
+    dw = dw.astype(np.float64)
+    fan = int(np.prod([v.shape[a] for a in axes]))
+    rows = int(np.prod(c.shape)) // int(np.prod(g.shape))
+    n_sum = max(fan, rows, int(np.prod(v.shape)))  # longest float32 sum in any of the ops
+    dv_ref = g / n * (dw - np.sum(dw * u, axis=axes, keepdims=True) * u)
+    dg_ref = np.sum(dw * u, axis=axes)
+    dv_mag = g / n * (np.abs(dw_abs) + np.sum(np.abs(dw_abs * u), axis=axes, keepdims=True)
+                      * np.abs(u))
+    dg_mag = np.sum(np.abs(dw_abs * u), axis=axes)
+    plain_layer = factory()
+    plain_layer.activation = keras.activations.linear
+    plain_layer.build(shape)
+    plain_layer.weights[0].assign(np.abs(w).astype("float32"))
+    if bias is not None:
+        plain_layer.bias.assign(np.abs(bias).astype("float32"))
+    y_mag = keras.ops.convert_to_numpy(plain_layer(np.abs(x)))
+    plain_layer.weights[0].assign(w.astype("float32"))
+    if bias is not None:
+        plain_layer.bias.assign(bias.astype("float32"))
+    y_ref = keras.ops.convert_to_numpy(plain_layer(x))
+    assert wrappers["kernel"]._scale_outputs(x) is False
+    assert wrappers["output"]._scale_outputs(x) is True
+    ct = keras.ops.convert_to_tensor(c)
+    for form, wrapper in wrappers.items():
+        variables = [wrapper.v, wrapper.g] + ([wrapper.bias] if bias is not None else [])
+        y = keras.ops.convert_to_numpy(wrapper(x))
+        _, (gx, dv, dg, *db) = gradients(lambda xt, wr=wrapper: keras.ops.sum(wr(xt) * ct),
+                                         [x], variables)
+        checks = [("y", y, y_ref, y_mag), ("dx", gx, gx_ref, gx_abs), ("dv", dv, dv_ref, dv_mag),
+                  ("dg", dg, dg_ref, dg_mag)]
+        if bias is not None:
+            checks.append(("dbias", db[0], db_ref[0], np.abs(db_ref[0]) + rows))
+        for what, got, ref, mag in checks:
+            err = np.abs(np.asarray(got, np.float64) - ref)
+            bound = _bound(n_sum, np.abs(mag))
+            assert np.all(err <= bound), (form, what, float(np.max(err - bound)))
+
+
+def test_form_auto_rule():
+    """auto: output form iff output rows x units <= kernel size (class docstring)."""
+    dense = WeightNormalization(keras.layers.Dense(4))
+    dense.build((None, 6))
+    assert dense._scale_outputs(np.zeros((6, 6), "float32"))  # 6 rows <= fan_in 6
+    assert not dense._scale_outputs(np.zeros((7, 6), "float32"))
+    conv = WeightNormalization(keras.layers.Conv2D(8, 3, padding="same"))
+    conv.build((None, 4, 4, 2))  # kernel 3*3*2*8 = 144
+    assert conv._scale_outputs(np.zeros((1, 3, 3, 2), "float32"))  # 9 * 8 = 72 <= 144
+    assert not conv._scale_outputs(np.zeros((2, 4, 4, 2), "float32"))  # 32 * 8 = 256
+    for form in ("kernel", "output"):
+        forced = WeightNormalization(keras.layers.Dense(4), form=form)
+        forced.build((None, 6))
+        assert forced._scale_outputs(np.zeros((1, 6), "float32")) == (form == "output")
+
+
+def test_form_config_and_old_configs_load(tmp_path):
+    wrapper = WeightNormalization(keras.layers.Dense(3), form="output")
+    assert wrapper.get_config()["form"] == "output"
+    config = WeightNormalization(keras.layers.Dense(3)).get_config()
+    del config["form"]  # a config saved before the option existed
+    assert WeightNormalization.from_config(config).form == "auto"
+    with pytest.raises(ValueError, match="Received: form='bad'"):
+        WeightNormalization(keras.layers.Dense(3), form="bad")
+
+
+def test_saved_weight_norm_entry_still_loads():
+    from keras_normreg import zoo
+
+    model = zoo.load("mnist1d_cnn1d_weight")
+    wrappers = [la for la in model._flatten_layers() if isinstance(la, WeightNormalization)]
+    assert wrappers and all(w.form == "auto" for w in wrappers)
+    x = np.random.default_rng(0).normal(size=(4,) + tuple(model.input_shape[1:]))
+    assert np.all(np.isfinite(keras.ops.convert_to_numpy(model(x.astype("float32")))))
