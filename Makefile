@@ -21,7 +21,8 @@ BACKEND_TESTS ?= tests/layers tests/test_kernels.py tests/test_backend.py \
 	tests/test_constraints.py tests/test_regularizers.py tests/test_selectors.py \
 	tests/test_invariance.py tests/optimizers tests/diagnostics/test_monitor.py \
 	tests/diagnostics/test_auditor.py tests/diagnostics/test_equilibrium.py \
-	tests/zoo/test_zoo_layers.py tests/zoo/test_families.py \
+	tests/zoo/test_zoo_layers.py tests/zoo/test_families.py tests/zoo/test_transformer.py \
+	tests/data/test_modular.py \
 	tests/data/test_arrays.py tests/data/test_streams.py
 
 .PHONY: demo test test-slow lint bench clean install catalog versions constraints

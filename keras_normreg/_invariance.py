@@ -41,8 +41,19 @@ Rules (``s`` = a scaled input)
   some channels scale); elementwise homogeneous ops keep it and a BatchNormalization-family layer
   normalizing per channel of the concatenation axis removes it (DenseNet: concat -> BN), anything
   else breaks it;
-* anything else that receives ``s`` (Lambda, custom layers, attention, raw ops we do not know)
-  breaks it.
+* a layer may declare its rule with the class attribute ``keras_normreg_scale_rule`` (the
+  transformer zoo's layers do; the analysis needs no import of them):
+
+  - ``"linear"``: one input, output homogeneous of degree 1 in it with no additive term
+    (``x * s`` for a learned ``s``, selecting a token): keeps an unbiased ``s``, breaks a
+    biased one;
+  - ``"attention"``: inputs ``(q, k, v)`` of shape (batch, tokens, heads, head_dim),
+    output ``softmax(f(q, k)) v``: a scaled ``q`` or ``k`` breaks it (softmax is not
+    homogeneous); a scaled ``v`` stays scaled (each row of attention weights sums to 1, so an
+    additive term constant along the token axis passes unchanged; one varying along tokens
+    breaks it);
+* anything else that receives ``s`` (Lambda, custom layers without a declared rule, Keras'
+  MultiHeadAttention, raw ops we do not know) breaks it.
 
 A ``WeightNormalization`` wrapper's direction ``v`` is invariant by construction (the output
 depends on ``v / ||v||``); its gain ``g`` is analysed like a kernel.
@@ -463,6 +474,10 @@ def _apply_op(op, node, in_states, in_tensors, out_tensors, target, cache):
     if not any(s.kind == "scaled" for s in in_states):
         return [_State("inv", norms=_merge_norms(in_states))] * n_out
     name = target.name
+    rule = (getattr(type(op), "keras_normreg_scale_rule", None)
+            if isinstance(op, keras.layers.Layer) else None)
+    if rule is not None:
+        return [_declared_rule(op, rule, in_states, name)] * n_out
     if len(in_states) == 1 and isinstance(op, keras.layers.Layer):
         out = _single_input_op(op, in_states[0], in_tensors[0], out_tensors[0], name)
         if out is not None:
@@ -472,6 +487,30 @@ def _apply_op(op, node, in_states, in_tensors, out_tensors, target, cache):
         if out is not None:
             return [out] * n_out
     return [_merge(op, node, in_states, name, _rank(out_tensors[0]))] * n_out
+
+
+def _declared_rule(op, rule, states, name):
+    """A layer's own ``keras_normreg_scale_rule`` (see the module docstring), given that at
+    least one input is scaled and none is broken."""
+    label = op.name
+    if any(s.partial_axis is not None for s in states):
+        return _broken(f"{name}: {label} receives a partially scaled tensor (after a Concatenate)")
+    if rule == "linear" and len(states) == 1:
+        s = states[0]
+        if s.biased:
+            return _broken(f"{name}: bias before {label}")
+        return _scaled((), _merge_via([s], label))
+    if rule == "attention" and len(states) == 3:
+        q, k, v = states
+        if q.kind == "scaled" or k.kind == "scaled":
+            return _broken(f"{name} reaches the queries or keys of {label} (softmax is not "
+                           "homogeneous)")
+        if 1 in v.bias_axes:
+            return _broken(f"{name}: an additive term varying over tokens reaches the values "
+                           f"of {label}")
+        return _scaled(v.bias_axes, _merge_via([v], label))
+    return _broken(f"{name} reaches {label}, whose declared scale rule {rule!r} does not fit "
+                   f"its {len(states)} input(s)")
 
 
 def _single_input_op_raw(op, node, s, name):

@@ -107,7 +107,7 @@ def plain_sgd():
 def test_builtin_tables_are_what_config_accepts():
     fields = config.choice_fields()
     assert fields["model.norm"] == ("none", "batch", "l1_batch", "topk_batch", "layer", "group",
-                                    "weight", "weight_fixed")
+                                    "rms", "weight", "weight_fixed")
     assert fields["model.norm"] == layers.normalization_names()
     assert fields["model.constraint"] == ("none", "unit_norm", "max_norm", "fixed_norm",
                                           "non_neg")
@@ -151,7 +151,7 @@ def test_unregistered_normalization_is_rejected_again(rms_norm):
     try:
         with pytest.raises(ConfigError, match=r"'model.norm' must be one of \['none', 'batch', "
                                               r"'l1_batch', 'topk_batch', 'layer', 'group', "
-                                              r"'weight', 'weight_fixed'\]\. "
+                                              r"'rms', 'weight', 'weight_fixed'\]\. "
                                               r"Received: model.norm='rms_test'"):
             recipe(model={"norm": rms_norm})
         with pytest.raises(ValueError, match=r"Valid names: \[.*'weight_fixed'\]\. "

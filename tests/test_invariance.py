@@ -67,6 +67,28 @@ def _x(shape, seed=0):
 # ----------------------------------------------------------------------------- basics
 
 
+@pytest.mark.parametrize("kw", [dict(qk_norm=True), dict(ngpt=True),
+                                dict(norm="rms", qk_norm=True, placement="post")])
+def test_transformer_declared_rules_checked_numerically(kw, monkeypatch):
+    """The zoo's attention (degree 1 in the values, any function of q and k) and learned
+    scales (degree 1) declare keras_normreg_scale_rule; every verdict on a tiny transformer
+    is checked by rescaling (norm epsilon lowered so invariance holds to float32 precision)."""
+    from keras_normreg.zoo import transformer
+
+    monkeypatch.setattr(transformer, "EPSILON", EPS)
+    model = transformer.build_transformer(5, (4,), vocab_size=7, width=8, depth=1, heads=2,
+                                          mlp_ratio=2, causal=True, **kw)
+    x = np.random.default_rng(0).integers(0, 7, size=(3, 4)).astype("int32")
+    verdicts = _check_numerically(model, x)
+    found = {p.split("/")[-2] for p, (inv, _) in verdicts.items() if inv}
+    assert {"block1_query", "block1_key"} <= found
+    assert ("block1_value" in found) == bool(kw.get("ngpt"))
+    # the values pass the attention scaled: invariant through nGPT's normalization, else
+    # stopped only by the residual add
+    reason = verdicts["block1_value/kernel"][1]
+    assert ("block1_attention" if kw.get("ngpt") else "block1_attn_add") in reason
+
+
 def test_conv_bn():
     inp = keras.Input((8, 8, 3))
     x = L.Conv2D(4, 3, name="conv")(inp)  # with bias: removed by BN's mean subtraction

@@ -71,6 +71,9 @@ NORMALIZATIONS = {
     "topk_batch": TopKBatchNormalization,
     "layer": keras.layers.LayerNormalization,
     "group": AutoGroupNormalization,
+    # x / sqrt(mean(x^2) + eps) * scale over the last axis: LayerNormalization without
+    # centering and without beta (Zhang & Sennrich 2019), channel-wise like "layer"
+    "rms": keras.layers.RMSNormalization,
 }
 
 #: Weight-normalization choices: the zoo wraps Dense/Conv layers in WeightNormalization
@@ -155,7 +158,7 @@ def get_normalization(identifier, **kwargs):
         identifier: one of
 
             * a name from ``NORMALIZATIONS`` (``"none"``, ``"batch"``, ``"l1_batch"``,
-              ``"topk_batch"``, ``"layer"``, ``"group"`` and any name added with
+              ``"topk_batch"``, ``"layer"``, ``"group"``, ``"rms"`` and any name added with
               :func:`register_normalization`): a new layer built with ``kwargs``;
               ``"none"`` (and ``None``) give ``None``;
             * a ``keras.layers.Layer`` subclass: instantiated with ``kwargs``;

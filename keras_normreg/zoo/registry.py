@@ -37,6 +37,12 @@ class ModelSpec:
     description: str
     dataset: str | None
     slow: bool
+    #: the ``norm`` that :func:`create` uses when none is given (None: the builder's own
+    #: default, e.g. the transformer's pre-LN ``"layer"``, or ``"none"`` with ``ngpt=True``)
+    default_norm: str | None = "batch"
+    #: the normalization names this entry accepts (None: every name of the table, classes,
+    #: instances and config dicts too)
+    norms: tuple[str, ...] | None = None
 
     @property
     def options(self) -> list[str]:
@@ -50,12 +56,17 @@ _REGISTRY: dict[str, ModelSpec] = {}
 
 def register_model(name: str, *, family: str, builder: Callable[..., keras.Model],
                    input_shape: tuple, num_classes: int = 10, description: str = "",
-                   dataset: str | None = None, slow: bool = False, **defaults):
+                   dataset: str | None = None, slow: bool = False,
+                   default_norm: str | None = "batch", norms: tuple[str, ...] | None = None,
+                   **defaults):
     """Register a preset ``name`` of ``builder`` and return a thin builder function for it.
 
     ``defaults`` are the preset's keyword arguments (e.g. ``depth=20``); ``input_shape`` and
     ``num_classes`` are the defaults used when ``create`` is called without them. ``slow`` marks
-    big models that the fast test suite builds only at reduced size.
+    big models that the fast test suite builds only at reduced size. ``default_norm`` is the
+    ``norm`` of ``create(name)`` without one (``"batch"``; None: the builder's own default);
+    ``norms``, when given, the only normalization names the entry accepts (``create`` refuses
+    the others, and classes, instances and config dicts).
     """
     if name in _REGISTRY:
         raise ValueError(f"A zoo model named {name!r} is already registered. {received('name', name)}")
@@ -64,8 +75,16 @@ def register_model(name: str, *, family: str, builder: Callable[..., keras.Model
     if unknown:
         raise ValueError(f"Preset {name!r} sets {unknown}, which builder "
                          f"{builder.__name__} does not accept.")
+    if norms is not None:
+        norms = tuple(norms)
+        if not norms or not all(isinstance(n, str) for n in norms):
+            raise ValueError(f"Argument `norms` must be None or a non-empty sequence of "
+                             f"normalization names. {received('norms', norms)}")
+        if default_norm is not None and default_norm not in norms:
+            raise ValueError(f"Argument `default_norm` must be one of norms={list(norms)}. "
+                             f"{received('default_norm', default_norm)}")
     spec = ModelSpec(name, family, builder, dict(defaults), tuple(input_shape), num_classes,
-                     description, dataset, slow)
+                     description, dataset, slow, default_norm, norms)
     _REGISTRY[name] = spec
 
     def thin(**kwargs):
@@ -100,20 +119,22 @@ def get_spec(name: str) -> ModelSpec:
 
 
 def create(name: str, *, num_classes: int | None = None, input_shape: tuple | None = None,
-           norm="batch", regularization=None, constraint=None, **overrides) -> keras.Model:
+           norm=None, regularization=None, constraint=None, **overrides) -> keras.Model:
     """Build zoo model ``name``.
 
     Args:
         name: a name from :func:`list_models`.
         num_classes: output units (default: the entry's).
         input_shape: input shape without the batch axis (default: the entry's).
-        norm: a name of the normalization table
+        norm: None (the entry's ``spec.default_norm``: ``"batch"`` for the CNN families,
+            pre-LN ``"layer"`` for the transformers), a name of the normalization table
             (:func:`keras_normreg.layers.normalization_names`: ``"none"``, ``"batch"``,
-            ``"l1_batch"``, ``"topk_batch"``, ``"layer"``, ``"group"``, the names added with
-            :func:`keras_normreg.layers.register_normalization`, ``"weight"``
+            ``"l1_batch"``, ``"topk_batch"``, ``"layer"``, ``"group"``, ``"rms"``, the names
+            added with :func:`keras_normreg.layers.register_normalization`, ``"weight"``
             (WeightNormalization on every conv/dense), ``"weight_fixed"`` (bounded weight norm:
             g fixed)), or a normalization layer class, instance or config dict (cloned for each
-            use).
+            use). Entries with ``spec.norms`` (the transformers: ``"layer"``, ``"rms"``,
+            ``"none"``) accept only those names.
         regularization: ``None``, a regularizer (``regularizers.L2(1e-4)``), a name, or a spec
             dict such as ``{"l2": 1e-4}``; applied to kernels with ``skip_scale_invariant="auto"``
             unless the spec dict also gives ``targets`` / ``skip_scale_invariant``.
@@ -139,7 +160,13 @@ def create(name: str, *, num_classes: int | None = None, input_shape: tuple | No
             isinstance(d, int) and not isinstance(d, bool) and d > 0 for d in input_shape):
         raise ValueError(f"Argument `input_shape` must be a tuple of positive integers (no batch "
                          f"axis). {received('input_shape', input_shape)}")
+    if norm is None:
+        norm = spec.default_norm
     check_norm(norm)
+    if spec.norms is not None and norm is not None and norm not in spec.norms:
+        raise ValueError(f"Normalization {norm!r} is not available for zoo model {name!r} "
+                         f"(family {spec.family!r}); valid names: {list(spec.norms)}. "
+                         f"Received: norm={norm!r}")
     kwargs = {**spec.defaults, **overrides}
     model = spec.builder(num_classes=num_classes, input_shape=tuple(input_shape), norm=norm,
                          name=name, **kwargs)

@@ -16,7 +16,7 @@ from tests.helpers import (
 
 def test_table_contents():
     assert set(layers.NORMALIZATIONS) == {"none", "batch", "l1_batch", "topk_batch", "layer",
-                                          "group"}
+                                          "group", "rms"}
     assert layers.WEIGHT_NORMS == ("weight", "weight_fixed")
     assert not set(layers.WEIGHT_NORMS) & set(layers.NORMALIZATIONS)
 
@@ -27,6 +27,7 @@ def test_table_contents():
     ("topk_batch", layers.TopKBatchNormalization),
     ("layer", keras.layers.LayerNormalization),
     ("group", layers.AutoGroupNormalization),
+    ("rms", keras.layers.RMSNormalization),
 ])
 def test_name_gives_new_instance_with_kwargs(name, cls):
     a = layers.get_normalization(name, epsilon=1e-5)
@@ -62,7 +63,8 @@ def test_class_instance_and_dicts():
 
 def test_unknown_name_lists_valid_names():
     with pytest.raises(ValueError, match=r"Valid names: \['batch', 'group', 'l1_batch', 'layer', "
-                                         r"'none', 'topk_batch'\]\. Received: identifier='foo'$"):
+                                         r"'none', 'rms', 'topk_batch'\]\. "
+                                         r"Received: identifier='foo'$"):
         layers.get_normalization("foo")
 
 

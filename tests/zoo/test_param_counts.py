@@ -27,6 +27,8 @@ def with_norm(convs, channels, norm):
         return convs + 2 * channels, 2 * channels
     if norm in ("layer", "group"):  # gamma, beta
         return convs + 2 * channels, 0
+    if norm == "rms":  # scale only (no centering, no beta)
+        return convs + channels, 0
     if norm == "none":  # bias
         return convs + channels, 0
     if norm == "weight":  # v, g, bias
@@ -112,7 +114,7 @@ def test_resnet_counts(depth, paper):
 
 
 @pytest.mark.parametrize("norm", ["none", "batch", "l1_batch", "topk_batch", "layer", "group",
-                                  "weight", "weight_fixed"])
+                                  "rms", "weight", "weight_fixed"])
 def test_resnet20_counts_per_norm(norm):
     expected_norm = "batch" if norm in ("l1_batch", "topk_batch") else norm
     model = zoo.create("resnet20", norm=norm, num_classes=7)

@@ -1,11 +1,13 @@
 """Every zoo model (``zoo.list_models()``) x the normalization choices: forward shape, finite
 outputs, one SGD train step, and .keras save/load (safe_mode=True) with equal outputs.
 
-Fast suite, at a small input (16x16 images): every model with ``norm="batch"`` (full size,
-except the slow-marked entries: >= ~5M parameters, resnet110), and every norm on one model of
-each family; slow-marked entries and the every-norm rows are built at reduced size through the
-entry's own overrides (``REDUCED``). The full-size grid (every model x every
-norm at the entry's own input shape) is marked slow.
+Fast suite, at a small input (16x16 images): every model with its default norm (``norm`` left
+unset: ``"batch"`` for the CNN families, pre-LN ``"layer"`` for the transformers; full size,
+except the slow-marked entries: >= ~5M parameters, resnet110, vit_cifar), and every norm the
+family accepts (``spec.norms``, else the whole table) on one model of each family;
+slow-marked entries and the every-norm rows are built at reduced size through the entry's own
+overrides (``REDUCED``). The full-size grid (every model x every norm it accepts at the
+entry's own input shape) is marked slow. Token models (``vocab_size``) get random token ids.
 """
 
 import keras
@@ -24,9 +26,17 @@ REDUCED = {
     "preact_resnet": {"width": 8},
     "vgg": {"width": 8},
     "wide_resnet": {"depth": 10, "widen_factor": 1},
+    "transformer": {"width": 16, "depth": 1, "heads": 2},
 }
 #: The model of each family that gets every norm in the fast suite.
-EVERY_NORM = ("mlp", "cnn1d", "cnn_digits", "resnet20", "preact_resnet18", "vgg11", "wrn16_4")
+EVERY_NORM = ("mlp", "cnn1d", "cnn_digits", "resnet20", "preact_resnet18", "vgg11", "wrn16_4",
+              "vit_digits")
+
+
+def norms_of(name):
+    """The norms zoo model ``name`` accepts (its family's, else the whole table)."""
+    spec = zoo.get_spec(name)
+    return NORMS if spec.norms is None else spec.norms
 
 
 def small_input(spec):
@@ -37,7 +47,7 @@ def small_input(spec):
 
 
 def reduced(spec, norm):
-    if not spec.slow and (norm == "batch" or spec.family not in REDUCED):
+    if not spec.slow and (norm is None or spec.family not in REDUCED):
         return {}
     if spec.family not in REDUCED:
         raise AssertionError(f"slow zoo family {spec.family!r} needs reduced overrides in "
@@ -49,7 +59,11 @@ def check_model(name, norm, tmp_path, *, input_shape, overrides, finite_after_st
     model = zoo.create(name, norm=norm, num_classes=NUM_CLASSES, input_shape=input_shape,
                        **overrides)
     rng = np.random.default_rng(0)
-    x = rng.normal(size=(2, *input_shape)).astype("float32")
+    vocab = zoo.get_spec(name).defaults.get("vocab_size")
+    if vocab is not None:
+        x = rng.integers(0, vocab, size=(2, *input_shape)).astype("int32")
+    else:
+        x = rng.normal(size=(2, *input_shape)).astype("float32")
     y = np.array([0, NUM_CLASSES - 1])
 
     out = keras.ops.convert_to_numpy(model(x, training=False))
@@ -75,8 +89,11 @@ def check_model(name, norm, tmp_path, *, input_shape, overrides, finite_after_st
     assert [layer.name for layer in loaded.layers] == [layer.name for layer in model.layers]
 
 
-FAST_GRID = [(name, "batch") for name in zoo.list_models()] + [
-    (name, norm) for name in EVERY_NORM for norm in NORMS if norm != "batch"]
+# None: the entry's default norm (create() without norm=)
+FAST_GRID = [(name, None) for name in zoo.list_models()] + [
+    (name, norm) for name in EVERY_NORM for norm in norms_of(name)
+    if norm != zoo.get_spec(name).default_norm]
+FULL_GRID = [(name, norm) for name in zoo.list_models() for norm in norms_of(name)]
 
 
 @pytest.mark.parametrize("name,norm", FAST_GRID)
@@ -87,14 +104,22 @@ def test_zoo_model_small(name, norm, tmp_path):
 
 def test_fast_grid_covers_every_model_and_norm():
     assert {n for n, _ in FAST_GRID} == set(zoo.list_models())
-    assert {m for _, m in FAST_GRID} == set(NORMS)
+    effective = {m if m is not None else zoo.get_spec(n).default_norm for n, m in FAST_GRID}
+    assert effective - {None} == set(NORMS)
     families = {zoo.get_spec(n).family for n in zoo.list_models()}
     assert families == {zoo.get_spec(n).family for n in EVERY_NORM}
+    # every family gets every norm it accepts, its default included
+    for name in EVERY_NORM:
+        spec = zoo.get_spec(name)
+        got = {m for n, m in FAST_GRID if n == name}
+        assert got == {None} | (set(norms_of(name)) - {spec.default_norm}), name
+        assert spec.default_norm is None or spec.default_norm in norms_of(name)
+    assert "transformer" in families and set(norms_of("vit_digits")) == {"layer", "rms", "none"}
+    assert set(FULL_GRID) >= {(n, m) for n, m in FAST_GRID if m is not None}
 
 
 @pytest.mark.slow
-@pytest.mark.parametrize("norm", NORMS)
-@pytest.mark.parametrize("name", zoo.list_models())
+@pytest.mark.parametrize("name,norm", FULL_GRID)
 def test_zoo_model_full_size(name, norm, tmp_path):
     """Without a norm layer, deep post-activation ResNets explode at He initialization (logits
     ~2e3 / 1e5 / 1e9 for ResNet-44 / 56 / 110; one SGD step then gives NaN): those are built
