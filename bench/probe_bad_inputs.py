@@ -74,6 +74,39 @@ TRAIN_SETS = [
     ("train.epochs=0",), ("train.epochs=-3",), ("train.epochs=1.5",),
     ('train.strategy="warp"',), ("train.verbose=5",), ('train.seed="x"',),
     ("bogus.key=1", "bogus"), ("name=5",), ("train=3",),
+    # names that would become wrong paths; values that make sense only together (item 6)
+    ('name="../../x"', "../../x"), ('name=""',), ('name="."',), ('name=".hidden"',),
+    ('name="a/b"',), ("optimizer.learning_rate=1e39",), ("optimizer.weight_decay=1e-50",),
+    ("regularization.l2=1e40",), ("schedule.final_fraction=1.5",),
+    ("schedule.warmup_epochs=1000",), ("schedule.boundaries=[10.0]",),
+    ("schedule.boundaries=[-1.0]",), ('schedule.kind="step"',), ("regularization.l2=1e-4",),
+    ('regularization.kind="l2"',),
+    ("model.constraint_value=2.0",), ("train.seed=-1",), ('train.output_dir=""',),
+    ('data.data_dir=""',), ('data.data_dir="a\\u0000b"', "data.data_dir"),
+]
+
+
+def _train_sets(*key_values, tokens) -> tuple:
+    """A probe of several ``--set``s that make sense only together; clear if the message names
+    one of ``tokens``."""
+    argv = ["train", RECIPE]
+    for kv in key_values:
+        argv += ["--set", kv]
+    return (f"train --set {' --set '.join(key_values)}", [*argv, "--print-config"], tokens)
+
+
+TRAIN_SETS_TOGETHER = [
+    (('schedule.kind="step"', "schedule.boundaries=[20.0, 10.0]"), ("schedule.boundaries",)),
+    (('schedule.kind="step"', "schedule.boundaries=[5.0, 500.0]"), ("schedule.boundaries",)),
+    (('schedule.kind="step"', "schedule.boundaries=[5.0]", "schedule.warmup_epochs=1"),
+     ("schedule.warmup_epochs",)),
+    (('schedule.kind="step"', "schedule.boundaries=[1.0, 2.0, 3.0]", "schedule.factor=1e19"),
+     ("schedule.factor",)),
+    (('regularization.kind="l1"', "regularization.l1=1e-4", "regularization.l2=1e-4"),
+     ("regularization.l2",)),
+    (('schedule.kind="constant"', "schedule.final_fraction=0.5"), ("schedule.final_fraction",)),
+    (("optimizer.weight_decay=0", 'optimizer.decay_semantics="schedule"'),
+     ("optimizer.decay_semantics",)),
 ]
 
 
@@ -132,6 +165,28 @@ def _crafted_model_bytes(tmp) -> bytes:
 
 def cli_probes(tmp) -> list[tuple]:
     probes = [_train_set(*kv) for kv in TRAIN_SETS]
+    probes += [_train_sets(*kvs, tokens=tokens) for kvs, tokens in TRAIN_SETS_TOGETHER]
+    a_file = os.path.join(tmp, "a_file")
+    with open(a_file, "w") as f:
+        f.write("not a folder\n")
+    under_file = os.path.join(a_file, "sub")
+    probes += [  # folders checked when given, not as an OSError once a run has started
+        ("train --set data.data_dir=<a file>",
+         ["train", RECIPE, "--set", f'data.data_dir="{a_file}"'], ("data.data_dir",)),
+        ("train --set train.output_dir=<under a file>",
+         ["train", RECIPE, "--set", f'train.output_dir="{under_file}"'], ("train.output_dir",)),
+        ("train --data-dir <a file>", ["train", RECIPE, "--data-dir", a_file], ("data.data_dir",)),
+        ('train --data-dir ""', ["train", RECIPE, "--data-dir", ""], ("data.data_dir",)),
+        ("evaluate --data-dir <a file>",
+         ["evaluate", os.path.join(ROOT, "saved_models", "digits_cnn_batch"), "--data-dir",
+          a_file], ("--data-dir",)),
+        ("tune --directory <a file>", ["tune", STUDY, "--directory", a_file], ("--directory",)),
+        ('tune --directory ""', ["tune", STUDY, "--directory", ""], ("--directory",)),
+        ("tune --directory <under a file>", ["tune", STUDY, "--directory", under_file],
+         ("--directory",)),
+        ("demo --directory <a file>", ["demo", "--directory", a_file], ("--directory",)),
+        ("evaluate ..", ["evaluate", ".."], ("name_or_path",)),
+    ]
     bad_toml = os.path.join(tmp, "bad.toml")
     with open(bad_toml, "w") as f:
         f.write("name = \n[model\n")
@@ -184,6 +239,10 @@ def cli_probes(tmp) -> list[tuple]:
         ("lambda = {min = 1e-2, max = 1e-4}", "space.lambda", "0.01"),
         ("lambda = inf", "space.lambda", "inf"),
         ('lambda = "big"', "space.lambda", "big"),
+        ("lambda = []", "space.lambda", "[]"),
+        ("lambda = 0", "space.lambda", "0"),
+        ("lambda = {}", "space.lambda", "space.lambda.min"),
+        ("lambda = [1e39]", "space.lambda", "float32"),
     ]
     for i, (new, key, value) in enumerate(study_edits):
         path = _study(tmp, f"study{i}", "lambda = [1e-4, 1e-3]", new)
@@ -198,6 +257,12 @@ def cli_probes(tmp) -> list[tuple]:
         ('kind = "random"', 'kind = "psychic"', "tuner.kind"),
         ('name = "val_accuracy"', 'name = "vibes"', "objective"),
         ("epochs = 1", "epochs = inf", "epochs"),
+        ('name = "tiny_digits"', 'name = "../escape"', "name"),
+        ('name = "tiny_digits"', 'name = ".."', "name"),
+        ('decay = ["none", "l2", "decoupled", "unit_norm"]', 'decay = ["none", "unit_norm"]',
+         "space.lambda"),
+        ('kind = "constant"', 'kind = "constant"\nwarmup_epochs = 5.0',
+         "base.schedule.warmup_epochs"),
     ]):
         path = _study(tmp, f"other{i}", old, new)
         probes.append((f"tune {new}", ["tune", path, "--directory", os.path.join(tmp, "o")],
@@ -232,8 +297,18 @@ def run_cli_subprocess(argv) -> tuple[int, str]:
 def python_probes() -> list[tuple]:
     import keras
 
-    from keras_normreg import config, constraints, data, layers, optimizers, regularizers, zoo
-    from keras_normreg.tuning import space
+    from keras_normreg import (
+        config,
+        constraints,
+        data,
+        layers,
+        optimizers,
+        regularizers,
+        saving,
+        train,
+        zoo,
+    )
+    from keras_normreg.tuning import space, spec
 
     sgd = keras.optimizers.SGD
     recipe = {"name": "x", "model": {"arch": "cnn1d"}, "data": {"dataset": "mnist1d"}}
@@ -317,6 +392,35 @@ def python_probes() -> list[tuple]:
         ("space eta_lambda=[nan] (product)",
          lambda: space.resolve_space({"parametrization": "product", "eta_lambda": [NAN]}),
          ("space.eta_lambda",)),
+        ("config name='../../x'", lambda: config.resolve({**recipe, "name": "../../x"}),
+         ("name",)),
+        ("config name=''", lambda: config.resolve({**recipe, "name": ""}), ("name",)),
+        ("config optimizer.learning_rate=1e39", cfg("optimizer", "learning_rate", 1e39),
+         ("optimizer.learning_rate",)),
+        ("config schedule.boundaries=[3, 1] (step)",
+         lambda: config.resolve({**recipe, "schedule": {"kind": "step",
+                                                         "boundaries": [3.0, 1.0]}}),
+         ("schedule.boundaries",)),
+        ("config regularization.l2=1e-4 with kind none", cfg("regularization", "l2", 1e-4),
+         ("regularization.l2",)),
+        ("config train.output_dir=''", cfg("train", "output_dir", ""), ("train.output_dir",)),
+        ("saving.find_entry('..')", lambda: saving.find_entry(".."), ("name_or_path",)),
+        ("saving.save_entry(cfg name '../x')",
+         lambda: saving.save_entry(None, {"name": "../x"}, {}, 0.0, None, "unused"),
+         ("name",)),
+        ("saving.save_entry(out_dir='')",
+         lambda: saving.save_entry(None, {"name": "x"}, {}, 0.0, None, ""), ("out_dir",)),
+        ("train.check_paths(run_dir=<NUL>)",
+         lambda: train.check_paths(config.resolve(recipe), "a\x00b"), ("run_dir",)),
+        ("tuning spec name='..'",
+         lambda: spec.resolve_study({"name": "..", "base": {"model": {"arch": "cnn_digits"},
+                                                            "data": {"dataset": "digits"}}}),
+         ("name",)),
+        ("tuning spec space.lambda=[] ",
+         lambda: spec.resolve_study({"name": "s", "space": {"lambda": []},
+                                     "base": {"model": {"arch": "cnn_digits"},
+                                              "data": {"dataset": "digits"}}}),
+         ("space.lambda",)),
     ]
 
 

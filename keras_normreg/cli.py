@@ -259,14 +259,28 @@ def _check_names(cfg, recipe) -> None:
             f"list datasets`): {why} Received: data.dataset={dataset!r}") from None
 
 
+def _check_folder_option(option: str, value, *, written: bool = False) -> None:
+    """Refuse a folder option now with a one-line error naming it, instead of an OSError from
+    deep inside a run (or an empty path silently meaning the default): empty, a NUL or control
+    character (:func:`keras_normreg.config.path_problem`), and for a folder that is read a
+    file in the way (:func:`keras_normreg.config.folder_problem`; a ``written`` folder gets
+    that from the writability check of the command before anything runs)."""
+    check = config.path_problem if written else config.folder_problem
+    problem = None if value is None else check(value)
+    if problem:
+        dest = option.lstrip("-").replace("-", "_")
+        raise config.ConfigError(f"{option} {problem}. Received: {dest}={value!r}")
+
+
 def _cmd_train(args) -> int:
     overrides = list(args.overrides)
     if args.strategy:
         overrides.append(f"train.strategy={args.strategy!r}".replace("'", '"'))
     if args.download:
         overrides.append("data.download=true")
-    if args.data_dir:
-        overrides.append(f'data.data_dir="{args.data_dir}"')
+    if args.data_dir is not None:
+        # a TOML string (JSON's escapes are TOML's): a quote or a backslash in the path stays
+        overrides.append(f"data.data_dir={json.dumps(args.data_dir)}")
     cfg = config.load_recipe(args.recipe, overrides)
     _check_names(cfg, args.recipe)
     if args.print_config:
@@ -281,6 +295,7 @@ def _cmd_train(args) -> int:
 def _cmd_evaluate(args) -> int:
     from keras_normreg import evaluate, saving
 
+    _check_folder_option("--data-dir", args.data_dir)
     try:
         report = evaluate.evaluate_saved(args.path, data_dir=args.data_dir, strict=False)
     except (evaluate.CardError, evaluate.ChecksumError, saving.EntryLoadError) as e:
@@ -316,6 +331,7 @@ def _cmd_tune(args) -> int:
             raise ValueError("--workers starts its own chief and workers on this machine; it "
                              "does not combine with --role/--oracle/--worker-id. "
                              f"Received: workers={args.workers}, role={args.role!r}")
+        _check_folder_option("--directory", args.directory, written=True)
         path = nr_spec.find_spec(args.study)
         spec = nr_spec.load_study(path, max_trials=args.max_trials)
         if args.workers is not None:
@@ -344,6 +360,7 @@ def _cmd_demo(args) -> int:
 
     if args.epochs is not None and args.epochs < 1:
         raise config.ConfigError(f"--epochs must be >= 1. Received: epochs={args.epochs}")
+    _check_folder_option("--directory", args.directory, written=True)
     path = os.path.join(os.path.dirname(os.path.abspath(nr_spec.__file__)), "specs",
                         DEMO_STUDY + ".toml")
     raw = config.read_toml(path)
@@ -394,6 +411,7 @@ def _cmd_study(args) -> int:
     import importlib
 
     study = importlib.import_module(module)
+    _check_folder_option("--out", args.out)
     options = {k: v for k, v in (("epochs", args.epochs), ("out", args.out)) if v is not None}
     return study.cli(**options, which=args.which)
 

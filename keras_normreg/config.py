@@ -8,6 +8,19 @@ A recipe is a TOML file with the sections of :data:`RECIPE_SCHEMA`. Loading it
 
 and :func:`dump` writes the resolved config back out (it is written next to every result).
 
+Values are checked one by one (type, range, choices; every number representable in float32,
+the training dtype) and then as a whole (:func:`check_recipe`): keys that make sense only
+together (a step schedule's boundaries and the epochs, warmup and training length, the
+regularization kind and its factors ...) are refused with all of them named, and so is a
+non-default value of a key that the rest of the recipe ignores (``regularization.l2`` with
+``kind = "none"``, ``schedule.boundaries`` with a cosine schedule ...): a setting never drops
+silently. ``name`` is an entry name (:data:`NAME_RULE`: one folder name, since
+``<train.output_dir>/<name>/`` and ``runs/<name>/`` are made of it), and the folder keys are
+refused when given if they are empty or hold a NUL or control character (:func:`path_problem`);
+``data.data_dir``, a folder that is read, also if a file is in the way (:func:`folder_problem`;
+``train.output_dir`` gets that check, writability included, from
+:func:`keras_normreg.saving.check_destination` before training starts).
+
 The choices of ``model.norm``, ``model.constraint``, ``optimizer.name`` and ``train.strategy``
 are not listed here: they are read, at validation time, from the table of each family
 (:func:`keras_normreg.layers.normalization_names`, :data:`keras_normreg.constraints.CONSTRAINTS`,
@@ -34,6 +47,7 @@ import copy
 import dataclasses
 import math
 import os
+import re
 import sys
 from collections.abc import Callable, Mapping, Sequence
 from typing import Any
@@ -43,6 +57,7 @@ if sys.version_info >= (3, 11):
 else:  # pragma: no cover - exercised on Python 3.10 only
     import tomli as tomllib
 
+import numpy as np
 import tomli_w
 
 from keras_normreg import constraints as nr_constraints
@@ -52,14 +67,23 @@ from keras_normreg import optimizers as nr_optimizers
 
 __all__ = [
     "ConfigError",
+    "FLOAT32_MAX",
     "Field",
+    "NAME_MAX_LENGTH",
+    "NAME_RULE",
     "RECIPE_SCHEMA",
+    "check_name",
+    "check_recipe",
     "choice_fields",
     "drop_none",
     "dump",
     "dumps",
+    "float32_problem",
+    "folder_problem",
     "load_recipe",
+    "name_problem",
     "parse_overrides",
+    "path_problem",
     "resolve",
 ]
 
@@ -116,6 +140,97 @@ def _jit_compile(v):
     return None if v in (True, False) or v == "auto" else 'must be true, false or "auto"'
 
 
+def _fraction(v):
+    return None if 0 <= v <= 1 else "must be in [0, 1]"
+
+
+def _seed(v):
+    return None if 0 <= v <= 2**32 - 1 else "must be in [0, 2**32 - 1] (a NumPy/Keras seed)"
+
+
+def _boundaries(v):
+    if any(b <= 0 for b in v):
+        return "must hold epochs > 0"
+    if any(a >= b for a, b in zip(v, v[1:], strict=False)):
+        return "must be strictly increasing"
+    return None
+
+
+# -- names that become paths ------------------------------------------------------------------
+NAME_MAX_LENGTH = 100
+_NAME_PATTERN = re.compile(r"[A-Za-z0-9][A-Za-z0-9._-]*")
+#: The rule every entry and study name follows (they become folder names: ``<output_dir>/<name>``,
+#: ``runs/<name>``, ``<directory>/<study>``, ``<export_dir>/<export_name>``): ONE path component
+#: of ASCII letters, digits, ``_``, ``.`` and ``-``, starting with a letter or a digit (so never
+#: empty, ``.``, ``..``, hidden, or holding a separator, a NUL or a control character), at most
+#: :data:`NAME_MAX_LENGTH` characters.
+NAME_RULE = (f"must be one folder name: a letter or digit, then letters, digits, '_', '.' or "
+             f"'-' (at most {NAME_MAX_LENGTH} characters; no '/', no leading '.')")
+
+
+def name_problem(value) -> str | None:
+    """What is wrong with ``value`` as an entry or study name (:data:`NAME_RULE`), or None."""
+    if (not isinstance(value, str) or len(value) > NAME_MAX_LENGTH
+            or not _NAME_PATTERN.fullmatch(value)):
+        return NAME_RULE
+    return None
+
+
+def check_name(value, key: str = "name", *, argument: bool = False) -> str:
+    """Return ``value`` if it is a valid entry/study name, else raise :class:`ConfigError`
+    naming ``key`` (a config key, or with ``argument=True`` a function argument)."""
+    problem = name_problem(value)
+    if problem:
+        what = f"Argument `{key}`" if argument else f"Config key '{key}'"
+        raise ConfigError(f"{what} {problem}. Received: {key}={value!r}")
+    return value
+
+
+def path_problem(path) -> str | None:
+    """What is wrong with the text of ``path`` as a folder path, or None: not a string, empty
+    (``os.path.join("", name)`` would silently mean the current folder), or holding a NUL or
+    a control character (which ``os`` refuses with a bare ValueError)."""
+    if not isinstance(path, (str, os.PathLike)):
+        return "must be a folder path"
+    path = os.fspath(path)
+    if not path:
+        return 'must not be empty (use "." for the current folder)'
+    if any(ord(c) < 32 or ord(c) == 127 for c in path):
+        return "must not contain NUL or control characters"
+    return None
+
+
+def folder_problem(path) -> str | None:
+    """What is wrong with ``path`` as a folder to read (or create), or None:
+    :func:`path_problem`, or an existing file at the path or at one of its parents (checked on
+    the file system now). Folders that are *written* (``train.output_dir``, a study's
+    ``output.directory``) get only :func:`path_problem` from the schema: whether they can be
+    written, a file in the way included, is checked before anything runs by
+    :func:`keras_normreg.saving.check_destination`, with its own message."""
+    problem = path_problem(path)
+    if problem:
+        return problem
+    path = os.fspath(path)
+    head = os.path.abspath(path)
+    while not os.path.lexists(head):
+        parent = os.path.dirname(head)
+        if parent == head:
+            return None
+        head = parent
+    if not os.path.isdir(head):
+        where = "it" if head == os.path.abspath(path) else repr(head)
+        return f"must be a folder, but {where} is a file"
+    return None
+
+
+def _folder(v):
+    return folder_problem(v)
+
+
+def _path(v):
+    return path_problem(v)
+
+
 SCHEDULES = ("constant", "cosine", "step")
 
 
@@ -128,7 +243,9 @@ def _optimizer_choices() -> tuple[str, ...]:
 
 
 RECIPE_SCHEMA: dict[str, Any] = {
-    "name": Field(str, _REQUIRED, doc="entry name; saved_models/<name>/"),
+    "name": Field(str, _REQUIRED, check=name_problem,
+                  doc="entry name, one folder name ([A-Za-z0-9][A-Za-z0-9._-]*); "
+                      "saved_models/<name>/"),
     "description": Field(str, "", doc="free text copied to the model card"),
     "model": {
         "arch": Field(str, _REQUIRED, doc="zoo model name (keras-normreg list)"),
@@ -141,7 +258,7 @@ RECIPE_SCHEMA: dict[str, Any] = {
     },
     "data": {
         "dataset": Field(str, _REQUIRED, doc="dataset name (keras-normreg list)"),
-        "data_dir": Field(str, None, doc="tfds data_dir (default: tfds' default)"),
+        "data_dir": Field(str, None, check=_folder, doc="tfds data_dir (default: tfds' default)"),
         "batch_size": Field(int, 128, check=_positive, doc="GLOBAL batch size"),
         "augment": Field(bool, None, doc="default: the dataset's standard train augmentation"),
         "validation_split": Field(str, None, doc="e.g. 'train[90%:]'; default: none"),
@@ -175,20 +292,22 @@ RECIPE_SCHEMA: dict[str, Any] = {
     "schedule": {
         "kind": Field(str, "cosine", choices=SCHEDULES, doc="learning-rate schedule"),
         "warmup_epochs": Field(float, 0.0, check=_non_negative, doc="linear warmup length"),
-        "boundaries": Field(list, [], item_type=float, doc="step: epochs where lr drops"),
+        "boundaries": Field(list, [], item_type=float, check=_boundaries,
+                            doc="step: epochs where lr drops (increasing, > 0, < train.epochs)"),
         "factor": Field(float, 0.1, check=_positive, doc="step: multiplier at each boundary"),
-        "final_fraction": Field(float, 0.0, check=_non_negative, doc="cosine: final lr / peak"),
+        "final_fraction": Field(float, 0.0, check=_fraction, doc="cosine: final lr / peak"),
     },
     "train": {
         "epochs": Field(int, 30, check=_positive, doc="epochs"),
-        "seed": Field(int, 42, doc="random seed (weights, shuffling)"),
+        "seed": Field(int, 42, check=_seed, doc="random seed (weights, shuffling)"),
         "mixed_precision": Field(bool, False, doc="mixed_float16 (GPU) / mixed_bfloat16 (TPU)"),
         "jit_compile": Field((bool, str), "auto", check=_jit_compile,
                              doc='XLA: "auto" (Keras\' rule: on for JAX, off on CPU-only '
                                  'TensorFlow and on PyTorch), true or false'),
         "strategy": Field(str, "auto", check=distribute.check_strategy,
                           doc="tf.distribute strategy: " + distribute.STRATEGIES_HELP),
-        "output_dir": Field(str, "saved_models", doc="where saved_models/<name>/ goes"),
+        "output_dir": Field(str, "saved_models", check=_path,
+                            doc="where saved_models/<name>/ goes"),
         "verbose": Field(int, 1, choices=(0, 1, 2), doc="Keras fit verbosity"),
     },
 }
@@ -204,6 +323,23 @@ def choice_fields(schema: Mapping | None = None, prefix: str = "") -> dict[str, 
         elif spec.choices is not None:
             out[prefix + key] = spec.valid_choices()
     return out
+
+
+FLOAT32_MAX = float(np.finfo(np.float32).max)  # 3.4028235e38
+
+
+def float32_problem(value: float) -> str | None:
+    """What goes wrong with ``value`` in float32 (the training dtype: learning rates, decay
+    factors and penalties become float32 variables), or None: it overflows to inf, or a
+    non-zero value underflows to 0."""
+    with np.errstate(over="ignore", under="ignore"):
+        as32 = np.float32(value)
+    if not np.isfinite(as32):
+        return f"must be representable in float32, the training dtype (|x| <= {FLOAT32_MAX:.8g})"
+    if value != 0 and as32 == 0:
+        return ("must be representable in float32, the training dtype (it rounds to 0: use 0 "
+                f"or a magnitude >= {float(np.finfo(np.float32).smallest_subnormal):.3g})")
+    return None
 
 
 def _type_name(t) -> str:
@@ -230,6 +366,10 @@ def _check_type(path: str, value, field: Field):
         )
     if expected is float and not math.isfinite(value):  # TOML has inf and nan literals
         raise ConfigError(f"Config key '{path}' must be a finite number. Received: {path}={value}")
+    if expected is float:
+        problem = float32_problem(value)
+        if problem:
+            raise ConfigError(f"Config key '{path}' {problem}. Received: {path}={value!r}")
     if expected is list and field.item_type is not None:
         items = []
         for i, item in enumerate(value):
@@ -278,8 +418,132 @@ def _resolve(raw: Mapping, schema: Mapping, prefix: str) -> dict:
 
 
 def resolve(raw: Mapping, schema: Mapping | None = None) -> dict:
-    """Validate ``raw`` against ``schema`` (default: the recipe schema) and fill defaults."""
-    return _resolve(raw, RECIPE_SCHEMA if schema is None else schema, "")
+    """Validate ``raw`` against ``schema`` (default: the recipe schema) and fill defaults; a
+    recipe is then checked as a whole (:func:`check_recipe`)."""
+    schema = RECIPE_SCHEMA if schema is None else schema
+    out = _resolve(raw, schema, "")
+    if schema is RECIPE_SCHEMA:
+        check_recipe(out)
+    return out
+
+
+def _whole_error(message: str, prefix: str, **values) -> ConfigError:
+    shown = ", ".join(f"{prefix}{k.replace('__', '.')}={v!r}" for k, v in values.items())
+    return ConfigError(f"{message}. Received: {shown}")
+
+
+def _default(section: str, key: str):
+    return RECIPE_SCHEMA[section][key].default
+
+
+def check_recipe(cfg: Mapping, prefix: str = "") -> None:
+    """Check the keys of a resolved recipe that make sense only together; raise
+    :class:`ConfigError` naming every key involved, with its value (keys shown with
+    ``prefix``: ``"base."`` for a study's base recipe). The rules:
+
+    * ``schedule``: ``warmup_epochs <= train.epochs``; ``boundaries`` (strictly increasing
+      epochs > 0, checked per key) all ``< train.epochs`` and at least one with
+      ``kind = "step"``; the peak lr times ``factor`` at every boundary stays representable in
+      float32 (not inf, not 0); ``boundaries``, a non-default ``factor`` or a warmup with
+      another kind than the one that uses it (``step`` for the first two, ``cosine`` or
+      ``constant`` for warmup; ``final_fraction`` != 0 only with ``cosine``) is an error: the
+      schedule would ignore it.
+    * ``regularization``: ``kind = "none"`` takes no ``l1``/``l2`` factor and no non-default
+      ``targets``/``skip_scale_invariant``; ``l1``/``l2`` need their factor > 0 and not the
+      other one's; ``elastic_net`` needs both > 0; a penalty needs a target.
+    * ``optimizer``: a non-default ``decay_semantics`` needs ``weight_decay`` > 0.
+    * ``model``: a non-default ``constraint_value`` needs a constraint that takes a value
+      (``max_norm``, ``fixed_norm``: :data:`keras_normreg.constraints.VALUE_ARGUMENTS`).
+    """
+    sched, train, opt = cfg["schedule"], cfg["train"], cfg["optimizer"]
+    reg, model = cfg["regularization"], cfg["model"]
+    kind, epochs = sched["kind"], train["epochs"]
+    p = prefix
+    if sched["warmup_epochs"] > epochs:
+        raise _whole_error(f"Config key '{p}schedule.warmup_epochs' must not exceed "
+                           f"'{p}train.epochs' (the warmup would outlast the training)", p,
+                           schedule__warmup_epochs=sched["warmup_epochs"], train__epochs=epochs)
+    if kind != "step":
+        for key in ("boundaries", "factor"):
+            if sched[key] != _default("schedule", key):
+                raise _whole_error(f"Config key '{p}schedule.{key}' is used only by "
+                                   f"{p}schedule.kind='step'; remove it or change the kind", p,
+                                   **{f"schedule__{key}": sched[key], "schedule__kind": kind})
+    else:
+        if not sched["boundaries"]:
+            raise _whole_error(f"Config key '{p}schedule.boundaries' must list at least one "
+                               f"epoch with {p}schedule.kind='step' (or use kind='constant')",
+                               p, schedule__boundaries=sched["boundaries"], schedule__kind=kind)
+        late = [b for b in sched["boundaries"] if b >= epochs]
+        if late:
+            raise _whole_error(f"Config key '{p}schedule.boundaries' must be < '{p}train.epochs'"
+                               f" (a boundary at or after the end never applies: {late[0]!r})",
+                               p, schedule__boundaries=sched["boundaries"],
+                               train__epochs=epochs)
+        if sched["warmup_epochs"]:
+            raise _whole_error(f"Config key '{p}schedule.warmup_epochs' is not applied by "
+                               f"{p}schedule.kind='step'; remove it or use kind='cosine' or "
+                               f"'constant'", p, schedule__warmup_epochs=sched["warmup_epochs"],
+                               schedule__kind=kind)
+        lr, n = opt["learning_rate"], len(sched["boundaries"])
+        try:  # factor > 0: the last value is the smallest or the largest
+            last = lr * sched["factor"] ** n
+        except OverflowError:
+            last = math.inf
+        problem = float32_problem(last) if last != 0 else "rounds to 0"
+        if problem:
+            raise _whole_error(
+                f"Config keys '{p}optimizer.learning_rate', '{p}schedule.factor' and "
+                f"'{p}schedule.boundaries' give a learning rate of lr * factor^{n} = {last!r} "
+                f"after the last boundary, which is not representable in float32, the training "
+                f"dtype", p, optimizer__learning_rate=lr, schedule__factor=sched["factor"],
+                schedule__boundaries=sched["boundaries"])
+    if kind != "cosine" and sched["final_fraction"] != _default("schedule", "final_fraction"):
+        raise _whole_error(f"Config key '{p}schedule.final_fraction' is used only by "
+                           f"{p}schedule.kind='cosine'; remove it or change the kind", p,
+                           schedule__final_fraction=sched["final_fraction"], schedule__kind=kind)
+    rkind, l1, l2 = reg["kind"], reg["l1"], reg["l2"]
+    if rkind == "none":
+        for key in ("l1", "l2", "targets", "skip_scale_invariant"):
+            if reg[key] != _default("regularization", key):
+                raise _whole_error(
+                    f"Config key '{p}regularization.{key}' is ignored with "
+                    f"{p}regularization.kind='none'; set the kind (l1, l2, elastic_net) or "
+                    f"remove it", p, **{f"regularization__{key}": reg[key],
+                                        "regularization__kind": rkind})
+    else:
+        needs = {"l1": ("l1",), "l2": ("l2",), "elastic_net": ("l1", "l2")}[rkind]
+        for key in ("l1", "l2"):
+            value = l1 if key == "l1" else l2
+            if key in needs and value == 0:
+                raise _whole_error(
+                    f"Config key '{p}regularization.{key}' must be > 0 with "
+                    f"{p}regularization.kind={rkind!r} (a penalty of nothing; use kind='none')",
+                    p, **{f"regularization__{key}": value, "regularization__kind": rkind})
+            if key not in needs and value != 0:
+                raise _whole_error(
+                    f"Config key '{p}regularization.{key}' is ignored with "
+                    f"{p}regularization.kind={rkind!r}; remove it or use kind='elastic_net'",
+                    p, **{f"regularization__{key}": value, "regularization__kind": rkind})
+        if not reg["targets"]:
+            raise _whole_error(f"Config key '{p}regularization.targets' must name at least one "
+                               f"kind of weight with {p}regularization.kind={rkind!r}", p,
+                               regularization__targets=reg["targets"],
+                               regularization__kind=rkind)
+    if opt["weight_decay"] == 0 and \
+            opt["decay_semantics"] != _default("optimizer", "decay_semantics"):
+        raise _whole_error(f"Config key '{p}optimizer.decay_semantics' is ignored with "
+                           f"{p}optimizer.weight_decay=0; set the decay or remove it", p,
+                           optimizer__decay_semantics=opt["decay_semantics"],
+                           optimizer__weight_decay=opt["weight_decay"])
+    if model["constraint_value"] != _default("model", "constraint_value") and \
+            nr_constraints.VALUE_ARGUMENTS.get(model["constraint"]) is None:
+        takes = sorted(nr_constraints.VALUE_ARGUMENTS)
+        raise _whole_error(f"Config key '{p}model.constraint_value' is ignored with "
+                           f"{p}model.constraint={model['constraint']!r} (only {takes} take a "
+                           f"value); remove it or change the constraint", p,
+                           model__constraint_value=model["constraint_value"],
+                           model__constraint=model["constraint"])
 
 
 def parse_overrides(items: Sequence[str]) -> dict:

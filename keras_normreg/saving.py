@@ -280,6 +280,20 @@ def _destination_error(out_dir: str, error: OSError, argument: str, advice: str)
         f"{advice} Received: {argument}={out_dir!r}")
 
 
+def _check_out_dir(out_dir) -> str:
+    """``out_dir`` as a string; :class:`DestinationError` naming it if it is not a usable path
+    (empty, or with a NUL or control character: what ``os`` calls would refuse with a bare
+    ValueError)."""
+    if not isinstance(out_dir, (str, os.PathLike)):
+        raise DestinationError(f"Argument `out_dir` must be a folder path. "
+                               f"{received('out_dir', out_dir)}")
+    out_dir = os.fspath(out_dir)
+    if not out_dir or any(ord(c) < 32 or ord(c) == 127 for c in out_dir):
+        raise DestinationError(f"Argument `out_dir` must be a non-empty folder path without "
+                               f"NUL or control characters. {received('out_dir', out_dir)}")
+    return out_dir
+
+
 def save_entry(model, cfg, metrics, seconds, strategy, out_dir, command=None,
                history=None, *, tuning: Mapping | None = None,
                resumed_at_epoch: Sequence[int] = ()) -> str:
@@ -293,7 +307,10 @@ def save_entry(model, cfg, metrics, seconds, strategy, out_dir, command=None,
     left by a writer that crashed are removed on the next write. A reader therefore sees the
     previous entry or the new one, never a half-written file; a crash between the renames can
     leave the new model with the previous card, which :func:`load_saved` refuses
-    (:class:`ChecksumError`) until the entry is written again.
+    (:class:`ChecksumError`) until the entry is written again. A SIGTERM during the write
+    removes the temporaries and releases the lock before the process ends (by SIGTERM, as it
+    would have: :func:`keras_normreg._atomic.sigterm_as_exception`); one that arrives during
+    the renames waits for the last of them, so it never leaves that mixed state.
 
     Args:
         model: the trained model.
@@ -310,8 +327,11 @@ def save_entry(model, cfg, metrics, seconds, strategy, out_dir, command=None,
             (recorded in the card as ``resumed_at_epoch``; empty for a training in one go).
 
     Raises:
-        DestinationError: ``out_dir`` cannot be written (read-only, full, not a folder...);
-            the previous entry there is left as it was and the temporaries are removed.
+        ConfigError: ``cfg["name"]`` is not an entry name (:data:`keras_normreg.config.
+            NAME_RULE`); nothing is written.
+        DestinationError: ``out_dir`` cannot be written (read-only, full, not a folder, an
+            empty path ...); the previous entry there is left as it was and the temporaries are
+            removed.
         keras_normreg._locks.LockError: another process held the entry longer than
             ``ENTRY_LOCK_TIMEOUT``.
     """
@@ -321,10 +341,17 @@ def save_entry(model, cfg, metrics, seconds, strategy, out_dir, command=None,
     # JSON-checked before anything is written
     tuning = None if tuning is None else json.loads(json.dumps(dict(tuning)))
     resumed = _check_resumed(resumed_at_epoch)
-    out_dir = os.fspath(out_dir)
+    if not isinstance(cfg, Mapping) or "name" not in cfg:
+        raise ValueError(f"Argument `cfg` must be a resolved recipe (a dict with a 'name'). "
+                         f"{received('cfg', cfg)}")
+    nr_config.check_name(cfg["name"])  # the card's name: what the entry is found by
+    out_dir = _check_out_dir(out_dir)
     try:
         os.makedirs(out_dir, exist_ok=True)
-        with entry_lock(out_dir, timeout=ENTRY_LOCK_TIMEOUT):
+        # a SIGTERM (kill, a scheduler) while writing raises: the temporaries go, the lock is
+        # released, then the process ends by SIGTERM as it would have
+        with _atomic.sigterm_as_exception() as guard, \
+                entry_lock(out_dir, timeout=ENTRY_LOCK_TIMEOUT):
             _remove_quietly(os.path.join(out_dir, n) for n in os.listdir(out_dir)
                             if _is_temporary(n))
             token = f"{_TMP_PREFIX}{os.getpid()}-{secrets.token_hex(4)}-"
@@ -333,8 +360,9 @@ def save_entry(model, cfg, metrics, seconds, strategy, out_dir, command=None,
             try:
                 _write_entry_files(temp, model, cfg, metrics, seconds, strategy, command,
                                    history, tuning, resumed)
-                for name in (MODEL_FILE, RECIPE_FILE, CARD_FILE):  # the card last
-                    os.replace(temp[name], os.path.join(out_dir, name))
+                with guard.critical():  # the three renames: a SIGTERM waits until they are done
+                    for name in (MODEL_FILE, RECIPE_FILE, CARD_FILE):  # the card last
+                        os.replace(temp[name], os.path.join(out_dir, name))
             except BaseException:
                 _remove_quietly(temp.values())
                 raise
@@ -402,20 +430,33 @@ def saved_models_dirs() -> list[Path]:
 
 
 def list_saved() -> list[str]:
-    """Names of the entries (folders with a card.json) in :func:`saved_models_dirs`."""
+    """Names of the entries (folders with a card.json whose name is an entry name,
+    :data:`keras_normreg.config.NAME_RULE`) in :func:`saved_models_dirs`."""
     names = set()
     for d in saved_models_dirs():
         if d.is_dir():
-            names.update(p.name for p in d.iterdir() if (p / CARD_FILE).is_file())
+            names.update(p.name for p in d.iterdir() if nr_config.name_problem(p.name) is None
+                         and (p / CARD_FILE).is_file())
     return sorted(names)
 
 
 def find_entry(name_or_path: str | os.PathLike) -> Path:
-    """The entry folder for a path (``saved_models/x``) or a bare name (``x``)."""
+    """The entry folder for a path (``saved_models/x``) or a bare name (``x``, looked up in
+    :func:`saved_models_dirs`). A bare name that is not an entry folder itself must be an
+    entry name (:data:`keras_normreg.config.NAME_RULE`): ``..``, ``""`` or ``.x`` is refused
+    (ConfigError naming ``name_or_path``) instead of resolving to a folder around the entries.
+    """
+    if not isinstance(name_or_path, (str, os.PathLike)):
+        raise ValueError(f"Argument `name_or_path` must be an entry name or folder path. "
+                         f"{received('name_or_path', name_or_path)}")
+    text = os.fspath(name_or_path)
+    if not text or "\0" in text:
+        nr_config.check_name(text, "name_or_path", argument=True)
     p = Path(name_or_path)
     if (p / CARD_FILE).exists() or (p / MODEL_FILE).exists():
         return p
-    if p.name == str(name_or_path):
+    if p.name == text:
+        nr_config.check_name(text, "name_or_path", argument=True)
         for d in saved_models_dirs():
             if (d / p.name).is_dir():
                 return d / p.name

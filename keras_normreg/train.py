@@ -29,6 +29,7 @@ import types
 import keras
 import numpy as np
 
+from keras_normreg import config as nr_config
 from keras_normreg import constraints as nr_constraints
 from keras_normreg import data as nr_data
 from keras_normreg import distribute, runstate, zoo
@@ -56,6 +57,7 @@ __all__ = [
     "build_model",
     "build_optimizer",
     "build_schedule",
+    "check_paths",
     "evaluate_model",
     "file_sha256",
     "prepare_data",
@@ -207,7 +209,8 @@ def train(cfg: dict, *, callbacks=(), run_dir: str | None = None, save: bool = T
     * ``"resume"``: require a matching state to resume;
     * ``"fresh"``: discard any state in ``run_dir`` and start over.
 
-    The chief holds ``<run_dir>/.run.lock`` (and, when saving, ``<output_dir>/<name>/
+    Before anything runs, :func:`check_paths` refuses a name or a folder that would make a
+    wrong path. The chief holds ``<run_dir>/.run.lock`` (and, when saving, ``<output_dir>/<name>/
     .entry.lock``) for the whole call: a second run of the same run directory or entry gets
     :class:`keras_normreg._locks.LockError` at once. Before any epoch the destination is
     checked writable (:class:`keras_normreg.saving.DestinationError`). The saved entry is
@@ -221,6 +224,7 @@ def train(cfg: dict, *, callbacks=(), run_dir: str | None = None, save: bool = T
     if resume not in runstate.RESUME_MODES:
         raise ValueError(f"Argument `resume` must be one of {list(runstate.RESUME_MODES)}. "
                          f"Received: resume={resume!r}")
+    check_paths(cfg, run_dir)
     t = cfg["train"]
     strategy = distribute.resolve(t["strategy"])
     previous_policy = keras.mixed_precision.global_policy().name
@@ -234,6 +238,27 @@ def train(cfg: dict, *, callbacks=(), run_dir: str | None = None, save: bool = T
             return _train(cfg, strategy, callbacks, run_dir, save, command, resume)
     finally:
         keras.mixed_precision.set_global_policy(previous_policy)
+
+
+def check_paths(cfg: dict, run_dir: str | None = None) -> None:
+    """Refuse, before anything runs, the names and folders of a recipe that would become
+    wrong paths (a recipe resolved by :mod:`keras_normreg.config` has passed these already; a
+    dict built by hand may not have): ``name`` must be an entry name (one folder name,
+    :data:`keras_normreg.config.NAME_RULE`); ``data.data_dir`` and ``run_dir`` folders
+    (:func:`keras_normreg.config.folder_problem`: no file in the way), ``train.output_dir`` a
+    usable path (:func:`keras_normreg.config.path_problem`; whether it can be written is
+    :func:`keras_normreg.saving.check_destination`'s). ConfigError naming the key or
+    argument."""
+    nr_config.check_name(cfg["name"])
+    # the output folder's writability (a file in the way included) is check_destination's
+    for key, path, check in (
+            ("train.output_dir", cfg["train"]["output_dir"], nr_config.path_problem),
+            ("data.data_dir", cfg["data"].get("data_dir"), nr_config.folder_problem),
+            ("run_dir", run_dir, nr_config.folder_problem)):
+        problem = None if path is None else check(path)
+        if problem:
+            what = "Argument `run_dir`" if key == "run_dir" else f"Config key '{key}'"
+            raise nr_config.ConfigError(f"{what} {problem}. Received: {key}={path!r}")
 
 
 def prepare_data(cfg: dict, strategy=None, *, start_epoch: int = 0) -> types.SimpleNamespace:

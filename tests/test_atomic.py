@@ -2,6 +2,11 @@
 
 import json
 import os
+import signal
+import subprocess
+import sys
+import threading
+import time
 
 import keras
 import numpy as np
@@ -65,3 +70,98 @@ def test_json_of_a_state_round_trips(tmp_path):
     state = {"epochs_done": 3, "history": {"loss": [2.3, 1.1]}, "seed_states": [[1, 2]]}
     _atomic.write_json(tmp_path / "s.json", state)
     assert json.loads((tmp_path / "s.json").read_text()) == state
+
+
+# -- SIGTERM during a write: real signals, in a child process --------------------------------
+# The child loads _atomic.py by its path (it imports only the standard library), so it starts
+# in a fraction of a second instead of importing Keras.
+_CHILD = r"""
+import importlib.util, os, sys, time
+spec = importlib.util.spec_from_file_location("_atomic", sys.argv[1])
+atomic = importlib.util.module_from_spec(spec)
+spec.loader.exec_module(atomic)
+mode, folder = sys.argv[2], sys.argv[3]
+
+def mark(name):
+    open(os.path.join(folder, "..", name), "w").close()
+
+if mode == "write":  # SIGTERM while the temporary is half written
+    def write(tmp):
+        with open(tmp, "w") as f:
+            f.write("half of the new")
+        mark("ready")
+        time.sleep(600)  # the signal arrives here
+    atomic.replace_via_temp(os.path.join(folder, "state.txt"), write)
+elif mode == "critical":  # SIGTERM inside critical(): deferred to the end of the block
+    with atomic.sigterm_as_exception() as guard:
+        with guard.critical():
+            os.kill(os.getpid(), 15)
+            time.sleep(0.5)  # the Python handler has run by now: it only recorded the signal
+            mark("critical-done")
+        mark("after-critical")  # never: the signal is delivered when the block ends
+mark("exited-normally")
+"""
+
+
+def _run_child(tmp_path, mode):
+    folder = tmp_path / "data"
+    folder.mkdir()
+    (folder / "state.txt").write_text("old")
+    child = subprocess.Popen([sys.executable, "-c", _CHILD, _atomic.__file__, mode,
+                              str(folder)], stderr=subprocess.PIPE, text=True)
+    if mode == "write":
+        deadline = time.monotonic() + 120
+        while not (tmp_path / "ready").exists():
+            assert child.poll() is None, child.stderr.read()
+            assert time.monotonic() < deadline, "the child did not reach the write"
+            time.sleep(0.01)
+        os.kill(child.pid, signal.SIGTERM)
+    _, err = child.communicate(timeout=120)
+    return child.returncode, err, folder
+
+
+def test_sigterm_mid_write_removes_the_temporary(tmp_path):
+    code, err, folder = _run_child(tmp_path, "write")
+    # ended by SIGTERM (not by an exception's exit status 1), after removing the temporary
+    assert code == -signal.SIGTERM, err
+    assert "Traceback" not in err, err
+    assert os.listdir(folder) == ["state.txt"]  # no temporary left
+    assert (folder / "state.txt").read_text() == "old"  # the old version, untouched
+    assert not (tmp_path / "exited-normally").exists()
+
+
+def test_sigterm_in_a_critical_block_waits_for_its_end(tmp_path):
+    code, err, _ = _run_child(tmp_path, "critical")
+    assert code == -signal.SIGTERM, err
+    assert (tmp_path / "critical-done").exists()  # the block ran to its end ...
+    assert not (tmp_path / "after-critical").exists()  # ... and the signal ended it there
+    assert not (tmp_path / "exited-normally").exists()
+
+
+def test_sigterm_guard_leaves_a_program_handler_and_other_threads_alone(tmp_path):
+    calls = []
+
+    def handler(signum, frame):
+        calls.append(signum)
+
+    previous = signal.signal(signal.SIGTERM, handler)
+    try:
+        with _atomic.sigterm_as_exception():
+            assert signal.getsignal(signal.SIGTERM) is handler  # the program's handler decides
+        _atomic.write_text(tmp_path / "a.txt", "x")
+        assert signal.getsignal(signal.SIGTERM) is handler
+    finally:
+        signal.signal(signal.SIGTERM, previous)
+    seen = []
+
+    def in_thread():
+        with _atomic.sigterm_as_exception() as guard:
+            seen.append(signal.getsignal(signal.SIGTERM))
+            with guard.critical():  # a plain block there
+                seen.append("critical")
+
+    thread = threading.Thread(target=in_thread)
+    thread.start()
+    thread.join()
+    assert seen == [signal.getsignal(signal.SIGTERM), "critical"]
+    assert calls == []

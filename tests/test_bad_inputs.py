@@ -159,6 +159,12 @@ RECIPE = os.path.join(ROOT, "zoo", "digits_cnn_batch.toml")
     ('model.arch="resnet7"', ["model.arch", "resnet7", "cnn_digits"]),
     ('data.dataset="imagenet9"', ["data.dataset", "imagenet9", "mnist1d"]),
     ("optimizer.weight_decay=inf", ["optimizer.weight_decay=inf", "finite"]),
+    # item 6: names that become paths, keys that make sense only together, ignored settings
+    ('name="../../x"', ["Config key 'name' must be one folder name", "name='../../x'"]),
+    ("schedule.warmup_epochs=1000", ["'schedule.warmup_epochs' must not exceed 'train.epochs'",
+                                     "schedule.warmup_epochs=1000.0, train.epochs=40"]),
+    ("regularization.l2=1e-4", ["'regularization.l2' is ignored with regularization.kind='none'",
+                                "regularization.l2=0.0001, regularization.kind='none'"]),
 ])
 def test_cli_train_bad_recipe(tmp_path, override, words):
     proc = _cli(["train", RECIPE, "--set", override, "--set",
@@ -172,6 +178,35 @@ def test_cli_tune_lambda_with_inf(tmp_path):
     study.write_text(text.replace("lambda = [1e-4, 1e-3]", "lambda = [1e-4, inf]"))
     proc = _cli(["tune", str(study), "--directory", str(tmp_path / "out")], tmp_path)
     _assert_one_line(proc, "tune", 2, "space.lambda[1]", "inf")
+
+
+def test_cli_tune_empty_lambda_is_not_the_default_range(tmp_path):
+    study = tmp_path / "s.toml"
+    text = open(os.path.join(ROOT, "tuning", "tiny_digits.toml")).read()
+    study.write_text(text.replace("lambda = [1e-4, 1e-3]", "lambda = []"))
+    proc = _cli(["tune", str(study), "--directory", str(tmp_path / "out")], tmp_path)
+    _assert_one_line(proc, "tune", 2, "'space.lambda' must not be an empty list",
+                     "Received: space.lambda=[]")
+    assert not (tmp_path / "out").exists()
+
+
+@pytest.mark.parametrize("args, words", [
+    (["tune", os.path.join(ROOT, "tuning", "tiny_digits.toml"), "--directory", ""],
+     ['--directory must not be empty (use "." for the current folder).',
+      "Received: directory=''"]),
+    (["evaluate", os.path.join(ROOT, "saved_models", "digits_cnn_batch"), "--data-dir",
+      "{file}/sub"], ["--data-dir must be a folder, but '{file}' is a file.",
+                      "Received: data_dir='{file}/sub'"]),
+    (["train", RECIPE, "--data-dir", "{file}"],
+     ["Config key 'data.data_dir' must be a folder, but it is a file.",
+      "Received: data.data_dir='{file}'"]),
+])
+def test_cli_folder_options_checked_when_given(tmp_path, args, words):
+    afile = tmp_path / "afile"
+    afile.write_text("not a folder")
+    proc = _cli([a.replace("{file}", str(afile)) for a in args], tmp_path)
+    _assert_one_line(proc, args[0], 2, *(w.replace("{file}", str(afile)) for w in words))
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["afile"]  # nothing was made
 
 
 def test_cli_evaluate_damaged_entry(damaged_entry, tmp_path):

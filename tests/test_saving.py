@@ -373,3 +373,74 @@ def test_save_entry_disk_full_keeps_previous_entry(tmp_path, monkeypatch, where)
     assert {p.name: p.read_bytes() for p in entry.iterdir()} == before
     monkeypatch.undo()
     saving.load_saved(entry)
+
+
+# -- names and folders that become paths (issue "Green on every fresh machine", item 6) -----------
+@pytest.mark.parametrize("bad", ["../../x", "..", "", ".hidden", "a/b"])
+def test_save_entry_refuses_a_name_that_is_not_one_folder_name(tmp_path, bad):
+    cfg = dict(_cfg(tmp_path), name=bad)  # a recipe built by hand, past the schema
+    with pytest.raises(config.ConfigError) as info:
+        saving.save_entry(_tiny_model(), cfg, METRICS, 1.0, None, tmp_path / "saved" / "e")
+    message = str(info.value)
+    assert message.startswith("Config key 'name' must be one folder name")
+    assert message.endswith(f"Received: name={bad!r}")
+    assert not (tmp_path / "saved").exists()  # nothing written
+    assert sorted(p.name for p in tmp_path.iterdir()) == []
+
+
+@pytest.mark.parametrize("bad", ["", "sub\x00dir", "line\nbreak"])
+def test_save_entry_refuses_an_unusable_out_dir(tmp_path, monkeypatch, bad):
+    monkeypatch.chdir(tmp_path)
+    with pytest.raises(saving.DestinationError) as info:
+        saving.save_entry(_tiny_model(), _cfg(tmp_path), METRICS, 1.0, None, bad)
+    message = str(info.value)
+    assert message.startswith("Argument `out_dir` must be a non-empty folder path")
+    assert message.endswith(f"Received: out_dir={bad!r}") and "\n" not in message
+    assert sorted(p.name for p in tmp_path.iterdir()) == []
+
+
+@pytest.mark.parametrize("bad", ["..", "", ".", ".hidden", "a\x00b"])
+def test_lookup_by_name_refuses_names_outside_the_rule(tmp_path, monkeypatch, bad):
+    _, _, entry = _save(tmp_path)
+    # the folder around the entries holds an entry-looking card: ".." must not reach it
+    (entry.parent.parent / "card.json").write_text("{}")
+    monkeypatch.setenv("KERAS_NORMREG_SAVED_MODELS", str(entry.parent))
+    monkeypatch.chdir(entry)  # "." would be an entry path: it is one here, so allowed
+    if bad == ".":
+        assert saving.find_entry(".") == Path(".")
+        return
+    for call in (saving.find_entry, saving.load_saved, saving.evaluate_saved, zoo.load):
+        with pytest.raises(config.ConfigError) as info:
+            call(bad)
+        message = str(info.value)
+        assert message.startswith("Argument `name_or_path` must be one folder name"), message
+        assert message.endswith(f"Received: name_or_path={bad!r}")
+    assert saving.find_entry("tiny") == entry  # a valid name still finds it
+
+
+def test_list_saved_skips_folders_with_names_outside_the_rule(tmp_path, monkeypatch):
+    _, _, entry = _save(tmp_path)
+    hidden = entry.parent / ".copy"
+    hidden.mkdir()
+    (hidden / "card.json").write_text((entry / "card.json").read_text())
+    monkeypatch.setenv("KERAS_NORMREG_SAVED_MODELS", str(entry.parent))
+    names = saving.list_saved()
+    assert "tiny" in names and ".copy" not in names
+
+
+def test_train_checks_names_and_folders_before_anything_runs(tmp_path):
+    afile = tmp_path / "afile"
+    afile.write_text("x")
+    cfg = _cfg(tmp_path)
+    with pytest.raises(config.ConfigError) as info:
+        train.train(dict(cfg, name="../escape"))
+    assert str(info.value).endswith("Received: name='../escape'")
+    with pytest.raises(config.ConfigError) as info:
+        train.train(cfg, run_dir=str(afile / "run"))
+    assert str(info.value) == (f"Argument `run_dir` must be a folder, but {str(afile)!r} is a "
+                               f"file. Received: run_dir={str(afile / 'run')!r}")
+    bad = dict(cfg, train=dict(cfg["train"], output_dir=""))
+    with pytest.raises(config.ConfigError, match=r"Config key 'train.output_dir' must not be "
+                                                 r"empty.*Received: train.output_dir=''$"):
+        train.train(bad)
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["afile"]  # nothing was made

@@ -44,7 +44,6 @@ from __future__ import annotations
 import copy
 import math
 import os
-import re
 from collections.abc import Mapping, Sequence
 from typing import Any
 
@@ -59,11 +58,21 @@ __all__ = ["STUDY_SCHEMA", "TUNERS", "OBJECTIVES", "load_study", "resolve_study"
 TUNERS = ("random", "bayesian", "hyperband", "grid")
 OBJECTIVES = {"val_accuracy": "max", "val_loss": "min", "accuracy": "max", "loss": "min"}
 REQUIRED = nr_config._REQUIRED
+EXPORT_SUFFIX = "_best"  # the default export name: <name>_best
+#: A study name leaves room for the names derived from it (<name>_trial_<trial id>, the
+#: trials' recipe names; <name>_best) within config.NAME_MAX_LENGTH.
+STUDY_NAME_MAX_LENGTH = 64
 
 
 def _name(v):
-    return None if re.fullmatch(r"[A-Za-z0-9_.-]+", v) else \
-        "must be a file-name-safe identifier (letters, digits, _ . -)"
+    """A study or export name becomes a folder name (``<directory>/<name>``,
+    ``<export_dir>/<export_name>``): :data:`keras_normreg.config.NAME_RULE`."""
+    return None if nr_config.name_problem(v) is None else \
+        "must be a file-name-safe identifier (" + nr_config.NAME_RULE[len("must be "):] + ")"
+
+
+def _path(v):  # written folders: whether they can be written is run_study's check
+    return nr_config.path_problem(v)
 
 
 def _strategy(v):
@@ -122,10 +131,11 @@ STUDY_SCHEMA: dict[str, Any] = {
                                     "its trial to another worker"),
     },
     "output": {
-        "directory": Field(str, os.path.join("runs", "tuning"),
+        "directory": Field(str, os.path.join("runs", "tuning"), check=_path,
                            doc="keras-tuner directory: <directory>/<name>/"),
         "export": Field(bool, True, doc="export the best trial's model with a card"),
-        "export_dir": Field(str, "saved_models", doc="<export_dir>/<export_name>/"),
+        "export_dir": Field(str, "saved_models", check=_path,
+                            doc="<export_dir>/<export_name>/"),
         "export_name": Field(str, None, check=_name, doc="default <name>_best"),
         "top": Field(int, 10, check=_at_least(1), doc="leaderboard rows printed"),
     },
@@ -137,6 +147,8 @@ _CONTROLLED = {
     ("optimizer", "name"): "space.decay and space.optimizer",
     ("optimizer", "weight_decay"): "space.decay and space.lambda",
     ("optimizer", "scale_invariant"): "space.decay (unit_norm)",
+    ("optimizer", "decay_semantics"): "space.decay (decoupled decay uses 'lr'; the other modes "
+                                      "have no decay)",
     ("train", "strategy"): "the top-level 'strategy'",
 }
 
@@ -160,6 +172,46 @@ def _check_base(raw_base: Mapping, raw_space: Mapping) -> None:
         raise ConfigError(
             "Config key 'base.optimizer.learning_rate' conflicts with space.learning_rate; "
             f"remove one. Received: base.optimizer.learning_rate={opt['learning_rate']!r}")
+
+
+_DIMS = ("learning_rate", "lambda", "eta_lambda")
+
+
+def _check_space_defaults(raw_space) -> None:
+    """A λ / ηλ dimension that is given must be given: an empty list, an empty table, 0 or
+    false would otherwise fall back to the default range (``space.lambda`` left out samples
+    1e-6..1e-2) without a word. Refused with the dimension's own error."""
+    if not isinstance(raw_space, Mapping):
+        return  # the schema reports it
+    for key in _DIMS:
+        if key in raw_space and not raw_space[key]:
+            nr_space.resolve_dim(f"space.{key}", raw_space[key])  # raises: empty, 0, false
+
+
+def _check_space_used(raw_space, space: Mapping) -> None:
+    """A λ / ηλ dimension given while no mode of ``space.decay`` uses λ is ignored: refused.
+    Every value of a dimension must be representable in float32 (the training dtype)."""
+    if isinstance(raw_space, Mapping):
+        for key in ("lambda", "eta_lambda"):
+            if key in raw_space and space[key] is None:
+                users = [m for m, (uses, *_) in nr_space.DECAY_MODES.items() if uses]
+                raise ConfigError(
+                    f"Config key 'space.{key}' is ignored: no mode of space.decay="
+                    f"{space['decay']!r} uses λ (the modes that do: {users}); remove it or add "
+                    f"such a mode. Received: space.{key}={raw_space[key]!r}, "
+                    f"space.decay={space['decay']!r}")
+    for key in _DIMS:
+        dim = space.get(key)
+        if dim is None:
+            continue
+        values = {"fixed": lambda d: [d["value"]], "choice": lambda d: d["values"],
+                  "range": lambda d: [d["min"], d["max"]]}[dim["kind"]](dim)
+        for value in values:
+            problem = nr_config.float32_problem(value)
+            if problem:
+                shown = raw_space.get(key) if isinstance(raw_space, Mapping) else value
+                raise ConfigError(f"Config key 'space.{key}' {problem}: {value!r} is not. "
+                                  f"Received: space.{key}={shown!r}")
 
 
 def resolve_study(raw: Mapping, *, max_trials: int | None = None) -> dict:
@@ -190,16 +242,24 @@ def resolve_study(raw: Mapping, *, max_trials: int | None = None) -> dict:
             f"objective.name={objective['name']!r} needs validation data: set "
             "base.data.validation_split (e.g. 'train[90%:]' with train_split 'train[:90%]'). "
             "Received: base.data.validation_split=None")
+    if len(spec["name"]) > STUDY_NAME_MAX_LENGTH:  # the trials' and the export's names
+        raise ConfigError(f"Config key 'name' must be at most {STUDY_NAME_MAX_LENGTH} characters"
+                          f" (the trials are named <name>_trial_<id>, the export "
+                          f"<name>{EXPORT_SUFFIX}: entry names of at most "
+                          f"{nr_config.NAME_MAX_LENGTH}). Received: name={spec['name']!r}")
+    nr_config.check_recipe(base, prefix="base.")
     spec = with_max_trials(spec, max_trials)
+    _check_space_defaults(raw_space)
     spec["space"] = nr_space.resolve_space(
         raw_space, base_learning_rate=base["optimizer"]["learning_rate"])
+    _check_space_used(raw_space, spec["space"])
     kind = spec["tuner"]["kind"]
     if kind == "grid":
         nr_space.check_discrete(spec["space"])
     if kind == "hyperband" and spec["budget"]["max_epochs"] is None:
         spec["budget"]["max_epochs"] = base["train"]["epochs"]
     if spec["output"]["export_name"] is None:
-        spec["output"]["export_name"] = f"{spec['name']}_best"
+        spec["output"]["export_name"] = f"{spec['name']}{EXPORT_SUFFIX}"
     return spec
 
 

@@ -1,5 +1,6 @@
-"""Saved entries under faults (issue 16): two writers at once, a writer SIGKILLed mid-write, an
-unwritable or full destination, a damaged model file and one that safe_mode refuses.
+"""Saved entries under faults (issue 16): two writers at once, a writer SIGKILLed or SIGTERMed
+mid-write, an unwritable or full destination, a damaged model file and one that safe_mode
+refuses.
 
 Real processes and real signals. The writer processes run this file as a script
 (``python tests/faults/test_entries.py <mode> ...``), so the model, recipe and metrics helpers
@@ -105,6 +106,33 @@ def _child_kill(out_dir, tfds_dir, point, ready):
 
         os.replace = stalling_replace
     write_entry(out_dir, tfds_dir, writer=2)
+
+
+def _child_term(out_dir, tfds_dir, point, ready, sent):
+    """SIGTERMed by the parent while writing: in ``model.save`` (half the temporary model
+    written), or at the first rename (it waits there until the parent has sent the signal)."""
+    if point == "model.save":
+        real_save = keras.Model.save
+
+        def half_save(self, filepath, *args, **kwargs):
+            real_save(self, filepath, *args, **kwargs)
+            with open(filepath, "r+b") as f:
+                f.truncate(os.path.getsize(filepath) // 2)
+            _stall(ready)
+
+        keras.Model.save = half_save
+    else:  # "renames"
+        real_replace = os.replace
+
+        def waiting_replace(src, dst):
+            if str(dst).endswith(saving.MODEL_FILE):
+                Path(ready).write_text(str(os.getpid()))
+                _wait_for(sent)  # the signal is pending here: it must wait for the renames
+            return real_replace(src, dst)
+
+        os.replace = waiting_replace
+    write_entry(out_dir, tfds_dir, writer=2)
+    print("the writer returned")  # never: the signal ends the process
 
 
 def _child_file_size_limit(out_dir, tfds_dir, limit):
@@ -235,6 +263,33 @@ def test_writer_sigkilled_mid_write(tmp_path, tfds_dir, point):
     assert assert_consistent(entry, writer=4) == (4, 0)
 
 
+@pytest.mark.parametrize("point", ["model.save", "renames"])
+def test_writer_sigtermed_mid_write_leaves_no_temporaries(tmp_path, tfds_dir, point):
+    """A real SIGTERM (what kill, a scheduler or a container stop sends) while the entry is
+    written: the writer removes its temporaries and releases the lock, then ends by SIGTERM.
+    During the model's write the previous entry stays, byte for byte; during the renames the
+    signal waits for the last one, so the entry is the new one, whole (never the new model
+    beside the previous card)."""
+    entry = tmp_path / "saved" / "race"
+    write_entry(entry, tfds_dir, writer=1)
+    before = _files(entry)
+    ready, sent = tmp_path / "ready", tmp_path / "sent"
+    child = _spawn("term", entry, tfds_dir, point, ready, sent)
+    _wait_ready(child, ready)
+    os.kill(child.pid, signal.SIGTERM)
+    sent.write_text("")
+    out, err = child.communicate(timeout=120)
+    assert child.returncode == -signal.SIGTERM, err[-3000:]
+    assert "the writer returned" not in out and "Traceback" not in err, err[-3000:]
+    # no temporaries, no lock file: only the entry's three files
+    assert sorted(_files(entry)) == ["card.json", "model.keras", "recipe.toml"]
+    if point == "model.save":
+        assert _files(entry) == before
+        assert assert_consistent(entry) == (1, 0)
+    else:
+        assert assert_consistent(entry) == (2, 0)
+
+
 @pytest.mark.slow  # documents the one window atomic renames leave; the cases above cover the rest
 def test_writer_sigkilled_between_renames(tmp_path, tfds_dir):
     """Killed after the model's rename and before the card's: the new model sits beside the
@@ -275,8 +330,9 @@ def test_destination_under_a_regular_file(tmp_path):
     blocker = tmp_path / "file"
     blocker.write_text("keep me")
     with pytest.raises(saving.DestinationError, match=r"Not a directory.*Received: out_dir="):
-        saving.save_entry(model_of(1), recipe(blocker / "e", tmp_path, 1), {}, 1.0, None,
-                          blocker / "e")
+        # (the recipe's own output_dir must be a folder: the schema refuses a file there)
+        saving.save_entry(model_of(1), recipe(tmp_path / "saved" / "e", tmp_path, 1), {}, 1.0,
+                          None, blocker / "e")
     with pytest.raises(saving.DestinationError, match=r"Received: train\.output_dir="):
         saving.check_destination(blocker / "e")
     assert blocker.read_text() == "keep me"
@@ -338,4 +394,5 @@ def test_safe_mode_refusal_runs_no_code(tmp_path):
 
 if __name__ == "__main__":  # a writer process
     mode, *rest = sys.argv[1:]
-    {"race": _child_race, "kill": _child_kill, "fsize": _child_file_size_limit}[mode](*rest)
+    {"race": _child_race, "kill": _child_kill, "fsize": _child_file_size_limit,
+     "term": _child_term}[mode](*rest)

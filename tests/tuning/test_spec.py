@@ -133,3 +133,65 @@ def test_bad_max_trials_and_missing_file(tmp_path):
                    'dataset = "digits"\n[tuner]\nkind = "grid"\nbogus = 1\n')
     with pytest.raises(config.ConfigError, match=r"bad.toml: Unknown config key 'tuner.bogus'"):
         nr_spec.load_study(bad)
+
+
+# -- item 6: names that become paths, dimensions that would fall back to a default ---------------
+@pytest.mark.parametrize("raw, message", [
+    (_raw(name=".."), "Config key 'name' must be a file-name-safe identifier (one folder name"
+                      "{rest}Received: name='..'"),
+    (_raw(name=".hidden"), "Config key 'name' must be a file-name-safe identifier{rest}"
+                           "Received: name='.hidden'"),
+    (_raw(name="a/b"), "Config key 'name' must be a file-name-safe identifier{rest}"
+                       "Received: name='a/b'"),
+    (_raw(output={"export_name": "../x"}), "Config key 'output.export_name' must be a "
+                                           "file-name-safe identifier{rest}Received: "
+                                           "output.export_name='../x'"),
+    (_raw(name="s" * 65), "Config key 'name' must be at most 64 characters{rest}Received: "
+                          f"name='{'s' * 65}'"),
+    (_raw(output={"directory": ""}), "Config key 'output.directory' must not be empty (use "
+                                     "\".\" for the current folder). Received: output.directory=''"),
+    (_raw(output={"export_dir": "a\x00b"}), "Config key 'output.export_dir' must not contain NUL "
+                                            "or control characters. Received: "
+                                            "output.export_dir='a\\x00b'"),
+    (_raw(base={**MINIMAL["base"], "optimizer": {"decay_semantics": "schedule"}}),
+     "Config key 'base.optimizer.decay_semantics' is set by space.decay{rest}Received: "
+     "base.optimizer.decay_semantics='schedule'"),
+    (_raw(base={**MINIMAL["base"], "schedule": {"kind": "step", "boundaries": [40.0]}}),
+     "Config key 'base.schedule.boundaries' must be < 'base.train.epochs'{rest}Received: "
+     "base.schedule.boundaries=[40.0], base.train.epochs=30"),
+    (_raw(space={"lambda": []}), "Config key 'space.lambda' must not be an empty list. "
+                                 "Received: space.lambda=[]"),
+    (_raw(space={"lambda": 0}), "Config key 'space.lambda' must be > 0. Received: space.lambda=0"),
+    (_raw(space={"lambda": 0.0, "decay": ["l2"]}), "Config key 'space.lambda' must be > 0. "
+                                                   "Received: space.lambda=0.0"),
+    (_raw(space={"parametrization": "product", "eta_lambda": []}),
+     "Config key 'space.eta_lambda' must not be an empty list. Received: space.eta_lambda=[]"),
+    (_raw(space={"lambda": [1e-4], "decay": ["none", "unit_norm"]}),
+     "Config key 'space.lambda' is ignored: no mode of space.decay=['none', 'unit_norm'] uses λ"
+     "{rest}Received: space.lambda=[0.0001], space.decay=['none', 'unit_norm']"),
+    (_raw(space={"lambda": [1e-4, 1e39]}),
+     "Config key 'space.lambda' must be representable in float32, the training dtype (|x| <= "
+     "3.4028235e+38): 1e+39 is not. Received: space.lambda=[0.0001, 1e+39]"),
+    (_raw(space={"learning_rate": 1e39}),
+     "Config key 'space.learning_rate' must be representable in float32{rest}Received: "
+     "space.learning_rate=1e+39"),
+])
+def test_study_names_and_dimensions_checked(raw, message):
+    with pytest.raises(config.ConfigError) as e:
+        nr_spec.resolve_study(raw)
+    got = str(e.value)
+    head, _, tail = message.partition("{rest}")
+    assert got.startswith(head) and got.endswith(tail) and "\n" not in got, got
+
+
+def test_study_valid_edges():
+    s = nr_spec.resolve_study(_raw(name="s" * 64))
+    assert s["output"]["export_name"] == "s" * 64 + "_best"
+    assert config.name_problem(s["output"]["export_name"]) is None
+    # the longest study name still gives valid trial recipe names
+    assert config.name_problem("s" * 64 + "_trial_" + "9" * 29) is None
+    s = nr_spec.resolve_study(_raw(space={"lambda": [1e-4, 3.4e38], "decay": ["l2"]}))
+    assert s["space"]["lambda"]["values"] == [1e-4, 3.4e38]
+    assert nr_spec.resolve_study(_raw(space={"decay": ["none"]}))["space"]["lambda"] is None
+    # left out, λ samples its documented default range
+    assert nr_spec.resolve_study(MINIMAL)["space"]["lambda"]["kind"] == "range"
