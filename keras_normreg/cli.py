@@ -139,6 +139,18 @@ def _parser() -> argparse.ArgumentParser:
     s.add_argument("--worker-timeout", type=float, default=None, metavar="SECONDS",
                    help="hand the trial of a worker silent for this long to another worker "
                         "(default: the study's distributed.worker_timeout, 600 s)")
+    s.add_argument("--oracle-secret-file", default=None, metavar="PATH",
+                   help="file (mode 600) holding the secret every call to the oracle carries; "
+                        "default: $KERAS_NORMREG_ORACLE_SECRET or "
+                        "$KERAS_NORMREG_ORACLE_SECRET_FILE (--workers makes a random one)")
+    s.add_argument("--tls-cert", default=None, metavar="PEM",
+                   help="the chief's TLS certificate (with --tls-key)")
+    s.add_argument("--tls-key", default=None, metavar="PEM",
+                   help="the chief's TLS private key (mode 600)")
+    s.add_argument("--tls-ca", default=None, metavar="PEM",
+                   help="the certificate a worker trusts (default: --tls-cert)")
+    s.add_argument("--insecure", action="store_true",
+                   help="let a chief on an address that is not loopback run without a secret")
     s.add_argument("--overwrite", action="store_true",
                    help="start the study over (delete its directory) instead of resuming")
     s.add_argument("--max-trials", type=int, default=None, metavar="N",
@@ -315,11 +327,12 @@ def _cmd_evaluate(args) -> int:
 def _tune_command(args) -> str:
     parts = ["keras-normreg", "tune", args.study]
     for flag in ("workers", "role", "oracle", "worker_id", "worker_timeout", "max_trials",
-                 "directory"):
+                 "directory", "oracle_secret_file", "tls_cert", "tls_key", "tls_ca"):
         value = getattr(args, flag)
         if value is not None:
             parts += ["--" + flag.replace("_", "-"), str(value)]
-    return " ".join(parts + (["--overwrite"] if args.overwrite else []))
+    return " ".join(parts + (["--overwrite"] if args.overwrite else [])
+                    + (["--insecure"] if args.insecure else []))
 
 
 def _cmd_tune(args) -> int:
@@ -327,9 +340,10 @@ def _cmd_tune(args) -> int:
     from keras_normreg.tuning import spec as nr_spec
 
     try:
-        if args.workers is not None and (args.role or args.oracle or args.worker_id):
+        if args.workers is not None and (args.role or args.oracle or args.worker_id
+                                         or args.insecure):
             raise ValueError("--workers starts its own chief and workers on this machine; it "
-                             "does not combine with --role/--oracle/--worker-id. "
+                             "does not combine with --role/--oracle/--worker-id/--insecure. "
                              f"Received: workers={args.workers}, role={args.role!r}")
         _check_folder_option("--directory", args.directory, written=True)
         path = nr_spec.find_spec(args.study)
@@ -338,12 +352,15 @@ def _cmd_tune(args) -> int:
             return launcher.run_local(
                 path, args.workers, project_dir=nr_spec.project_dir(spec, args.directory),
                 directory=args.directory, overwrite=args.overwrite, max_trials=args.max_trials,
-                worker_timeout=args.worker_timeout)
+                worker_timeout=args.worker_timeout, secret_file=args.oracle_secret_file,
+                tls_cert=args.tls_cert, tls_key=args.tls_key, tls_ca=args.tls_ca)
         from keras_normreg.tuning import study as nr_study
 
         nr_study.run_study(spec, directory=args.directory, overwrite=args.overwrite,
                            role=args.role, oracle=args.oracle, worker_id=args.worker_id,
-                           command=_tune_command(args), worker_timeout=args.worker_timeout)
+                           command=_tune_command(args), worker_timeout=args.worker_timeout,
+                           secret_file=args.oracle_secret_file, tls_cert=args.tls_cert,
+                           tls_key=args.tls_key, tls_ca=args.tls_ca, insecure=args.insecure)
         return 0
     except (ValueError, launcher.DistributedDependencyError, OSError) as e:
         if isinstance(e, FileNotFoundError) or getattr(args, "verbose", False):

@@ -64,6 +64,7 @@ from keras_normreg import constraints as nr_constraints
 from keras_normreg import distribute
 from keras_normreg import layers as nr_layers
 from keras_normreg import optimizers as nr_optimizers
+from keras_normreg.zoo import registry as zoo_registry
 
 __all__ = [
     "ConfigError",
@@ -249,8 +250,9 @@ RECIPE_SCHEMA: dict[str, Any] = {
     "description": Field(str, "", doc="free text copied to the model card"),
     "model": {
         "arch": Field(str, _REQUIRED, doc="zoo model name (keras-normreg list)"),
-        "norm": Field(str, "batch", choices=nr_layers.normalization_names,
-                      doc="normalization choice"),
+        "norm": Field(str, None, choices=nr_layers.normalization_names,
+                      doc="normalization choice (default: the zoo model's own: 'batch' for "
+                          "the CNNs, the transformers' choice of 'layer' / 'none' for nGPT)"),
         "constraint": Field(str, "none", choices=_constraint_choices, doc="weight constraint"),
         "constraint_value": Field(float, 1.0, check=_positive, doc="max_norm / fixed_norm value"),
         "dropout": Field(float, 0.0, check=_unit_interval, doc="dropout rate where the arch has it"),
@@ -423,8 +425,20 @@ def resolve(raw: Mapping, schema: Mapping | None = None) -> dict:
     schema = RECIPE_SCHEMA if schema is None else schema
     out = _resolve(raw, schema, "")
     if schema is RECIPE_SCHEMA:
+        fill_model_defaults(out)
         check_recipe(out)
     return out
+
+
+def fill_model_defaults(cfg: dict) -> dict:
+    """Fill ``model.norm`` left unset with the zoo entry's default normalization
+    (``zoo.get_spec(arch).default_norm``: ``"batch"`` for the CNN families; ``None`` for the
+    transformers, whose builder picks ``"layer"``, or ``"none"`` with ``ngpt``). An unknown
+    ``arch`` is left for training to report. Returns ``cfg``."""
+    model = cfg.get("model", {})
+    if model.get("norm") is None and model.get("arch") in zoo_registry.list_models():
+        model["norm"] = zoo_registry.get_spec(model["arch"]).default_norm
+    return cfg
 
 
 def _whole_error(message: str, prefix: str, **values) -> ConfigError:

@@ -138,6 +138,10 @@ def build_model(cfg: dict, input_shape=None, num_classes=None) -> keras.Model:
     overrides = dict(m["overrides"])
     if m["dropout"]:
         overrides.setdefault("dropout", m["dropout"])
+    # token datasets (modular arithmetic) tell their vocabulary to the models that embed ids
+    vocab = getattr(info, "vocab_size", None)
+    if vocab is not None and "vocab_size" in zoo.get_spec(m["arch"]).options:
+        overrides.setdefault("vocab_size", vocab)
     return zoo.create(m["arch"], num_classes=num_classes or info.num_classes,
                       input_shape=input_shape or info.input_shape, norm=m["norm"],
                       regularization=regularization, constraint=constraint, **overrides)

@@ -409,3 +409,20 @@ def test_output_dir_under_a_file_is_left_to_the_destination_check(tmp_path):
     afile.write_text("x")
     cfg = _resolve(train={"output_dir": str(afile / "out")})
     assert cfg["train"]["output_dir"] == str(afile / "out")
+
+
+def test_unset_norm_is_the_zoo_entrys_default(tmp_path):
+    """model.norm left out: the zoo entry's default ('batch' for the CNNs; None for the
+    transformers, whose builder picks 'layer', or 'none' with nGPT); given: kept."""
+    from keras_normreg import zoo
+
+    def norm_of(arch, extra=""):
+        path = tmp_path / f"{arch}.toml"
+        path.write_text(f'name = "x"\n[model]\narch = "{arch}"\n{extra}[data]\n'
+                        'dataset = "digits"\n')
+        return config.load_recipe(path)["model"]["norm"]
+
+    assert norm_of("cnn1d") == "batch" == zoo.get_spec("cnn1d").default_norm
+    assert norm_of("vit_digits") is None and zoo.get_spec("vit_digits").default_norm is None
+    assert norm_of("vit_digits", 'norm = "rms"\n') == "rms"
+    assert norm_of("cnn1d", 'norm = "none"\n') == "none"

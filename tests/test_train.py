@@ -234,3 +234,19 @@ def test_hypermodel_uses_the_same_path(tmp_path):
     assert type(model.optimizer) is type(ref.optimizer)
     for a, b in zip(model.weights, ref.weights, strict=True):
         np.testing.assert_array_equal(a.numpy(), b.numpy())
+
+
+def test_token_dataset_sets_the_models_vocabulary():
+    """A token dataset's vocabulary (modular arithmetic mod p: p + 2 ids) reaches the models
+    that embed ids; an explicit override wins."""
+    from keras_normreg import config, train
+
+    def embedding_rows(dataset, overrides=None):
+        raw = {"name": "x", "model": {"arch": "gpt_modular", "norm": "layer",
+                                      "overrides": {"width": 8, "heads": 2, **(overrides or {})}},
+               "data": {"dataset": dataset, "test_split": "train[50%:]"}}
+        model = train.build_model(config.resolve(raw), num_classes=11)
+        return model.get_layer("token_embedding").input_dim
+
+    assert embedding_rows("modular_add/p_11") == 13
+    assert embedding_rows("modular_add/p_11", {"vocab_size": 20}) == 20
