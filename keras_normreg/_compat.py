@@ -295,3 +295,31 @@ def set_oracle_client_channel(client, channel) -> None:
         raise TypeError("Expected keras-tuner's OracleClient with a `stub` attribute (keras-tuner "
                         f"changed?). Received: client={type(client).__name__}")
     client.stub = oracle_stub(channel)
+
+
+def install_atomic_kt_json(write_text) -> None:
+    """Route keras-tuner 1.4's JSON writer (``keras_tuner.src.utils.save_json``: an open and a
+    write in place) through ``write_text(path, text)``, an atomic replace, for local paths.
+
+    keras-tuner writes every ``trial_*/trial.json`` (``Trial.save``, from the oracle's
+    ``_save_trial``), ``build_config.json`` and the tuner's own state with it: a process
+    killed in the middle of the write left a truncated file, and the study could not resume
+    (``Oracle.reload`` reads every trial.json). Paths with a scheme (``gs://...``) keep
+    keras-tuner's writer. Returns the JSON text as keras-tuner's does; idempotent."""
+    import json
+
+    from keras_tuner.src import utils as kt_utils
+
+    original = kt_utils.save_json
+    if getattr(original, "keras_normreg_atomic", False):
+        return
+
+    def save_json(path, obj):
+        if "://" in str(path):
+            return original(path, obj)
+        text = json.dumps(obj)
+        write_text(path, text)
+        return text
+
+    save_json.keras_normreg_atomic = True
+    kt_utils.save_json = save_json

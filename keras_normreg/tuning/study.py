@@ -65,6 +65,9 @@ __all__ = ["ProgressDisplay", "budget", "export_best", "format_duration", "make_
 # keras-tuner 1.4.8's Parent.to_proto prints its first value (a leftover debug print) every
 # time a conditional hyperparameter crosses gRPC; a module global shadows the builtin there.
 _compat.kt_silence_conditions()
+# trial.json, build_config.json: written atomically (keras-tuner writes them in place)
+_compat.install_atomic_kt_json(lambda path, text: _atomic.write_text(
+    path, text, prefix=".kt-", suffix=".tmp", durable=False))
 # keras-tuner's distribution helpers (has_chief_oracle, is_chief_oracle)
 kt_dist = _compat.kt_distribute()
 

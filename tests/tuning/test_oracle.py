@@ -115,6 +115,45 @@ def test_oracle_state_is_written_atomically(tmp_path, monkeypatch):
     assert not [n for n in os.listdir(tmp_path / "p") if n.startswith(".oracle-")]
 
 
+def test_trial_json_is_written_atomically_and_the_study_resumes(tmp_path, monkeypatch):
+    """keras-tuner writes trial.json in place (a crash mid-write left a truncated file that
+    stopped the study from reloading); here a write that fails half-way (the disk fills up)
+    leaves the previous trial.json whole, no temporary file, and a new oracle reloads the
+    project with the trial back for retry."""
+    oracle, _ = _oracle(tmp_path, serving=False)
+    trial = oracle.create_trial("tuner0")
+    trial_dir = tmp_path / "p" / f"trial_{trial.trial_id}"
+    before = (trial_dir / "trial.json").read_text()
+    assert json.loads(before)["status"] == "RUNNING"
+
+    real_open = open
+
+    class HalfWritten:  # the disk fills up half-way through the temporary file
+        def __init__(self, path, *args, **kwargs):
+            self.f = real_open(path, *args, **kwargs)
+
+        def __enter__(self):
+            return self
+
+        def __exit__(self, *exc):
+            self.f.close()
+
+        def write(self, text):
+            self.f.write(text[: len(text) // 2])
+            raise OSError("disk full")
+
+    monkeypatch.setattr(study._atomic, "open", HalfWritten, raising=False)
+    with pytest.raises(OSError, match="disk full"):
+        _finish(oracle, trial, 0.5)
+    monkeypatch.undo()
+    assert (trial_dir / "trial.json").read_text() == before
+    assert not [n for n in os.listdir(trial_dir) if n.startswith(".kt-")]
+    again, _ = _oracle(tmp_path, serving=False)
+    again.reload()
+    assert trial.trial_id in again.trials
+    assert again.create_trial("tuner0").trial_id == trial.trial_id  # retried first
+
+
 def test_silent_worker_trial_is_handed_to_another_and_its_late_reports_ignored(tmp_path):
     oracle, out = _oracle(tmp_path, max_trials=3, worker_timeout=5.0)
     a = oracle.create_trial("a")
