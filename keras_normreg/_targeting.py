@@ -21,6 +21,16 @@ Every trainable variable gets a *role* from its layer and its name:
 * ``"gamma"``: the scale of a normalization layer, and the gain ``g`` of ``WeightNormalization``;
 * ``"other"``: anything else (reachable only through the selector ``"all"``).
 
+A layer may declare the roles of its variables with the class attribute
+``keras_normreg_variable_roles`` (``{variable name: role}``), so this module needs no import of
+it. The transformer zoo's layers are also known here by class name (:data:`LAYER_VARIABLE_ROLES`):
+``ClassToken``'s ``token`` is an embedding (``"embeddings"``), ``PositionEmbedding``'s and
+``ReversibleEmbedding``'s ``embeddings`` embeddings (as their name says). ``LearnedScale``'s
+``scale`` (nGPT's per-dimension step sizes / scalings) keeps the role ``"other"`` for now (a
+``"gamma"`` is a candidate of the invariance analysis, which does not yet analyse the layer);
+the selector keyword ``"normalization"`` picks it as a gain, so the optimizers' default
+``exclude`` leaves it undecayed.
+
 :func:`name_role` gives the role from the variable's name alone (what the optimizers see);
 :func:`variable_role` refines it with the owning layer (DepthwiseConv's ``kernel``,
 ``WeightNormalization``'s ``v`` and ``g``).
@@ -42,6 +52,13 @@ BATCH_NORM_CLASS_NAMES = frozenset(
      "SyncBatchNormalization"}
 )
 WEIGHT_NORMALIZATION_CLASS_NAMES = frozenset({"WeightNormalization"})
+#: ``{layer class name: {variable name: role}}`` for layers we know without importing them
+#: (a layer's own ``keras_normreg_variable_roles`` class attribute takes precedence).
+LAYER_VARIABLE_ROLES = {
+    "ClassToken": {"token": "embeddings"},
+    "PositionEmbedding": {"embeddings": "embeddings"},
+    "ReversibleEmbedding": {"embeddings": "embeddings"},
+}
 
 _DEPTHWISE = (keras.layers.DepthwiseConv1D, keras.layers.DepthwiseConv2D)
 _SEPARABLE = (keras.layers.SeparableConv1D, keras.layers.SeparableConv2D)
@@ -114,6 +131,9 @@ def name_role(variable) -> str:
 def variable_role(layer, variable) -> str:
     """Role of ``variable`` (owned by ``layer``): :func:`name_role` refined by the layer type."""
     name = variable_name(variable)
+    declared = declared_role(layer, name)
+    if declared is not None:
+        return declared
     if is_weight_normalization(layer):
         if name == "v":
             return "depthwise_kernel" if isinstance(inner_layer(layer), _DEPTHWISE) else "kernel"
@@ -122,6 +142,100 @@ def variable_role(layer, variable) -> str:
     if name == "kernel" and isinstance(layer, _DEPTHWISE):
         return "depthwise_kernel"
     return name_role(variable)
+
+
+def declared_role(layer, name):
+    """The role ``layer`` declares for its variable ``name`` (class attribute
+    ``keras_normreg_variable_roles``, else :data:`LAYER_VARIABLE_ROLES` by class name), or
+    None."""
+    table = getattr(type(layer), "keras_normreg_variable_roles", None)
+    if table is None:
+        for cls in type(layer).__mro__:
+            table = LAYER_VARIABLE_ROLES.get(cls.__name__)
+            if table is not None:
+                break
+    if not table:
+        return None
+    role = table.get(name)
+    return role if role in ROLES else None
+
+
+def vector_axes(layer, variable) -> tuple[int, ...] | None:
+    """The axes of one weight *vector* of ``variable`` (owned by ``layer``): what a per-unit norm
+    or a per-vector angle is taken over; None for the whole tensor (rank <= 1).
+
+    * a norm constraint with axes (keras_normreg's ``UnitNorm`` / ``FixedNorm`` / ``MaxNorm``,
+      read by duck typing, or ``keras.constraints.UnitNorm``): the constraint's axes (nGPT's
+      explicit axes);
+    * an ``EinsumDense`` kernel: the kernel axes contracted with the input (``"btd,dhk->bthk"``:
+      ``(0,)``, one vector per (head, head_dim); ``"bthk,hkd->btd"``: ``(0, 1)``, one vector per
+      output dimension);
+    * an embedding table (role ``"embeddings"``, rank 2): ``(1,)``, one vector per row;
+    * a depthwise kernel: all axes but the last two; a transposed convolution's kernel
+      ``(..., out, in)``: all axes but the second last;
+    * any other kernel of rank >= 2: all axes but the last (Keras' ``(..., in, out)``).
+    """
+    rank = len(variable.shape)
+    if rank <= 1:
+        return None
+    axes = constraint_axes(variable)
+    if axes is not None:
+        return axes or None
+    role = variable_role(layer, variable)
+    if isinstance(layer, keras.layers.EinsumDense) and variable_name(variable) == "kernel":
+        contracted = _einsum_contracted_axes(layer.equation, rank)
+        if contracted:
+            return contracted
+    if role == "embeddings":
+        return (1,) if rank == 2 else tuple(range(1, rank))
+    if role == "depthwise_kernel":
+        return tuple(range(rank - 2)) if rank >= 3 else (0,)
+    if isinstance(layer, _CONV_TRANSPOSE) and role == "kernel":
+        return tuple(range(rank - 2)) + (rank - 1,)
+    return tuple(range(rank - 1))
+
+
+def _einsum_contracted_axes(equation, rank):
+    """Kernel axes of an EinsumDense ``"in,kernel->out"`` equation summed over (their letters
+    appear in the input and not in the output)."""
+    try:
+        lhs, out = equation.replace(" ", "").split("->")
+        inp, kernel = lhs.split(",")
+    except (AttributeError, ValueError):
+        return None
+    if len(kernel) != rank or "." in kernel:
+        return None
+    axes = tuple(i for i, c in enumerate(kernel) if c in inp and c not in out)
+    return axes or None
+
+
+def constraint_axes(variable):
+    """The axes the norm constraint of ``variable`` takes its norms over: a tuple (``()`` for the
+    whole tensor), or None when the variable has no norm constraint we can read.
+
+    keras_normreg's norm constraints are read by duck typing (their ``norm_axes(rank)``
+    method); ``keras.constraints.UnitNorm`` / ``MaxNorm`` / ``MinMaxNorm`` by their ``axis``.
+    """
+    constraint = getattr(variable, "constraint", None)
+    if constraint is None:
+        return None
+    rank = len(variable.shape)
+    axes_of = getattr(constraint, "norm_axes", None)
+    if callable(axes_of):  # keras_normreg's UnitNorm / FixedNorm / MaxNorm
+        try:
+            axes = axes_of(rank)
+        except ValueError:  # a layer_kind or axis that does not fit the rank
+            return None
+        return () if axes is None else tuple(axes)
+    if isinstance(constraint, (keras.constraints.UnitNorm, keras.constraints.MaxNorm,
+                               keras.constraints.MinMaxNorm)):
+        axis = constraint.axis
+    else:
+        return None
+    axes = [axis] if isinstance(axis, int) else list(axis)
+    if not all(isinstance(a, int) and -rank <= a < rank for a in axes):
+        return None
+    return tuple(sorted(a % rank for a in axes))
 
 
 def layer_kind(layer, variable) -> str | None:

@@ -138,9 +138,14 @@ class _PerUnitNormConstraint(keras.constraints.Constraint):
         self.axis = _check_axis(axis)
         self.layer_kind = check_choice("layer_kind", layer_kind, (None,) + LAYER_KINDS)
 
+    def norm_axes(self, rank):
+        """The axes the norms of a weight of ``rank`` are taken over (None: the whole tensor);
+        what sphere mode and the monitor read (:func:`keras_normreg._targeting.vector_axes`)."""
+        return reduction_axes(rank, self.axis, self.layer_kind)
+
     def unit_norms(self, w):
         """``||w_j||`` with keepdims (broadcastable against ``w``)."""
-        axes = reduction_axes(len(w.shape), self.axis, self.layer_kind)
+        axes = self.norm_axes(len(w.shape))
         return ops.sqrt(ops.sum(ops.square(w), axis=axes, keepdims=True))
 
     def get_config(self):

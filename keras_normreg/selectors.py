@@ -29,10 +29,12 @@ selector                    picks
 ``"all"``                   every variable
 ``"normalization"``         a parameter or statistic of a normalization layer: a variable named
                             gamma, beta, moving_mean, moving_variance, moving_stddev, renorm_mean or
-                            renorm_stddev; or scale / offset / g in a layer whose path segment
-                            contains ``"norm"`` (RMSNormalization's ``scale``, WeightNormalization's
-                            ``g``); where the layer is known, also every variable of a normalization
-                            layer. ``"norm"`` is an alias.
+                            renorm_stddev; a learned gain named scale (RMSNormalization's
+                            ``scale``, the transformer zoo's ``LearnedScale``: nGPT's step sizes);
+                            offset / g in a layer whose path segment contains ``"norm"``
+                            (WeightNormalization's ``g``); where the layer is known, also every
+                            variable of a normalization layer and every variable of role gamma.
+                            ``"norm"`` is an alias.
 ``"1d"``                    ``len(variable.shape) <= 1`` (biases, gains, scalars)
 ``keras.layers.Conv2D``     a layer class: variables of layers that are instances of it
 ``"Conv2D"``                a class name: variables of layers whose class or a base class has that
@@ -51,8 +53,10 @@ walk the model and know each variable's layer; the optimizers see variables only
 
 * roles come from the layer type where it is known and from the variable name otherwise: the two
   agree except for DepthwiseConv*'s ``kernel`` (``"depthwise_kernel"`` with its layer,
-  ``"kernel"`` by name) and ``WeightNormalization``'s ``v`` / ``g`` (``"kernel"`` / ``"gamma"``
-  with the layer, no role by name: use ``"normalization"`` for ``g`` or ``glob:``);
+  ``"kernel"`` by name), ``WeightNormalization``'s ``v`` / ``g`` (``"kernel"`` / ``"gamma"``
+  with the layer, no role by name: use ``"normalization"`` for ``g`` or ``glob:``) and the
+  transformer zoo's ``ClassToken`` ``token`` (``"embeddings"`` with the layer, none by name);
+  ``"normalization"`` picks the zoo's ``LearnedScale`` gains (``scale``) both ways;
 * ``"normalization"`` also takes the variables of a normalization layer whose name lacks
   ``"norm"`` where the layer is known;
 * layer classes and class names need the layer: the optimizers reject them with a ValueError
@@ -96,7 +100,11 @@ NORM_PARAM_NAMES = frozenset(
     {"gamma", "beta", "moving_mean", "moving_variance", "moving_stddev", "renorm_mean",
      "renorm_stddev"}
 )
-NORM_SCOPED_NAMES = frozenset({"scale", "offset", "g"})
+NORM_SCOPED_NAMES = frozenset({"offset", "g"})
+#: Names of learned gains, counted as normalization parameters wherever they are: a variable
+#: named ``scale`` multiplies (RMSNormalization's scale, the transformer zoo's
+#: ``LearnedScale``: nGPT's step sizes and scalings, ``keras.layers.Attention``'s score scale).
+GAIN_NAMES = frozenset({"scale"})
 
 
 class ClassName(str):
@@ -246,7 +254,9 @@ def parse_filter(value, name: str):
 def is_normalization(variable, layer=None) -> bool:
     """The keyword ``"normalization"`` (see the module doc)."""
     name = variable_name(variable)
-    if name in NORM_PARAM_NAMES:
+    if name in NORM_PARAM_NAMES or name in GAIN_NAMES:
+        return True
+    if layer is not None and _targeting.variable_role(layer, variable) == "gamma":
         return True
     if name in NORM_SCOPED_NAMES:
         parts = variable_path(variable).split("/")

@@ -25,10 +25,16 @@ The angle is computed as ``2·atan2(‖û_{t-1} − û_t‖, ‖û_{t-1} + û_t�
 the same angle as the arccos above, but accurate in float32 for the small angles of a training
 step (arccos of a cosine within 1e-7 of 1 is not).
 
-With ``per_unit=True`` the same quantities per output unit (the last axis of a Keras kernel,
-each unit being scale-invariant on its own before a per-channel BatchNorm) are added as
+With ``per_unit=True`` the same quantities per weight *vector* ``w_j`` are added as
 ``unit_norm`` = ``sqrt(mean_j ‖w_j‖²)``, ``unit_effective_lr`` = ``mean_j η/‖w_j‖²`` (or
-``/‖w_j‖``) and ``unit_angular_update`` = ``mean_j θ_j``.
+``/‖w_j‖``) and ``unit_angular_update`` = ``mean_j θ_j``. A vector is what
+:func:`keras_normreg._targeting.vector_axes` says: the axes of the weight's norm constraint
+when it has one (nGPT's ``UnitNorm(axis=...)``: one vector per embedding row, per column of
+Q/K/V ``(width, heads, head_dim)`` over ``width``, per output dimension of the attention
+output ``(heads, head_dim, width)`` over ``(heads, head_dim)``); else the axes an
+``EinsumDense`` kernel contracts with its input (the same vectors for attention), the rows of
+an embedding, and all axes but the last for other kernels (one output unit of a Keras kernel
+``(..., in, out)``, scale-invariant on its own before a per-channel BatchNorm).
 
 Equilibrium angular update
 --------------------------
@@ -299,7 +305,8 @@ class NormMonitor(keras.callbacks.Callback):
         warn: warn once (``UserWarning``) when an L2 regularizer sits on a scale-invariant
             weight (it shrinks ‖w‖ and so raises the effective learning rate without
             regularizing the function).
-        per_unit: also log the per-output-unit averages (``unit_*`` metrics).
+        per_unit: also log the per-vector averages (``unit_*`` metrics; vectors as in the
+            module docstring).
 
     After (or during) training, :attr:`history` gives ``{variable path: {metric: array}}`` and
     :meth:`equilibrium` compares the measured angular update with the prediction. The history
@@ -448,6 +455,7 @@ class NormMonitor(keras.callbacks.Callback):
                           f"(layers={self.layers!r}); pass layers='all' to track every kernel.",
                           UserWarning, stacklevel=3)
         self._vars = [v for _, v in chosen]
+        self._unit_axes = [_targeting.vector_axes(la, v) for la, v in chosen]
         consts = []
         for layer, v in chosen:
             l2s = [_l2_of(r) for r in _regularizers_of(layer, v)
@@ -488,17 +496,16 @@ class NormMonitor(keras.callbacks.Callback):
             perp = ops.sqrt(ops.maximum(sdd - s0d * s0d / s00, 0.0))
             return ops.arctan2(perp, n0 + s0d / n0), n1
 
-        def unit_view(w):
-            return ops.reshape(w, (-1, w.shape[-1]) if len(w.shape) >= 2 else (-1, 1))
+        unit_axes = self._unit_axes
 
         def measure(w0s, w1s, lr, d):
             rows = []
-            for w0, w1 in zip(w0s, w1s, strict=True):
+            for w0, w1, axes in zip(w0s, w1s, unit_axes, strict=True):
                 delta = w1 - w0
                 theta, n1 = stats(w0, delta)
                 row = [n1, theta]
-                if per_unit:
-                    th_u, n_u = stats(unit_view(w0), unit_view(delta), axis=0)
+                if per_unit:  # one norm / angle per vector (axes None: the whole tensor)
+                    th_u, n_u = stats(w0, delta, axis=axes)
                     eff_u = lr / n_u if adam_form else lr / ops.square(n_u)
                     row += [ops.sqrt(ops.mean(ops.square(n_u))), ops.mean(eff_u),
                             ops.mean(th_u)]

@@ -15,7 +15,7 @@ from typing import NamedTuple
 import keras
 from keras import ops
 
-from keras_normreg import _compat, _invariance
+from keras_normreg import _compat, _invariance, _targeting
 from keras_normreg._utils import check_choice, check_number, received, register
 from keras_normreg.optimizers import _rules, _sphere
 from keras_normreg.optimizers._apply import for_each_variable, shrink
@@ -44,12 +44,38 @@ class Treatment(NamedTuple):
     ``kind``: ``"decay"`` (shrunk each step), ``"skip"`` (left alone) or ``"sphere"`` (retracted
     to a fixed norm after each step, see :meth:`DecoupledWeightDecay.sphere_radius_of`);
     ``reason``: why, for humans; ``granularity``: for ``"sphere"``, ``"unit"`` / ``"tensor"`` /
-    a tuple of axes (None otherwise).
+    a tuple of axes (None otherwise); ``radius``: for a ``"sphere"`` variable whose norm a
+    fixed-norm constraint sets (nGPT's ``UnitNorm(axis=...)``), that norm (None otherwise: the
+    ``sphere_radius`` rule decides).
     """
 
     kind: str
     reason: str
     granularity: str | tuple[int, ...] | None = None
+    radius: float | None = None
+
+
+def fixed_norm(variable):
+    """``(axes, radius)`` when ``variable`` carries a constraint that projects it to a fixed
+    norm (keras_normreg's ``UnitNorm`` / ``FixedNorm``, ``keras.constraints.UnitNorm``):
+    ``axes`` the granularity it normalizes over (``"tensor"`` or a tuple of axes), ``radius``
+    its norm. None otherwise (no constraint, or one that does not fix the norm, as MaxNorm)."""
+    constraint = getattr(variable, "constraint", None)
+    if constraint is None:
+        return None
+    if isinstance(constraint, keras.constraints.UnitNorm):
+        value = 1.0
+    elif callable(getattr(constraint, "norm_axes", None)) and not hasattr(
+            constraint, "max_value"):
+        value = getattr(constraint, "value", None)
+        if not isinstance(value, numbers.Real) or isinstance(value, bool):
+            return None
+    else:
+        return None
+    axes = _targeting.constraint_axes(variable)
+    if axes is None:
+        return None
+    return ("tensor" if not axes else axes), float(value)
 
 
 def _initial_learning_rate(optimizer):
@@ -204,6 +230,22 @@ class DecoupledWeightDecay(keras.optimizers.Optimizer):
     over channels; a WeightNormalization ``v`` over its own norm axes). Otherwise it is one
     norm for the whole tensor (``w ← w / ‖w‖ · r``, e.g. a kernel before LayerNormalization or
     GroupNormalization), which always preserves the function.
+
+    A sphere variable that carries a fixed-norm constraint (keras_normreg's ``UnitNorm`` /
+    ``FixedNorm``, ``keras.constraints.UnitNorm``; nGPT's weights, ``UnitNorm(axis=...)`` along
+    the embedding dimension) is retracted to *the constraint's* sphere: over the constraint's
+    axes, to its norm (1 for UnitNorm), whatever the analysis' granularity and
+    ``sphere_radius`` say. The inner optimizer applies the constraint after its step and the
+    retraction then computes the same projection again (a no-op up to rounding); retracting
+    to another sphere (``√units`` over the whole tensor) would be undone per vector by the
+    constraint at the next step, the two fighting.
+
+    Decay and fixed-norm constraints do not mix: a decayed variable (treatment ``"decay"``)
+    that carries a fixed-norm constraint would be shrunk and projected back to its norm at
+    every step, so λ would do nothing but enlarge the step. With ``weight_decay > 0``,
+    :meth:`bind` and :meth:`build` refuse such a variable with a ValueError naming it and λ:
+    exclude it (``exclude=(..., "glob:<path>")``), or use ``weight_decay=0`` (nGPT uses no
+    weight decay).
 
     The radius (``sphere_radius``) does not change the function; it sets the step size. On a
     sphere of radius ``r`` a scale-invariant weight has ``∇f(rŴ) = ∇f(Ŵ)/r``, so a step turns
@@ -426,6 +468,7 @@ class DecoupledWeightDecay(keras.optimizers.Optimizer):
                 f"{received('model', model.name)}"
             )
         if self.scale_invariant is None:
+            self.check_constrained_decay(model.trainable_variables)
             return self
         found = _invariance.find_scale_invariant(model)
         self.scale_invariant_paths = _check_paths(_sphere.granularities(found))
@@ -433,6 +476,7 @@ class DecoupledWeightDecay(keras.optimizers.Optimizer):
             path: v.reason for path, v in found.items() if v.invariant
         }
         self._plan = {}
+        self.check_constrained_decay(model.trainable_variables)
         return self
 
     def exclude_from_weight_decay(self, var_list=None, var_names=None):
@@ -451,7 +495,8 @@ class DecoupledWeightDecay(keras.optimizers.Optimizer):
         path = _rules.variable_path(variable)
         rule = _rules.first_match(self.sphere, variable)
         if rule is not None:
-            return Treatment("sphere", f"sphere rule {rule!r}", "unit")
+            return self._on_constraint_sphere(
+                Treatment("sphere", f"sphere rule {rule!r}", "unit"), variable)
         if self.scale_invariant is not None:
             if self.scale_invariant_paths is None:
                 raise ValueError(
@@ -464,8 +509,9 @@ class DecoupledWeightDecay(keras.optimizers.Optimizer):
                 granularity = self.scale_invariant_paths[path]
                 reason = self.scale_invariant_reasons.get(path, "listed in scale_invariant_paths")
                 if self.scale_invariant == "sphere":
-                    return Treatment("sphere", f"scale-invariant ({reason}); per {granularity}",
-                                     granularity)
+                    return self._on_constraint_sphere(
+                        Treatment("sphere", f"scale-invariant ({reason}); per {granularity}",
+                                  granularity), variable)
                 return Treatment("skip", f"scale-invariant ({reason})")
         if self.include is not None and _rules.first_match(self.include, variable) is None:
             return Treatment("skip", "matches no include rule")
@@ -473,6 +519,37 @@ class DecoupledWeightDecay(keras.optimizers.Optimizer):
         if rule is not None:
             return Treatment("skip", f"exclude rule {rule!r}")
         return Treatment("decay", "no exclusion rule matches")
+
+    @staticmethod
+    def _on_constraint_sphere(found, variable):
+        """A sphere treatment moved onto the sphere of the variable's fixed-norm constraint."""
+        fixed = fixed_norm(variable)
+        if fixed is None:
+            return found
+        axes, r = fixed
+        constraint = type(variable.constraint).__name__
+        return Treatment("sphere", f"{found.reason}; retracted like its {constraint} "
+                                   f"constraint: per {axes}, norm {r:g}", axes, r)
+
+    def check_constrained_decay(self, variables):
+        """Raise a ValueError when a variable of ``variables`` would be decayed (treatment
+        ``"decay"`` with ``weight_decay > 0``) while a fixed-norm constraint projects it back to
+        its norm after every step (see the class docstring). Called by :meth:`bind` and
+        :meth:`build`."""
+        if not self.weight_decay > 0:
+            return
+        for variable in variables:
+            fixed = fixed_norm(variable)
+            if fixed is None or self._classify(variable).kind != "decay":
+                continue
+            path = _rules.variable_path(variable)
+            constraint = type(variable.constraint).__name__
+            raise ValueError(
+                f"DecoupledWeightDecay would decay {path!r}, which a {constraint} constraint "
+                f"projects back to norm {fixed[1]:g} (per {fixed[0]}) after every step, so the "
+                "decay would only enlarge the step (nGPT-style weights are trained without "
+                f"decay): exclude it (exclude=(..., {_rules.exact_path_rule(path)!r})) or use "
+                f"weight_decay=0. {received('weight_decay', self.weight_decay)}")
 
     def _planned(self, variable) -> Treatment:
         key = _compat.optimizer_variable_key(self, variable)
@@ -484,9 +561,11 @@ class DecoupledWeightDecay(keras.optimizers.Optimizer):
         """The norm ``variable`` is retracted to after each step (each unit's for per-unit
         groups, the whole tensor's for ``"tensor"``), as a float; None when it is not a sphere
         weight. See ``sphere_radius`` in the class docstring."""
-        kind, _, granularity = self._classify(variable)
+        kind, _, granularity, fixed = self._classify(variable)
         if kind != "sphere":
             return None
+        if fixed is not None:
+            return fixed
         return _sphere.radius(self.sphere_radius or _sphere.DEFAULT_RADIUS, granularity,
                               tuple(variable.shape))
 
@@ -516,7 +595,7 @@ class DecoupledWeightDecay(keras.optimizers.Optimizer):
             variables = self._trainable_variables
         out = {}
         for v in variables:
-            kind, why, _ = self._classify(v)
+            kind, why = self._classify(v)[:2]
             out[_rules.variable_path(v)] = (kind, why) if reasons else kind
         return out
 
@@ -524,6 +603,7 @@ class DecoupledWeightDecay(keras.optimizers.Optimizer):
     @_compat.no_automatic_dependency_tracking
     def build(self, var_list):
         plan = {_compat.optimizer_variable_key(self, v): self._classify(v) for v in var_list}
+        self.check_constrained_decay(var_list)
         if not self.inner_optimizer.built:
             self.inner_optimizer.build(var_list)
         super().build(var_list)
@@ -566,15 +646,19 @@ class DecoupledWeightDecay(keras.optimizers.Optimizer):
 
         for_each_variable(variables, decay)
 
-    def _retract_variables(self, variables_and_granularity):
+    def _retract_variables(self, variables_and_treatment):
         rule = self.sphere_radius or _sphere.DEFAULT_RADIUS
         groups = {}
-        for var, granularity in variables_and_granularity:
-            r = _sphere.radius(rule, granularity, tuple(var.shape))
+        for var, found in variables_and_treatment:
+            granularity = found.granularity
+            r = (found.radius if found.radius is not None
+                 else _sphere.radius(rule, granularity, tuple(var.shape)))
             groups.setdefault((granularity, r), []).append(var)
         for (granularity, r), variables in groups.items():
             def retract(var, granularity=granularity, r=r):
-                value = ops.convert_to_tensor(var)
+                # in the variable's own dtype (float32 under a mixed-precision policy: the
+                # variables are float32 there; only the layers compute in float16)
+                value = ops.cast(ops.convert_to_tensor(var), var.dtype)
                 unit = value / _sphere.norms(value, granularity, SPHERE_EPSILON)
                 # r = 1: no multiply, so the unit-radius update stays bit for bit as before
                 var.assign(unit if r == 1.0 else unit * constant(r, var.dtype))
@@ -603,7 +687,7 @@ class DecoupledWeightDecay(keras.optimizers.Optimizer):
         ]
         plan = [(v, self._planned(v)) for v in present]
         decayed = [v for v, t in plan if t.kind == "decay"]
-        sphere = [(v, t.granularity) for v, t in plan if t.kind == "sphere"]
+        sphere = [(v, t) for v, t in plan if t.kind == "sphere"]
         if decayed and (self.weight_decay > 0):
             with keras.name_scope(self.name, caller=self):
                 self._decay_variables(decayed)
@@ -740,6 +824,7 @@ def normalized_weight_decay(lambda_norm, batch_size, num_train_samples, epochs):
 
 __all__ = [
     "DEFAULT_EXCLUDE", "SEMANTICS", "TREATMENTS", "DecoupledWeightDecay", "Treatment",
+    "fixed_norm",
     "constant", "SGDW", "AdamW", "LionW",
     "RMSpropW", "normalized_weight_decay", "for_each_variable",
 ]

@@ -628,7 +628,8 @@ def test_treatment_and_decay_plan_agree():
     opt = DecoupledWeightDecay(keras.optimizers.SGD(0.1), 0.1, sphere=("glob:kernel",),
                                exclude=("bias",))
     assert [opt.treatment(v) for v in (kernel, bias, gamma)] == ["sphere", "skip", "decay"]
-    assert opt.treatment(kernel, reason=True) == ("sphere", "sphere rule 'glob:kernel'", "unit")
+    assert opt.treatment(kernel, reason=True) == ("sphere", "sphere rule 'glob:kernel'", "unit",
+                                                  None)  # radius: no fixed-norm constraint
     assert opt.treatment(bias, reason=True).reason == "exclude rule 'bias'"
     assert opt.decay_plan([kernel, bias, gamma]) == {
         "kernel": "sphere", "bias": "skip", "gamma": "decay"}

@@ -105,7 +105,9 @@ def test_sphere_radius_of_and_treatment_unchanged():
     assert opt.sphere_radius_of(kernel) == 4.0
     assert opt.sphere_radius_of(variable(model, "head/kernel")) is None  # decayed, not sphere
     assert opt.treatment(kernel, reason=True).granularity == "tensor"
-    assert len(opt.treatment(kernel, reason=True)) == 3  # (kind, reason, granularity)
+    # (kind, reason, granularity, radius): radius None, no fixed-norm constraint
+    assert len(opt.treatment(kernel, reason=True)) == 4
+    assert opt.treatment(kernel, reason=True).radius is None
 
 
 # ----------------------------------------------------------------------------- correctness

@@ -1,5 +1,7 @@
 """The search space: schema, conditional hyperparameters, λ convention, parametrizations."""
 
+import os
+
 import keras
 import keras_tuner as kt
 import numpy as np
@@ -238,3 +240,50 @@ def test_hypermodel_argument_errors():
         NormRegHyperModel("cnn_digits", "digits", base=3)
     with pytest.raises(config.ConfigError, match=r"Unknown config key 'space.norm'"):
         NormRegHyperModel("cnn_digits", "digits", {"norm": ["batch"]})
+
+
+# -- the transformer study ------------------------------------------------------------------------
+GPT_SPEC = os.path.join(os.path.dirname(os.path.dirname(os.path.dirname(
+    os.path.abspath(__file__)))), "tuning", "gpt_modular.toml")
+
+
+def test_gpt_modular_spec_trial_recipes_validate():
+    from keras_normreg.tuning import spec as study_spec
+
+    spec = study_spec.load_study(GPT_SPEC)
+    assert spec["space"]["norms"] == ["layer", "rms"]
+    assert spec["base"]["data"]["validation_split"] == "train[50%:]"
+    expected = {"none": ("adam", 0.0, "none", "none"), "l2": ("adam", 0.0, "none", "l2"),
+                "decoupled": ("adamw", 0.1, "none", "none"),
+                "unit_norm": ("adamw", 0.0, "sphere", "none")}
+    for norm in ("layer", "rms"):
+        for decay, want in expected.items():
+            cfg = S.trial_recipe(spec["base"], {"norm": norm, "decay": decay,
+                                                "learning_rate": 1e-3, "lambda": 0.1},
+                                 spec["space"], "t")
+            assert cfg["model"]["norm"] == norm
+            got = (cfg["optimizer"]["name"], cfg["optimizer"]["weight_decay"],
+                   cfg["optimizer"]["scale_invariant"], cfg["regularization"]["kind"])
+            assert got == want, (norm, decay)
+            config.resolve(config.drop_none(cfg))  # a valid recipe (raises ConfigError if not)
+
+
+def test_gpt_modular_one_trial_tiny_study(tmp_path):
+    import tomli_w
+
+    from keras_normreg.tuning import study
+
+    raw = config.read_toml(GPT_SPEC)
+    raw["base"]["model"]["overrides"] = {"width": 16, "heads": 2}
+    raw["base"]["train"]["epochs"] = 1
+    raw["space"]["norms"] = ["rms"]
+    raw["space"]["decay"] = ["decoupled"]
+    raw["space"]["lambda"] = [0.1]
+    raw["output"] = {"directory": str(tmp_path / "runs"),
+                     "export_dir": str(tmp_path / "saved_models")}
+    path = tmp_path / "gpt.toml"
+    path.write_text(tomli_w.dumps(raw))
+    result = study.run_study(str(path), max_trials=1, export=False)
+    assert result is not None
+    trials = [t for t in (tmp_path / "runs").rglob("trial.json")]
+    assert len(trials) == 1
