@@ -32,7 +32,7 @@ from typing import NamedTuple
 import keras
 from keras import ops
 
-from keras_normreg import _targeting, selectors
+from keras_normreg import _invariance, _targeting, selectors
 from keras_normreg._utils import check_number, get_from_table, received, register
 
 __all__ = ["L1", "L2", "ElasticNet", "get", "apply", "RegularizationReport", "REGULARIZERS"]
@@ -218,7 +218,6 @@ def apply(model, regularizer, targets=("kernel",), include=None, exclude=None,
     Returns:
         :class:`RegularizationReport`: one ``(path, applied, reason)`` per selected weight.
     """
-    from keras_normreg import _invariance
 
     _targeting.check_built(model, "regularizers.apply")
     regularizer = get(regularizer)
