@@ -5,6 +5,10 @@
 * :mod:`experiments.eta_only` — ``keras-normreg study eta-only``: with the BN'd kernels on the
   sphere, is tuning η alone enough? Four arms of grids × 3 seeds on MNIST-1D, a report (prose in
   ``experiments/templates/eta_only.md``), table, plots and the random-search statistic.
+* :mod:`experiments.grokking` — ``keras-normreg study grokking``: on modular addition, does the
+  sphere (Q/K on the sphere, nGPT) remove the delay between memorizing and generalizing, and the
+  decay hyperparameter? AdamW / Adam + L2 over λ, the sphere arms over η, a reference; a report
+  (prose in ``experiments/templates/grokking.md``), figures and the random-search statistic.
 * :mod:`experiments._report` — the ``<!-- @section name -->`` template format both reports use.
 * :mod:`experiments.compare` — invariance-aware search: trials each parametrization (λ, η) or
   (ηλ, η) needs to reach a target (used by ``bench/bench_tuning.py``).

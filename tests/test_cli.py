@@ -251,3 +251,12 @@ def test_tune_passes_the_worker_timeout(monkeypatch, flags, target):
     assert len(calls) == 1 and calls[0]["worker_timeout"] == 7.5
     if target == "run_study":
         assert "--worker-timeout 7.5" in calls[0]["command"]
+
+
+def test_study_grokking_is_reached_through_the_cli(capsys):
+    """`keras-normreg study grokking` runs experiments.grokking.study.cli; it counts steps, so
+    --epochs is refused with a one-line error naming it (nothing is trained)."""
+    rc = cli.main(["study", "grokking", "--epochs", "3"])
+    err = capsys.readouterr().err
+    assert rc == 2
+    assert "max_steps" in err and "Received: epochs=3" in err
