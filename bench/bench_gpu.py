@@ -19,6 +19,11 @@ defaults to ``jax``. Sections (``--only``):
   batch 512. ``exclude=()`` so that ours decay the same variables as Keras' (all of them).
 * ``weightnorm``: ``layers.WeightNormalization(Dense(1024))`` vs ``Dense(1024)`` alone on 1024
   features, MSE train step, batch 256 and 4096.
+* ``transformer``: the GPT of ``zoo.create("gpt_modular")`` (pre-LN, causal, vocab 99, width 128,
+  1 block, 4 heads, 97 classes, last-position logits) vs the same network written with plain
+  ``keras.layers`` (``MultiHeadAttention(use_causal_mask=True)``, bench/bench_transformer.py's
+  ``hand_gpt``: the same parameter count, checked), and the nGPT twin (``ngpt=True``) vs the zoo
+  GPT; ``keras.optimizers.AdamW(1e-3)``, batch 512 of random prompts ``[a, OP, b, EQ]``.
 * ``torch``: the same ResNet-20 (3 stages x 3 basic blocks, 16/32/64 channels, BN, option A
   shortcuts, the zoo's trainable parameter count: checked and printed) written in plain PyTorch
   (:class:`TorchResNet`), trained with channels_last, bf16 autocast and ``torch.compile``, vs the
@@ -35,8 +40,9 @@ are per repeat and the median is reported. Throughput ratio = arm img/s / baseli
 (= 1 / the step-time ratio of the table; > 1: the arm is faster).
 
 The zoo ResNet-20 (BN) arm of ``norms`` is reused by ``torch`` (one compile fewer). ``--quick``:
-8x8 images, ResNet-8 of width 4, batch 8, a 2x16 MLP, Dense(16) at batch 4 and 16, 1 repeat of 1
-step; ``optimizers`` on the MLP only; XLA without LLVM's expensive passes; on a CPU,
+8x8 images, ResNet-8 of width 4, batch 8, a 2x16 MLP, Dense(16) at batch 4 and 16, a GPT of
+width 16 with 2 heads, 1 repeat of 1 step; ``optimizers`` on the MLP only; XLA without LLVM's
+expensive passes; on a CPU,
 ``torch.compile(backend="aot_eager")`` (inductor's C++ code generation takes minutes on 2 cores).
 
 An arm that cannot be built or run is reported under ``errors`` (in the JSON too) and the run
@@ -64,7 +70,7 @@ sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 
 import _timing  # noqa: E402
 
-SECTIONS = ("norms", "optimizers", "weightnorm", "torch")
+SECTIONS = ("norms", "optimizers", "weightnorm", "transformer", "torch")
 NORMS = ("batch", "none", "l1_batch", "topk_batch", "weight")
 BASELINE_NORM = "batch"
 TITLE = "GPU benchmark: keras_normreg on Keras/{backend} vs plain Keras, PyTorch reference"
@@ -300,10 +306,19 @@ class Bench:
                   file=sys.stderr, flush=True)
         return arms, syncs
 
-    def compare(self, section, group, makers, baseline, batch, unit="img/s"):
-        """Time the arms that built; rows + throughput (samples/s) of every arm."""
+    def compare(self, section, group, makers, baseline, batch, unit="img/s", pairs=None,
+                targets=None):
+        """Time the arms that built; rows + throughput (samples/s) of every arm.
+
+        ``pairs`` (arm, baseline), when given, replaces "every arm vs ``baseline``"; the pairs
+        whose arms did not build are left out. ``targets``: as in ``_timing.compare``."""
         arms, syncs = self.build_arms(section, group, makers)
-        if baseline not in arms or len(arms) < 2:
+        if pairs is not None:
+            pairs = [pair for pair in pairs if pair[0] in arms and pair[1] in arms]
+            nothing_to_compare = not pairs
+        else:
+            nothing_to_compare = baseline not in arms or len(arms) < 2
+        if nothing_to_compare:
             self.errors.setdefault(f"{section}/{group}",
                                    "skipped: the baseline or every other arm failed")
             return [], {}
@@ -311,7 +326,7 @@ class Bench:
         try:
             rows = _timing.compare(group, arms, baseline, rounds=self.args.repeats,
                                    steps=self.args.steps, warmup=self.args.warmup, times=times,
-                                   syncs=syncs)
+                                   syncs=syncs, pairs=pairs, targets=targets)
         except Exception as exc:  # noqa: BLE001
             self.fail(f"{section}/{group}", exc)
             return [], {}
@@ -417,6 +432,42 @@ class Bench:
             tp[group] = th
             groups.append(group)
         return {"groups": groups, "units": d, "rows": rows, "throughput": tp}
+
+    def section_transformer(self):
+        import bench_transformer as bt
+        import keras
+
+        size = bt.QUICK if self.args.quick else bt.PRESET
+        x, y = _on_device(*bt.prompts(self.rng, self.batch))
+        counts = {}
+
+        def maker(name, build):
+            def make():
+                model = build()
+                counts[name] = _count(model)
+                model.compile(optimizer=keras.optimizers.AdamW(1e-3), loss=_sparse_ce(),
+                              jit_compile=True)
+                return keras_step(model, x, y)
+            return make
+
+        makers = {bt.PLAIN: maker(bt.PLAIN, lambda: bt.hand_gpt(**size)),
+                  bt.ZOO: maker(bt.ZOO, lambda: bt.zoo_gpt(**size)),
+                  bt.NGPT: maker(bt.NGPT, lambda: bt.zoo_gpt(ngpt=True, **size))}
+        group = f"GPT (gpt_modular) train step, batch {self.batch}"
+        rows, tp = self.compare(
+            "transformer", group, makers, bt.PLAIN, self.batch, unit="prompts/s",
+            pairs=[(bt.ZOO, bt.PLAIN), (bt.NGPT, bt.ZOO)],
+            targets={f"{bt.ZOO} vs {bt.PLAIN}": bt.TARGET_ZOO,
+                     f"{bt.NGPT} vs {bt.ZOO}": bt.TARGET_NGPT})
+        both = bt.ZOO in counts and bt.PLAIN in counts
+        same = both and counts[bt.ZOO] == counts[bt.PLAIN]
+        if both and not same:
+            self.errors["transformer/parameters"] = (
+                f"parameters differ: zoo {counts[bt.ZOO]}, plain Keras {counts[bt.PLAIN]}")
+        return {"group": group, "baseline": bt.PLAIN, "batch": self.batch, "size": size,
+                "params": {"zoo": counts.get(bt.ZOO), "plain": counts.get(bt.PLAIN),
+                           "ngpt": counts.get(bt.NGPT), "same": same},
+                "rows": rows, "throughput": tp}
 
     def section_torch(self):
         x, y = self.images()
@@ -590,6 +641,10 @@ def main(argv=None):
         print(f"\nnorms baseline: norm={BASELINE_NORM!r} = keras.layers.BatchNormalization")
     for name, section in bench.sections.items():
         print("\n".join(_throughput_lines(name, section)))
+    if "transformer" in bench.sections:
+        p = bench.sections["transformer"]["params"]
+        print(f"transformer parameters (total, trainable): zoo GPT {p['zoo']}, plain Keras GPT "
+              f"{p['plain']} -> {'same' if p['same'] else 'DIFFERENT'}; zoo nGPT {p['ngpt']}")
     if "torch" in bench.sections:
         s = bench.sections["torch"]
         print(f"parameters (total, trainable): zoo {s['params']['zoo']}, torch "

@@ -124,7 +124,7 @@ def test_options_defaults_and_quick():
     assert picked == list(module.SECTIONS) and args.policy == "mixed_bfloat16"
     args, picked = module.parse(["--quick", "--no-torch"])
     assert (args.steps, args.repeats, args.warmup) == (1, 1, 1)
-    assert picked == ["norms", "optimizers", "weightnorm"]
+    assert picked == ["norms", "optimizers", "weightnorm", "transformer"]
     args, picked = module.parse(["--only", "torch,norms", "--steps", "5", "--repeats", "3"])
     assert picked == ["torch", "norms"] and (args.steps, args.repeats) == (5, 3)
 
@@ -222,6 +222,66 @@ def test_weightnorm_section_in_process(capsys, tmp_path):
     assert f"device: {saved['device']}" in printed and "| benchmark | arm vs baseline |" in printed
 
 
+def _check_transformer(section):
+    """zoo GPT vs plain Keras GPT (same parameters) and zoo nGPT vs zoo GPT, with targets."""
+    _check_section(section)
+    assert [(r["name"], r["baseline"], r["target"]) for r in section["rows"]] == [
+        ("zoo GPT", "plain Keras GPT", "<= 1.05"), ("zoo nGPT", "zoo GPT", "<= 1.25")]
+    assert section["baseline"] == "plain Keras GPT"
+    params = section["params"]
+    assert params["same"] is True and params["zoo"] == params["plain"]
+    # --quick: width 16, 2 heads, MLP 64 (bench_transformer.QUICK), counted by hand: token and
+    # position embeddings, Q/K/V/O, MLP, 3 LayerNorms (gamma + beta), classifier + bias
+    d = 16
+    assert params["zoo"][1] == 99 * d + 4 * d + 4 * d * d + 2 * d * 64 + 3 * 2 * d + d * 97 + 97
+    assert set(section["throughput"]) == {"plain Keras GPT", "zoo GPT", "zoo nGPT"}
+    assert all(v["unit"] == "prompts/s" for v in section["throughput"].values())
+
+
+def test_bench_compare_pairs_and_targets():
+    """Bench.compare with pairs (the transformer section's two baselines): one row per pair
+    whose arms built, in order, with its target; an arm that fails drops its pairs only."""
+    module = _load("bench_gpu")
+    args, _ = module.parse(["--quick"])
+    bench = module.Bench(args)
+
+    def ok():
+        return (lambda: None), None
+
+    def broken():
+        raise RuntimeError("no such arm")
+
+    rows, tp = bench.compare("s", "g", {"a": ok, "b": ok, "c": ok}, "a", 8,
+                             pairs=[("b", "a"), ("c", "b")], targets={"b vs a": "<= 1.05"})
+    assert [(r.name, r.baseline, r.target) for r in rows] == [("b", "a", "<= 1.05"),
+                                                              ("c", "b", "")]
+    assert set(tp) == {"a", "b", "c"} and bench.errors == {}
+    rows, _ = bench.compare("s", "g2", {"a": ok, "b": ok, "c": broken}, "a", 8,
+                            pairs=[("b", "a"), ("c", "b")])
+    assert [(r.name, r.baseline) for r in rows] == [("b", "a")]
+    assert list(bench.errors) == ["s/g2/c"] and "no such arm" in bench.errors["s/g2/c"]
+    rows, tp = bench.compare("s", "g3", {"a": ok, "c": broken}, "a", 8, pairs=[("c", "a")])
+    assert (rows, tp) == ([], {}) and "skipped" in bench.errors["s/g3"]
+
+
+# Measured: 20-45 s wall (three XLA compiles on TensorFlow) on the loaded 2-core
+# machine; the fast checks of the section's plumbing are the test above and bench_transformer's
+# own tests.
+@pytest.mark.slow
+def test_transformer_section_in_process(capsys, tmp_path):
+    """The GPT rows on the test backend (TensorFlow here, jit_compile=True), --quick sizes."""
+    module = _load("bench_gpu")
+    out = tmp_path / "gpu.json"
+    bench = module.main(["--quick", "--only", "transformer", "--json", str(out)])
+    assert bench.errors == {}
+    saved = json.loads(out.read_text())
+    assert list(saved["sections"]) == ["transformer"]
+    _check_transformer(saved["sections"]["transformer"])
+    printed = capsys.readouterr().out
+    assert "| zoo GPT vs plain Keras GPT |" in printed and "| zoo nGPT vs zoo GPT |" in printed
+    assert "transformer parameters (total, trainable): zoo GPT" in printed and "-> same" in printed
+
+
 def _jax_import_error():
     """None when keras_normreg's layers/optimizers/zoo import under KERAS_BACKEND=jax, else why."""
     env = {**os.environ, "KERAS_BACKEND": "jax",
@@ -242,7 +302,8 @@ def _check_saved(saved, backend):
     assert saved["errors"] == {}
     assert saved["info"]["backend"] == backend
     assert saved["device"] == "cpu" or saved["device"].startswith("gpu")
-    expected = list(module.SECTIONS) if HAS_TORCH else ["norms", "optimizers", "weightnorm"]
+    expected = list(module.SECTIONS) if HAS_TORCH else ["norms", "optimizers", "weightnorm",
+                                                        "transformer"]
     assert list(saved["sections"]) == expected
     for section in saved["sections"].values():
         _check_section(section)
@@ -256,6 +317,7 @@ def _check_saved(saved, backend):
     assert [r["baseline"] for r in optim["rows"]] == ["keras SGD(weight_decay)"] * 2 + [
         "keras AdamW"] * 2
     assert len(saved["sections"]["weightnorm"]["rows"]) == 2
+    _check_transformer(saved["sections"]["transformer"])
     if HAS_TORCH:
         torch_section = saved["sections"]["torch"]
         assert torch_section["params"]["same_trainable"] is True
