@@ -230,11 +230,13 @@ def resolve_space(raw: Mapping | None = None, *, base_learning_rate: float = 0.1
             f"{nested['parametrization']!r} (use '{prefix}.{want}'). "
             f"Received: {prefix}.{wrong}={nested[wrong]!r}")
     if uses_lambda and not product:
-        out["lambda"] = resolve_dim(f"{prefix}.lambda", nested["lambda"] or DEFAULT_LAMBDA)
+        out["lambda"] = resolve_dim(
+            f"{prefix}.lambda", DEFAULT_LAMBDA if nested["lambda"] is None else nested["lambda"])
         out["eta_lambda"] = None
     elif uses_lambda:
-        out["eta_lambda"] = resolve_dim(f"{prefix}.eta_lambda",
-                                        nested["eta_lambda"] or DEFAULT_ETA_LAMBDA)
+        out["eta_lambda"] = resolve_dim(
+            f"{prefix}.eta_lambda",
+            DEFAULT_ETA_LAMBDA if nested["eta_lambda"] is None else nested["eta_lambda"])
         out["lambda"] = None
     else:
         out["lambda"] = out["eta_lambda"] = None

@@ -287,3 +287,14 @@ def test_gpt_modular_one_trial_tiny_study(tmp_path):
     assert result is not None
     trials = [t for t in (tmp_path / "runs").rglob("trial.json")]
     assert len(trials) == 1
+
+
+@pytest.mark.parametrize("key,value", [("lambda", []), ("lambda", 0), ("eta_lambda", [])])
+def test_resolve_space_refuses_empty_or_zero_instead_of_the_default_range(key, value):
+    """An empty list or a 0 given in code (the hypermodel and the experiments call
+    resolve_space directly, past the study schema) is an error, never the default range."""
+    raw = {"norms": ["batch"], "decay": ["l2"], key: value}
+    if key == "eta_lambda":
+        raw["parametrization"] = "product"
+    with pytest.raises(config.ConfigError, match=rf"{key}"):
+        S.resolve_space(raw)
