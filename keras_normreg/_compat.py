@@ -323,3 +323,24 @@ def install_atomic_kt_json(write_text) -> None:
 
     save_json.keras_normreg_atomic = True
     kt_utils.save_json = save_json
+
+
+def tf_in_xla_context() -> bool:
+    """Whether the TensorFlow code being traced now will be compiled by XLA: inside a
+    ``tf.function(jit_compile=True)`` (what Keras' ``compile(jit_compile=True)`` builds for
+    the train step). False when running eagerly, off the TensorFlow backend, or where
+    TensorFlow's private helper (``control_flow_util.GraphOrParentsInXlaContext``, TF 2.16-2.21)
+    is missing. Used to pick the faster form of a reduction per compiler (``_kernels``)."""
+    if keras.backend.backend() != "tensorflow":
+        return False
+    try:
+        import tensorflow as tf
+        from tensorflow.python.ops import control_flow_util
+    except ImportError:
+        return False
+    if tf.executing_eagerly():
+        return False
+    probe = getattr(control_flow_util, "GraphOrParentsInXlaContext", None)
+    if probe is None:
+        return False
+    return bool(probe(tf.compat.v1.get_default_graph()))

@@ -339,3 +339,22 @@ def test_optimizer_uses_weight_decay():
     opt.exclude_from_weight_decay(var_names=["bias"])
     assert _compat.optimizer_uses_weight_decay(opt, kernel) is True
     assert _compat.optimizer_uses_weight_decay(opt, bias) is False
+
+
+def test_tf_in_xla_context():
+    """True only while tracing a tf.function(jit_compile=True) (Keras' compile(jit_compile=True)
+    train step); False eagerly and in a plain tf.function. Off TensorFlow: always False."""
+    if keras.backend.backend() != "tensorflow":
+        assert _compat.tf_in_xla_context() is False
+        return
+    import tensorflow as tf
+
+    seen = {}
+    for jit in (False, True):
+        def step(x, jit=jit):
+            seen[jit] = _compat.tf_in_xla_context()
+            return x + 1.0
+
+        tf.function(step, jit_compile=jit)(tf.constant(1.0))
+    assert _compat.tf_in_xla_context() is False
+    assert seen == {False: False, True: True}
