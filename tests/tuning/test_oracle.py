@@ -86,27 +86,28 @@ def test_reload_keeps_an_interrupted_trial_for_retry(tmp_path):
     assert again.create_trial("tuner0").trial_id == running.trial_id
 
 
+class HalfWritten:
+    """``open`` for _atomic's writes: the disk fills up half-way through the temporary file."""
+
+    def __init__(self, path, *args, **kwargs):
+        self.f = open(path, *args, **kwargs)
+
+    def __enter__(self):
+        return self
+
+    def __exit__(self, *exc):
+        self.f.close()
+
+    def write(self, text):
+        self.f.write(text[: len(text) // 2])
+        raise OSError("disk full")
+
+
 def test_oracle_state_is_written_atomically(tmp_path, monkeypatch):
     """A save that fails half-way leaves the previous oracle.json intact and no temp file."""
     oracle, _ = _oracle(tmp_path, serving=False)
     _finish(oracle, oracle.create_trial("tuner0"), 0.5)
     before = (tmp_path / "p" / "oracle.json").read_text()
-
-    real_open = open
-
-    class HalfWritten:  # the disk fills up half-way through the temporary file
-        def __init__(self, path, *args, **kwargs):
-            self.f = real_open(path, *args, **kwargs)
-
-        def __enter__(self):
-            return self
-
-        def __exit__(self, *exc):
-            self.f.close()
-
-        def write(self, text):
-            self.f.write(text[: len(text) // 2])
-            raise OSError("disk full")
 
     monkeypatch.setattr(study._atomic, "open", HalfWritten, raising=False)
     with pytest.raises(OSError, match="disk full"):
@@ -125,22 +126,6 @@ def test_trial_json_is_written_atomically_and_the_study_resumes(tmp_path, monkey
     trial_dir = tmp_path / "p" / f"trial_{trial.trial_id}"
     before = (trial_dir / "trial.json").read_text()
     assert json.loads(before)["status"] == "RUNNING"
-
-    real_open = open
-
-    class HalfWritten:  # the disk fills up half-way through the temporary file
-        def __init__(self, path, *args, **kwargs):
-            self.f = real_open(path, *args, **kwargs)
-
-        def __enter__(self):
-            return self
-
-        def __exit__(self, *exc):
-            self.f.close()
-
-        def write(self, text):
-            self.f.write(text[: len(text) // 2])
-            raise OSError("disk full")
 
     monkeypatch.setattr(study._atomic, "open", HalfWritten, raising=False)
     with pytest.raises(OSError, match="disk full"):
