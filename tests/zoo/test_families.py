@@ -88,7 +88,10 @@ def test_preact_structure():
         f"stage{s}_block1_shortcut_conv" for s in (2, 3, 4)]
     # the stem has no norm of its own: the first block pre-activates it
     assert model.get_layer("stage1_block1_pre_norm").input is model.get_layer("stem_conv").output
-    assert model.get_layer("final_norm") is not None
+    # pre-activation: the last block's sum is normalized once more before the head
+    final = model.get_layer("final_norm")
+    assert isinstance(final, keras.layers.BatchNormalization)
+    assert final.input is model.get_layer("stage4_block2_add").output
     assert model.get_layer("stage4_block2_add").output.shape[1:] == (4, 4, 64)
 
 
