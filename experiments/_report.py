@@ -1,4 +1,6 @@
-"""What the studies' report renderers share: their templates' ``@section`` format.
+"""What the studies share: their templates' ``@section`` format, reading a stored
+``results.json`` back (:func:`load_results`) and the ``--set NAME=VALUE`` options of their
+command lines (:func:`parse_sets`).
 
 A report template is Markdown whose ``<!-- @section name -->`` lines start named sections (each
 running to the next marker); each section is a :class:`string.Template` filled from a study's
@@ -7,6 +9,8 @@ results.
 
 from __future__ import annotations
 
+import ast
+import json
 import os
 import re
 import string
@@ -32,3 +36,29 @@ def load_sections(path, required, kind) -> dict[str, string.Template]:
                          f"{list(required)} (`<!-- @section name -->` lines); missing: "
                          f"{missing}. {received('path', os.fspath(path))}")
     return sections
+
+
+def load_results(out_dir) -> dict:
+    """``results.json`` of ``out_dir`` (NaN-safe: Python's json reads the NaN it wrote)."""
+    path = os.path.join(os.fspath(out_dir), "results.json")
+    if not os.path.isfile(path):
+        raise ValueError(f"Argument `out_dir` must hold a results.json written by the study. "
+                         f"{received('out_dir', os.fspath(out_dir))}")
+    with open(path, encoding="utf-8") as f:
+        return json.load(f)
+
+
+def parse_sets(parser, items) -> dict:
+    """``{name: value}`` of ``--set NAME=VALUE`` options: the value as a Python literal when it
+    is one (``3``, ``(1e-3, 3e-3)``, ``False``), else the string; a malformed item is
+    ``parser.error`` (one line, exit 2)."""
+    extra = {}
+    for item in items:
+        name, sep, value = item.partition("=")
+        if not sep or not name.strip():
+            parser.error(f"--set needs NAME=VALUE. Received: {item!r}")
+        try:
+            extra[name.strip()] = ast.literal_eval(value.strip())
+        except (ValueError, SyntaxError):
+            extra[name.strip()] = value.strip()
+    return extra

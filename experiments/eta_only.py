@@ -83,7 +83,6 @@ whether the claim (one hyperparameter suffices) holds.
 from __future__ import annotations
 
 import argparse
-import ast
 import concurrent.futures
 import contextlib
 import csv
@@ -113,7 +112,7 @@ from keras_normreg.data import splits as nr_splits
 from keras_normreg.diagnostics.monitor import NormMonitor, equilibrium_angular_update
 from keras_normreg.tuning import space as nr_space
 
-from ._report import load_sections
+from ._report import load_results, load_sections, parse_sets
 
 __all__ = ["ALL_ARMS", "ARMS", "MEASURED_TIMING", "REFERENCE", "Settings", "arm_grids",
            "calibrate", "cli", "equilibrium_steps", "equilibrium_theta", "estimate_seconds",
@@ -902,16 +901,6 @@ def _versions(s):
 
 
 # ------------------------------------------------------------------------------ outputs
-def load_results(out_dir) -> dict:
-    """``results.json`` of ``out_dir`` (NaN-safe)."""
-    path = os.path.join(os.fspath(out_dir), "results.json")
-    if not os.path.isfile(path):
-        raise ValueError(f"Argument `out_dir` must hold a results.json written by the study. "
-                         f"{received('out_dir', os.fspath(out_dir))}")
-    with open(path, encoding="utf-8") as f:
-        return json.load(f)
-
-
 def render(out_dir=DEFAULT_OUT, template=None) -> str:
     """Write ``table.csv``, the figures and ``<out_dir>.md`` from ``<out_dir>/results.json``;
     return the report's path."""
@@ -1358,15 +1347,7 @@ def main(argv=None) -> int:
     p.add_argument("--render", action="store_true",
                    help="only re-render the report and figures from <out>/results.json")
     args = p.parse_args(argv)
-    extra = {}
-    for item in args.set:
-        name, sep, value = item.partition("=")
-        if not sep or not name.strip():
-            p.error(f"--set needs NAME=VALUE. Received: {item!r}")
-        try:
-            extra[name.strip()] = ast.literal_eval(value.strip())
-        except (ValueError, SyntaxError):
-            extra[name.strip()] = value.strip()
+    extra = parse_sets(p, args.set)
     parts = ["python -m experiments.eta_only"]
     if args.quick:
         parts.append("--quick")

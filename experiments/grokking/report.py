@@ -2,14 +2,11 @@
 
 from __future__ import annotations
 
-import json
 import math
 import os
 import string
 
-from keras_normreg._utils import received
-
-from .._report import load_sections
+from .._report import load_results, load_sections
 from . import analysis as an
 from .runs import ARMS, LETTERS, REFERENCE, SPHERE_ARMS, TITLES
 from .runs import MEASURED_TIMING as R_TIMING
@@ -25,15 +22,6 @@ FIGURES = ("curves", "delay_vs_lambda", "norm_at_generalization")
 
 def load_template(path=TEMPLATE) -> dict[str, string.Template]:
     return load_sections(path, SECTIONS, "grokking")
-
-
-def load_results(out_dir) -> dict:
-    path = os.path.join(os.fspath(out_dir), "results.json")
-    if not os.path.isfile(path):
-        raise ValueError(f"Argument `out_dir` must hold a results.json written by the study. "
-                         f"{received('out_dir', os.fspath(out_dir))}")
-    with open(path, encoding="utf-8") as f:
-        return json.load(f)
 
 
 def analyse_results(results) -> tuple[dict, dict]:

@@ -5,7 +5,6 @@ report. ``python -m experiments.grokking`` and ``keras-normreg study grokking`` 
 from __future__ import annotations
 
 import argparse
-import ast
 import dataclasses
 import datetime
 import json
@@ -17,6 +16,7 @@ import time
 from keras_normreg import data as nr_data
 
 from .. import eta_only
+from .._report import parse_sets
 from . import runs as R
 from .report import render
 
@@ -195,15 +195,7 @@ def main(argv=None) -> int:
     p.add_argument("--render", action="store_true",
                    help="only re-render the report and figures from <out>/results.json")
     args = p.parse_args(argv)
-    extra = {}
-    for item in args.set:
-        name, sep, value = item.partition("=")
-        if not sep or not name.strip():
-            p.error(f"--set needs NAME=VALUE. Received: {item!r}")
-        try:
-            extra[name.strip()] = ast.literal_eval(value.strip())
-        except (ValueError, SyntaxError):
-            extra[name.strip()] = value.strip()
+    extra = parse_sets(p, args.set)
     parts = ["python -m experiments.grokking"]
     if args.quick:
         parts.append("--quick")
