@@ -113,16 +113,26 @@ def parse_args(parser, argv, *, rounds: int, steps: int = 1, only=None):
 
 
 def train_step(model, x, y) -> Callable[[], object]:
-    """A step callable: one ``model.train_on_batch(x, y)`` on fixed tensors (synchronizing)."""
-    import tensorflow as tf
+    """A step callable: one ``model.train_on_batch(x, y)`` on fixed tensors of the current
+    Keras backend (synchronizing: the returned logs are NumPy)."""
+    from keras import ops
 
-    x = tf.convert_to_tensor(x)
-    y = tf.convert_to_tensor(y)
+    x = ops.convert_to_tensor(x)
+    y = ops.convert_to_tensor(y)
 
     def step():
         return model.train_on_batch(x, y)
 
     return step
+
+
+def xla_modes(backend) -> list[tuple[str, object]]:
+    """(label, jit_compile) pairs a cross-backend benchmark measures on ``backend``: "auto" (as
+    a user gets it) everywhere, plus XLA forced on TensorFlow (JAX is always XLA; Keras has no
+    XLA on PyTorch)."""
+    if backend == "tensorflow":
+        return [("auto", "auto"), ("xla", True)]
+    return [("auto", "auto")]
 
 
 def count_params(model) -> tuple[int, int]:

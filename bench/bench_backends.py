@@ -47,24 +47,6 @@ def _pre_parse(argv):
     return known.backend
 
 
-def _xla_modes(backend):
-    """(label, jit_compile) pairs measured on ``backend`` (module docstring)."""
-    if backend == "tensorflow":
-        return [("auto", "auto"), ("xla", True)]
-    return [("auto", "auto")]
-
-
-def _step(model, x, y, backend):
-    if backend == "tensorflow":
-        import _timing
-
-        return _timing.train_step(model, x, y)
-    from keras import ops
-
-    xt, yt = ops.convert_to_tensor(x), ops.convert_to_tensor(y)
-    return lambda: model.train_on_batch(xt, yt)
-
-
 def _single(layer, shape):
     import keras
 
@@ -144,12 +126,12 @@ def run_group(group, args, rng, backend):
     x = x.astype("float32")
     y = y if y.dtype.kind == "i" else y.astype("float32")
     target = TARGETS[backend]
-    for mode, jit in _xla_modes(backend):
+    for mode, jit in _timing.xla_modes(backend):
         arms = {}
         for arm, (build, make_opt) in makers.items():
             model = build()
             model.compile(optimizer=make_opt(), loss=loss, jit_compile=jit)
-            arms[arm] = _step(model, x, y, backend)
+            arms[arm] = _timing.train_step(model, x, y)
         rows += _timing.compare(
             f"{label}, jit {mode}", arms, baseline, rounds=args.rounds, steps=args.steps,
             warmup=args.warmup, targets={a: target for a in makers if a != baseline},

@@ -214,22 +214,6 @@ def _patched_attention(kind):
 
 
 # ---------------------------------------------------------------------- arms
-def xla_modes(backend):
-    """(label, jit_compile) pairs measured on ``backend`` (module docstring)."""
-    if backend == "tensorflow":
-        return [("auto", "auto"), ("xla", True)]
-    return [("auto", "auto")]
-
-
-def _step(model, x, y, backend):
-    """One synchronizing train_on_batch on fixed device tensors (returns NumPy logs)."""
-    if backend == "tensorflow":
-        return _timing.train_step(model, x, y)
-    from keras import ops
-
-    xt, yt = ops.convert_to_tensor(x), ops.convert_to_tensor(y)
-    return lambda: model.train_on_batch(xt, yt)
-
 
 def builders(size, experiments=False):
     """arm name -> model builder."""
@@ -314,7 +298,7 @@ def _run_modes(args, modes, makers, x, y, batch, backend, rows, counts, resolved
         for name, build in makers.items():
             model = compile_gpt(build(), jit)
             counts[name] = count(model)
-            arms[name] = _step(model, x, y, backend)
+            arms[name] = _timing.train_step(model, x, y)
             if args.cost:
                 costs[name] = xla_cost(model, x, y)
             resolved[mode] = model.jit_compile
@@ -364,7 +348,7 @@ def main(argv=None):
     size = QUICK if args.quick else PRESET
     batch = 8 if args.quick else args.batch
     x, y = prompts(rng, batch)
-    modes = xla_modes(backend)
+    modes = _timing.xla_modes(backend)
     if args.no_xla:
         modes = modes[:1]
     makers = builders(size, args.experiments)
