@@ -85,17 +85,22 @@ def _child_race(out_dir, tfds_dir, writer, rounds, sync):
         Path(sync, f"done-{writer}-{r}").write_text(json.dumps([start, time.time()]))
 
 
+def _stall_half_way_through_model_save(ready):
+    """Make ``keras.Model.save`` write half of its file, then stall (the moment to kill)."""
+    real_save = keras.Model.save
+
+    def half_save(self, filepath, *args, **kwargs):
+        real_save(self, filepath, *args, **kwargs)
+        with open(filepath, "r+b") as f:
+            f.truncate(os.path.getsize(filepath) // 2)
+        _stall(ready)
+
+    keras.Model.save = half_save
+
+
 def _child_kill(out_dir, tfds_dir, point, ready):
     if point == "model.save":  # half of the temporary model written
-        real_save = keras.Model.save
-
-        def half_save(self, filepath, *args, **kwargs):
-            real_save(self, filepath, *args, **kwargs)
-            with open(filepath, "r+b") as f:
-                f.truncate(os.path.getsize(filepath) // 2)
-            _stall(ready)
-
-        keras.Model.save = half_save
+        _stall_half_way_through_model_save(ready)
     else:  # all temporaries written: stall before the first rename, or before the card's
         real_replace = os.replace
 
@@ -112,15 +117,7 @@ def _child_term(out_dir, tfds_dir, point, ready, sent):
     """SIGTERMed by the parent while writing: in ``model.save`` (half the temporary model
     written), or at the first rename (it waits there until the parent has sent the signal)."""
     if point == "model.save":
-        real_save = keras.Model.save
-
-        def half_save(self, filepath, *args, **kwargs):
-            real_save(self, filepath, *args, **kwargs)
-            with open(filepath, "r+b") as f:
-                f.truncate(os.path.getsize(filepath) // 2)
-            _stall(ready)
-
-        keras.Model.save = half_save
+        _stall_half_way_through_model_save(ready)
     else:  # "renames"
         real_replace = os.replace
 
