@@ -120,3 +120,25 @@ def cmdline(pid) -> str:
             return f.read().replace(b"\0", b" ").decode()
     except OSError:
         return ""
+
+
+def fake_processes(monkeypatch, record) -> None:
+    """Replace the launcher's Popen by a fake one that calls ``record(cmd, kwargs)`` and
+    'exits' at once with 0 (so run_local returns as soon as everything is started). A fake
+    that runs the preexec_fn runs it in THIS process: the launcher's death signal is kept off
+    pytest itself (test_distributed.py::test_children_get_the_death_signal checks that part)."""
+
+    class FakePopen:
+        def __init__(self, cmd, **kwargs):
+            record(cmd, kwargs)
+            self.returncode = 0
+
+        def poll(self):
+            return 0
+
+        def wait(self, timeout=None):
+            return 0
+
+    monkeypatch.setattr(launcher.subprocess, "Popen", FakePopen)
+    monkeypatch.setattr(launcher, "check_distributed_dependencies", lambda: None)
+    monkeypatch.setattr(launcher, "_libc", lambda: None)

@@ -14,6 +14,7 @@ from .conftest import (
     ROOT,
     children,
     cmdline,
+    fake_processes,
     kill_all,
     mid_trial,
     read_trials,
@@ -216,25 +217,8 @@ def test_worker_cpus_errors():
 
 
 def _fake_processes(monkeypatch, record):
-    """Replace the launcher's Popen by a fake one that calls ``record(cmd, preexec_fn)`` and
-    'exits' at once with 0 (so run_local returns as soon as everything is started)."""
-
-    class FakePopen:
-        def __init__(self, cmd, **kwargs):
-            record(cmd, kwargs.get("preexec_fn"))
-            self.returncode = 0
-
-        def poll(self):
-            return 0
-
-        def wait(self, timeout=None):
-            return 0
-
-    monkeypatch.setattr(launcher.subprocess, "Popen", FakePopen)
-    monkeypatch.setattr(launcher, "check_distributed_dependencies", lambda: None)
-    # the fake runs the preexec_fn in THIS process: no death signal bound to pytest itself
-    # (test_children_get_the_death_signal checks that part)
-    monkeypatch.setattr(launcher, "_libc", lambda: None)
+    """The launcher's Popen replaced; ``record(cmd, preexec_fn)`` sees each start."""
+    fake_processes(monkeypatch, lambda cmd, kwargs: record(cmd, kwargs.get("preexec_fn")))
 
 
 @pytest.mark.parametrize("workers,cpu_shares,expected", [

@@ -19,7 +19,7 @@ import pytest
 from keras_normreg import _compat
 from keras_normreg.tuning import launcher, study
 
-from .conftest import write_tiny_spec
+from .conftest import fake_processes, write_tiny_spec
 
 SECRET = "s3cret-for-the-tests-only-0123456789"  # 36 printable ASCII characters
 WRONG = "s3cret-for-the-tests-only-0123456780"   # same length, last character differs
@@ -413,20 +413,8 @@ def test_secret_sources_and_precedence(tmp_path):
 def _fake_processes(monkeypatch):
     """The launcher's Popen replaced: records (command, environment) and 'exits' with 0."""
     started = []
-
-    class FakePopen:
-        def __init__(self, cmd, **kwargs):
-            started.append((list(cmd), dict(kwargs["env"])))
-            self.returncode = 0
-
-        def poll(self):
-            return 0
-
-        def wait(self, timeout=None):
-            return 0
-
-    monkeypatch.setattr(launcher.subprocess, "Popen", FakePopen)
-    monkeypatch.setattr(launcher, "check_distributed_dependencies", lambda: None)
+    fake_processes(monkeypatch,
+                   lambda cmd, kwargs: started.append((list(cmd), dict(kwargs["env"]))))
     for key in launcher.SECURITY_ENV_KEYS:
         monkeypatch.delenv(key, raising=False)
     return started
