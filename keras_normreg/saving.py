@@ -53,6 +53,7 @@ __all__ = [
     "evaluation_batches",
     "MODEL_FILE",
     "MetricMismatchError",
+    "PACKAGED_ENTRIES",
     "RECIPE_FILE",
     "REQUIRED_CARD_KEYS",
     "evaluate_model",
@@ -77,6 +78,9 @@ LOSS_TOLERANCE = 1e-4
 ENTRY_LOCK_FILE = ".entry.lock"
 ENTRY_LOCK_TIMEOUT = 300.0  # seconds save_entry waits for another writer of the same entry
 _TMP_PREFIX = ".tmp-"  # temporaries: .tmp-<pid>-<token>-<final name>, in the entry folder
+#: Folder of the shipped entries inside the installed package: the wheel carries the
+#: repository's top-level saved_models/ there (pyproject.toml, [tool.setuptools.package-dir]).
+PACKAGED_ENTRIES = Path(__file__).resolve().parent / "saved_models"
 
 
 class CardError(ValueError):
@@ -414,14 +418,25 @@ def _write_entry_files(temp, model, cfg, metrics, seconds, strategy, command, hi
 
 # -- finding and reading entries --------------------------------------------------------------
 def saved_models_dirs() -> list[Path]:
-    """Where entries are looked up by name: $KERAS_NORMREG_SAVED_MODELS, ./saved_models, and the
-    repository's saved_models/ (for a source checkout)."""
+    """Where entries are looked up by name, first match wins:
+
+    1. ``$KERAS_NORMREG_SAVED_MODELS`` (when set);
+    2. ``./saved_models`` (your own trainings, in the current folder);
+    3. the repository's ``saved_models/`` in a source checkout (the folder holding the package
+       also holds ``pyproject.toml``): the shipped entries, editable installs included;
+    4. :data:`PACKAGED_ENTRIES`: the same shipped entries inside an installed wheel.
+
+    Folders that do not exist are listed too (they hold nothing).
+    """
     dirs = []
     env = os.environ.get("KERAS_NORMREG_SAVED_MODELS")
     if env:
         dirs.append(Path(env))
     dirs.append(Path.cwd() / "saved_models")
-    dirs.append(Path(__file__).resolve().parent.parent / "saved_models")
+    checkout = PACKAGED_ENTRIES.parent.parent
+    if (checkout / "pyproject.toml").is_file():
+        dirs.append(checkout / "saved_models")
+    dirs.append(PACKAGED_ENTRIES)
     unique = []
     for d in dirs:
         if d not in unique:
@@ -462,7 +477,8 @@ def find_entry(name_or_path: str | os.PathLike) -> Path:
                 return d / p.name
     raise FileNotFoundError(
         f"No saved model entry at {str(name_or_path)!r} (a folder with card.json and "
-        f"model.keras). Known entries: {list_saved()}. Received: path={str(name_or_path)!r}")
+        f"model.keras). Known entries: {list_saved()}, looked up by name in "
+        f"{[str(d) for d in saved_models_dirs()]}. Received: path={str(name_or_path)!r}")
 
 
 def load_card(entry: str | os.PathLike) -> dict:

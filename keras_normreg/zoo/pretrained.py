@@ -1,4 +1,10 @@
-"""Trained zoo entries shipped in ``saved_models/``: ``zoo.load(name)``, ``zoo.list_pretrained()``."""
+"""Trained zoo entries: ``zoo.load(name)``, ``zoo.list_pretrained()``.
+
+The shipped entries are the repository's ``saved_models/``, carried by the installed package
+as ``keras_normreg/saved_models/``; names are looked up as
+:func:`keras_normreg.saving.saved_models_dirs` says (``$KERAS_NORMREG_SAVED_MODELS`` and
+``./saved_models`` first).
+"""
 
 from __future__ import annotations
 
@@ -13,7 +19,9 @@ def list_pretrained() -> list[str]:
 
 
 def load(name: str, *, return_card: bool = False):
-    """Load a trained entry by name (``"mnist1d_cnn1d_batch"``) or folder path.
+    """Load a trained entry by name (``"mnist1d_cnn1d_batch"``, looked up in
+    :func:`keras_normreg.saving.saved_models_dirs`) or folder path (any folder holding
+    ``card.json`` and ``model.keras``).
 
     The model file's sha256 is checked against its ``card.json`` first, then the model is loaded
     with ``keras.saving.load_model(safe_mode=True)``. With ``return_card`` returns
