@@ -1,4 +1,4 @@
-"""Bad inputs get a clear error (issue 16, item 8): the error type, a message that names the
+"""Bad inputs get a clear error: the error type, a message that names the
 argument or key and the value, and from the CLI one line on stderr, a non-zero exit and no
 traceback. bench/probe_bad_inputs.py tries many more and counts the clear ones."""
 
@@ -159,7 +159,7 @@ RECIPE = os.path.join(ROOT, "zoo", "digits_cnn_batch.toml")
     ('model.arch="resnet7"', ["model.arch", "resnet7", "cnn_digits"]),
     ('data.dataset="imagenet9"', ["data.dataset", "imagenet9", "mnist1d"]),
     ("optimizer.weight_decay=inf", ["optimizer.weight_decay=inf", "finite"]),
-    # item 6: names that become paths, keys that make sense only together, ignored settings
+    # names that become paths, keys that make sense only together, ignored settings
     ('name="../../x"', ["Config key 'name' must be one folder name", "name='../../x'"]),
     ("schedule.warmup_epochs=1000", ["'schedule.warmup_epochs' must not exceed 'train.epochs'",
                                      "schedule.warmup_epochs=1000.0, train.epochs=40"]),

@@ -85,7 +85,7 @@ def test_shipped_recipes_validate():
         assert cfg["name"] == os.path.splitext(os.path.basename(path))[0]
 
 
-# ---- one-line errors, --verbose, train --fresh/--resume (issue 16) ----
+# ---- one-line errors, --verbose, train --fresh/--resume ----
 
 def _recipe(tmp_path):
     p = tmp_path / "r.toml"

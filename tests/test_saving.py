@@ -376,7 +376,7 @@ def test_save_entry_disk_full_keeps_previous_entry(tmp_path, monkeypatch, where)
     saving.load_saved(entry)
 
 
-# -- names and folders that become paths (issue "Green on every fresh machine", item 6) -----------
+# -- names and folders that become paths ---------------------------------------------------------
 @pytest.mark.parametrize("bad", ["../../x", "..", "", ".hidden", "a/b"])
 def test_save_entry_refuses_a_name_that_is_not_one_folder_name(tmp_path, bad):
     cfg = dict(_cfg(tmp_path), name=bad)  # a recipe built by hand, past the schema
