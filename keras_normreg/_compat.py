@@ -214,7 +214,7 @@ def optimizer_uses_weight_decay(optimizer: keras.optimizers.Optimizer, variable)
 
 
 # ------------------------------------------------------------------------------------------
-# Stateless calls (added for the layers on the JAX backend, branch h5-layers-backends).
+# Stateless calls (the layers on the JAX backend).
 # JAX's trainer runs every step inside a keras.StatelessScope and keeps only the assignments
 # to NON-trainable variables; a layer that must assign a trainable one (WeightNormalization's
 # data init) checks these to fail loudly instead of silently losing the assignment.
