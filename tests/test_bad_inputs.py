@@ -51,8 +51,13 @@ def test_python_api_refuses_non_finite_numbers(make, name, shown):
 
 def test_sgdp_accepts_a_schedule_and_zero():
     schedule = keras.optimizers.schedules.ExponentialDecay(0.1, 10, 0.5)
-    assert optimizers.SGDP(schedule).learning_rate is not None
-    optimizers.SGDP(0.0)
+    opt = optimizers.SGDP(schedule)
+    # the schedule is followed: 0.1 * 0.5 ** (step / 10); float32 pow and product, a few ulp
+    opt.iterations.assign(10)
+    assert float(opt.learning_rate) == pytest.approx(0.05, rel=1e-6)
+    opt.iterations.assign(30)
+    assert float(opt.learning_rate) == pytest.approx(0.0125, rel=1e-6)
+    assert float(optimizers.SGDP(0.0).learning_rate) == 0.0
 
 
 @pytest.mark.parametrize("section, key, value", [
