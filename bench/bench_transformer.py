@@ -1,7 +1,7 @@
 """zoo GPT (gpt_modular) vs the same GPT in plain Keras, and the nGPT twin vs the zoo pre-LN GPT.
 
-Commands (one backend per process: Keras picks its backend at import; numbers with the load in
-the report of the issue "Transformers on the sphere")::
+Commands (one backend per process: Keras picks its backend at import; numbers, with the machine's
+load, in docs/benchmarks.md, section Transformers)::
 
     KERAS_BACKEND=jax .venv/bin/python bench/bench_transformer.py         # ~2-4 min on 2 cores
     KERAS_BACKEND=tensorflow .venv/bin/python bench/bench_transformer.py  # auto and XLA: ~4-6 min

@@ -1,4 +1,4 @@
-"""Try many bad inputs and count the clear errors (issue 16, item 8).
+"""Try many bad inputs and count the clear errors.
 
 Clear means:
 
@@ -74,7 +74,7 @@ TRAIN_SETS = [
     ("train.epochs=0",), ("train.epochs=-3",), ("train.epochs=1.5",),
     ('train.strategy="warp"',), ("train.verbose=5",), ('train.seed="x"',),
     ("bogus.key=1", "bogus"), ("name=5",), ("train=3",),
-    # names that would become wrong paths; values that make sense only together (item 6)
+    # names that would become wrong paths; values that make sense only together
     ('name="../../x"', "../../x"), ('name=""',), ('name="."',), ('name=".hidden"',),
     ('name="a/b"',), ("optimizer.learning_rate=1e39",), ("optimizer.weight_decay=1e-50",),
     ("regularization.l2=1e40",), ("schedule.final_fraction=1.5",),

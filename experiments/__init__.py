@@ -1,11 +1,11 @@
 """Experiments and benchmark helpers of the source checkout (not part of the installed package).
 
-* :mod:`experiments.l2_vs_bn` — ``keras-normreg study l2-vs-bn``: BN + L2 vs unit norm vs no BN
+* :mod:`experiments.l2_vs_bn` — ``keras-normreg experiment l2-vs-bn``: BN + L2 vs unit norm vs no BN
   on MNIST-1D, with a Markdown report (prose in ``experiments/templates/l2_vs_bn.md``) and plots.
-* :mod:`experiments.eta_only` — ``keras-normreg study eta-only``: with the BN'd kernels on the
+* :mod:`experiments.eta_only` — ``keras-normreg experiment eta-only``: with the BN'd kernels on the
   sphere, is tuning η alone enough? Four arms of grids × 3 seeds on MNIST-1D, a report (prose in
   ``experiments/templates/eta_only.md``), table, plots and the random-search statistic.
-* :mod:`experiments.grokking` — ``keras-normreg study grokking``: on modular addition, does the
+* :mod:`experiments.grokking` — ``keras-normreg experiment grokking``: on modular addition, does the
   sphere (Q/K on the sphere, nGPT) remove the delay between memorizing and generalizing, and the
   decay hyperparameter? AdamW / Adam + L2 over λ, the sphere arms over η, a reference; a report
   (prose in ``experiments/templates/grokking.md``), figures and the random-search statistic.

@@ -1,9 +1,8 @@
-"""The ``eta-only`` study: with the normalized kernels on the sphere, is tuning η alone enough?
+"""The ``eta-only`` experiment: with the normalized kernels on the sphere, is tuning η alone enough?
 
-An experiment of the source checkout (issue 17, item 1), not part of the installed package. One
-command runs it::
+An experiment of the source checkout, not part of the installed package. One command runs it::
 
-    python -m experiments.eta_only            # or: keras-normreg study eta-only
+    python -m experiments.eta_only            # or: keras-normreg experiment eta-only
 
 and writes ``docs/study_eta_only.md`` (the report, rendered from the results by
 :func:`render` with the prose of ``experiments/templates/eta_only.md``) and, under
@@ -1285,7 +1284,7 @@ def _verdict(t, analysis) -> str:
 def cli(*, epochs=None, out=DEFAULT_OUT, which="eta-only", quick=False, workers=None,
         dry_run=False, render_only=False, calibrate_only=False, settings=None,
         command=None) -> int:
-    """The study's command (``keras-normreg study eta-only`` and ``python -m
+    """The experiment's command (``keras-normreg experiment eta-only`` and ``python -m
     experiments.eta_only`` call it); returns the exit code (2: bad arguments). ``settings``:
     more :class:`Settings` fields (``--set name=value``)."""
     try:
@@ -1326,7 +1325,7 @@ def cli(*, epochs=None, out=DEFAULT_OUT, which="eta-only", quick=False, workers=
 def main(argv=None) -> int:
     p = argparse.ArgumentParser(
         prog="python -m experiments.eta_only",
-        description="The eta-only study (issue 17): is tuning η alone enough with the "
+        description="The eta-only experiment: is tuning η alone enough with the "
                     "BN'd kernels on the sphere? Four arms on MNIST-1D, see the module "
                     "docstring.")
     p.add_argument("--out", default=DEFAULT_OUT,

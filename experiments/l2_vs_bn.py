@@ -1,7 +1,7 @@
-"""The ``l2-vs-bn`` study: what does L2 do to a batch-normalized network?
+"""The ``l2-vs-bn`` experiment: what does L2 do to a batch-normalized network?
 
 An experiment of the source checkout, not part of the installed package:
-``keras-normreg study l2-vs-bn [--epochs N] [--out docs/study_l2_vs_bn]`` (run from a checkout,
+``keras-normreg experiment l2-vs-bn [--epochs N] [--out docs/study_l2_vs_bn]`` (run from a checkout,
 e.g. after ``pip install -e .``) calls :func:`cli`, which runs :func:`run_l2_vs_bn`: the 1-D CNN of the zoo (``cnn1d``: 4 × [Conv1D → BN → ReLU], GAP, Dense)
 on MNIST-1D (4000 train / 1000 test), SGD with momentum at a constant learning rate, and
 
@@ -249,7 +249,7 @@ def run_l2_vs_bn(epochs=30, out_dir="docs/study_l2_vs_bn", *, l2_values=DEFAULT_
 
 
 def cli(*, epochs=30, out="docs/study_l2_vs_bn", which="l2-vs-bn") -> int:
-    """``keras-normreg study l2-vs-bn [--epochs N] [--out DIR]``: the CLI's handler calls this
+    """``keras-normreg experiment l2-vs-bn [--epochs N] [--out DIR]``: the CLI's handler calls this
     with the parsed values; returns the exit code (2: bad ``epochs``)."""
     if epochs < 1:
         print(f"keras-normreg study: error: --epochs must be >= 1. Received: epochs={epochs}",
@@ -466,7 +466,7 @@ def _discussion(t, results, bn, unit, pinned, nobn):
 
 
 def _matched_item(t, results, ref, unit, pinned):
-    """Item 4: the λ run against its matched unit-norm / pinned runs."""
+    """The report's item 4: the λ run against its matched unit-norm / pinned runs."""
     rl = ref["last_epoch_conv_mean"]
 
     def facts(run):

@@ -214,7 +214,7 @@ def optimizer_uses_weight_decay(optimizer: keras.optimizers.Optimizer, variable)
 
 
 # ------------------------------------------------------------------------------------------
-# Stateless calls (added for the layers on the JAX backend, branch h5-layers-backends).
+# Stateless calls (the layers on the JAX backend).
 # JAX's trainer runs every step inside a keras.StatelessScope and keeps only the assignments
 # to NON-trainable variables; a layer that must assign a trainable one (WeightNormalization's
 # data init) checks these to fail loudly instead of silently losing the assignment.
@@ -231,9 +231,9 @@ def stored_value(variable):
 
 
 # ------------------------------------------------------------------------------------------
-# Distributed studies under faults (added by branch f-dist, issue 16): the study oracle keeps
-# its state consistent, hands the trial of a silent worker back and writes checkpoints
-# atomically; these reach into keras-tuner 1.4's Oracle / Tuner internals.
+# Distributed studies under faults: the study oracle keeps its state consistent, hands the
+# trial of a silent worker back and writes checkpoints atomically; these reach into
+# keras-tuner 1.4's Oracle / Tuner internals.
 def oracle_retry_queue(oracle) -> list:
     """The trial ids waiting to be run again (``_retry_queue``; ``create_trial`` pops the
     last one first)."""
@@ -261,9 +261,9 @@ def set_checkpoint_writer(callback, write) -> None:
 
 
 # ------------------------------------------------------------------------------------------
-# Who may use the oracle (issue "Green on every fresh machine", item 4): keras-tuner's worker
-# client builds its own ``grpc.insecure_channel`` in ``OracleClient.__init__`` and keeps only
-# the stub; the study gives it a stub over its own channel (TLS, the secret on every call).
+# Who may use the oracle (a shared secret, optionally TLS): keras-tuner's worker client
+# builds its own ``grpc.insecure_channel`` in ``OracleClient.__init__`` and keeps only the
+# stub; the study gives it a stub over its own channel (TLS, the secret on every call).
 def oracle_client_class():
     """keras-tuner's worker-side oracle proxy (``distribute.oracle_client.OracleClient``)."""
     from keras_tuner.src.distribute import oracle_client

@@ -1,7 +1,9 @@
 """The ``keras-normreg`` command line.
 
 Subcommands: ``list`` (models, datasets), ``train RECIPE.toml [--set key=value ...]``,
-``evaluate``, ``tune`` and ``demo``.
+``evaluate``, ``tune`` and ``demo`` (keras-tuner studies), and ``experiment NAME`` (the
+document-producing experiments of a source checkout; ``study NAME``, its old name, still works
+and says so).
 
 The console script enters through the top-level module ``keras_normreg_cli`` (outside this
 package, whose ``__init__`` imports Keras): it answers ``list`` from the static catalog
@@ -165,18 +167,26 @@ def _parser() -> argparse.ArgumentParser:
                    help="run only the first N trials of the grid")
     s.add_argument("--directory", default=None, help="override output.directory")
 
-    s = sub.add_parser("study", help="diagnostic studies with a Markdown report "
-                                     "(l2-vs-bn: L2 vs BatchNorm on MNIST-1D; eta-only: is "
-                                     "tuning η alone enough with the kernels on the sphere?)")
-    s.add_argument("which", choices=tuple(STUDIES), help="the study to run")
+    s = sub.add_parser(
+        "experiment", aliases=list(RENAMED_COMMANDS),
+        help="run an experiment that writes a Markdown report (l2-vs-bn: L2 vs BatchNorm on "
+             "MNIST-1D; eta-only: is tuning η alone enough with the kernels on the sphere?; "
+             "grokking: does the sphere remove the delay of grokking on modular addition?); "
+             "`study` is its old name",
+        description="Run one of the experiments of the source checkout (experiments/): each "
+                    "writes docs/study_<name>.md and its data. (`keras-normreg study NAME`, the "
+                    "old name of this command, still works.) Example: keras-normreg experiment "
+                    "l2-vs-bn --epochs 5")
+    s.add_argument("which", choices=tuple(EXPERIMENTS), help="the experiment to run")
     s.add_argument("--epochs", type=int, default=None,
-                   help="epochs per run (default: l2-vs-bn 30, eta-only 20)")
+                   help="epochs per run (default: l2-vs-bn 30, eta-only 20; grokking counts "
+                        "steps and refuses it)")
     s.add_argument("--out", default=None,
                    help="folder for figures and data; the report is <out>.md (default: "
-                        "docs/study_l2_vs_bn, docs/study_eta_only)")
+                        "docs/study_l2_vs_bn, docs/study_eta_only, docs/study_grokking)")
     # --verbose is accepted after the command too (`keras-normreg train r.toml --verbose`);
     # SUPPRESS keeps a subcommand from overwriting the global flag with its default
-    for subparser in sub.choices.values():
+    for subparser in dict.fromkeys(sub.choices.values()):  # once each: aliases share one
         _verbose_argument(subparser, argparse.SUPPRESS)
     return p
 
@@ -305,12 +315,12 @@ def _cmd_train(args) -> int:
 
 
 def _cmd_evaluate(args) -> int:
-    from keras_normreg import evaluate, saving
+    from keras_normreg import saving
 
     _check_folder_option("--data-dir", args.data_dir)
     try:
-        report = evaluate.evaluate_saved(args.path, data_dir=args.data_dir, strict=False)
-    except (evaluate.CardError, evaluate.ChecksumError, saving.EntryLoadError) as e:
+        report = saving.evaluate_saved(args.path, data_dir=args.data_dir, strict=False)
+    except (saving.CardError, saving.ChecksumError, saving.EntryLoadError) as e:
         if getattr(args, "verbose", False):
             raise
         print(f"keras-normreg evaluate: error: {one_line(e)}", file=sys.stderr)
@@ -408,30 +418,39 @@ def _source_root() -> str:
     return os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 
 
-#: ``keras-normreg study NAME`` -> the module of the source checkout that runs it (its
-#: ``cli(epochs=, out=, which=)``; an option left out keeps the study's own default).
-STUDIES = {"l2-vs-bn": "experiments.l2_vs_bn", "eta-only": "experiments.eta_only",
-           "grokking": "experiments.grokking.study"}
+#: ``keras-normreg experiment NAME`` -> the module of the source checkout that runs it (its
+#: ``cli(epochs=, out=, which=)``; an option left out keeps the experiment's own default).
+#: "Experiment" is a run that writes a document (docs/study_<name>.md); a "study" is a
+#: keras-tuner search (``keras-normreg tune``).
+EXPERIMENTS = {"l2-vs-bn": "experiments.l2_vs_bn", "eta-only": "experiments.eta_only",
+               "grokking": "experiments.grokking.study"}
+
+#: Old command names -> the command that replaced them (they still run it, after a note).
+RENAMED_COMMANDS = {"study": "experiment"}
 
 
-def _cmd_study(args) -> int:
-    # The studies are experiments of the source checkout (experiments/), not of the package.
+def _cmd_experiment(args) -> int:
+    # The experiments are part of the source checkout (experiments/), not of the package.
+    new_name = RENAMED_COMMANDS.get(args.command)
+    if new_name is not None:
+        print(f"keras-normreg {args.command}: note: the command is now `keras-normreg "
+              f"{new_name}` (`{args.command}` still works).", file=sys.stderr)
     root = _source_root()
-    module = STUDIES[args.which]
+    module = EXPERIMENTS[args.which]
     if not os.path.isfile(os.path.join(root, *module.split(".")) + ".py"):
-        print(f"keras-normreg study: error: the studies run from a source checkout (no "
-              f"experiments/ next to the installed package in {root}); clone the repository, "
-              f"`pip install -e .` in it and run `keras-normreg study {args.which}` there.",
-              file=sys.stderr)
+        print(f"keras-normreg {args.command}: error: the experiments run from a source "
+              f"checkout (no experiments/ next to the installed package in {root}); clone the "
+              f"repository, `pip install -e .` in it and run `keras-normreg experiment "
+              f"{args.which}` there.", file=sys.stderr)
         return 2
     if root not in sys.path:
         sys.path.insert(0, root)
     import importlib
 
-    study = importlib.import_module(module)
+    experiment = importlib.import_module(module)
     _check_folder_option("--out", args.out)
     options = {k: v for k, v in (("epochs", args.epochs), ("out", args.out)) if v is not None}
-    return study.cli(**options, which=args.which)
+    return experiment.cli(**options, which=args.which)
 
 
 COMMANDS = {
@@ -440,8 +459,9 @@ COMMANDS = {
     "evaluate": _cmd_evaluate,
     "tune": _cmd_tune,
     "demo": _cmd_demo,
-    "study": _cmd_study,
+    "experiment": _cmd_experiment,
 }
+COMMANDS.update({old: COMMANDS[new] for old, new in RENAMED_COMMANDS.items()})
 
 
 #: What main() reports as one line (exit 2) instead of a traceback: config errors, unknown

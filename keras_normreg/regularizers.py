@@ -20,7 +20,7 @@ computes the same function for ``c * W`` as for ``W`` (any ``c > 0``, in trainin
 normalization's epsilon). L2 on such a kernel does not regularize the function; it only shrinks
 ``||W||``, which raises the effective learning rate ``lr / ||W||²`` (van Laarhoven 2017).
 :func:`apply` therefore skips scale-invariant kernels by default
-(``skip_scale_invariant="auto"``, found by :func:`keras_normreg._invariance.find_scale_invariant`)
+(``skip_scale_invariant="auto"``, found by :func:`keras_normreg.invariance.find_scale_invariant`)
 and regularizes the rest, e.g. the final Dense classifier.
 """
 
@@ -206,7 +206,7 @@ def apply(model, regularizer, targets=("kernel",), include=None, exclude=None,
             still matched against the variable path and the layer name).
         exclude: never these (same forms as ``include``).
         skip_scale_invariant: ``"auto"`` (default) leaves alone the weights that
-            :func:`keras_normreg._invariance.find_scale_invariant` proves scale-invariant
+            :func:`keras_normreg.invariance.find_scale_invariant` proves scale-invariant
             (L2 there only changes the effective learning rate, not the function); False
             regularizes them anyway.
 

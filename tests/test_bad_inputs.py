@@ -1,4 +1,4 @@
-"""Bad inputs get a clear error (issue 16, item 8): the error type, a message that names the
+"""Bad inputs get a clear error: the error type, a message that names the
 argument or key and the value, and from the CLI one line on stderr, a non-zero exit and no
 traceback. bench/probe_bad_inputs.py tries many more and counts the clear ones."""
 
@@ -51,8 +51,13 @@ def test_python_api_refuses_non_finite_numbers(make, name, shown):
 
 def test_sgdp_accepts_a_schedule_and_zero():
     schedule = keras.optimizers.schedules.ExponentialDecay(0.1, 10, 0.5)
-    assert optimizers.SGDP(schedule).learning_rate is not None
-    optimizers.SGDP(0.0)
+    opt = optimizers.SGDP(schedule)
+    # the schedule is followed: 0.1 * 0.5 ** (step / 10); float32 pow and product, a few ulp
+    opt.iterations.assign(10)
+    assert float(opt.learning_rate) == pytest.approx(0.05, rel=1e-6)
+    opt.iterations.assign(30)
+    assert float(opt.learning_rate) == pytest.approx(0.0125, rel=1e-6)
+    assert float(optimizers.SGDP(0.0).learning_rate) == 0.0
 
 
 @pytest.mark.parametrize("section, key, value", [
@@ -159,7 +164,7 @@ RECIPE = os.path.join(ROOT, "zoo", "digits_cnn_batch.toml")
     ('model.arch="resnet7"', ["model.arch", "resnet7", "cnn_digits"]),
     ('data.dataset="imagenet9"', ["data.dataset", "imagenet9", "mnist1d"]),
     ("optimizer.weight_decay=inf", ["optimizer.weight_decay=inf", "finite"]),
-    # item 6: names that become paths, keys that make sense only together, ignored settings
+    # names that become paths, keys that make sense only together, ignored settings
     ('name="../../x"', ["Config key 'name' must be one folder name", "name='../../x'"]),
     ("schedule.warmup_epochs=1000", ["'schedule.warmup_epochs' must not exceed 'train.epochs'",
                                      "schedule.warmup_epochs=1000.0, train.epochs=40"]),

@@ -45,7 +45,14 @@ def _check_section(section):
     assert flat
     for v in flat:
         assert _finite_positive(v["per_s"]) and _finite_positive(v["ms_per_step"])
-        assert v["per_s"] * v["ms_per_step"] / 1e3 > 0
+    # per_s = batch / t and ms_per_step = 1e3 t, so per_s * ms_per_step / 1e3 is the batch: a
+    # whole number, the same for every arm of a group (float64, two roundings: rel 1e-12)
+    groups = list(tp.values()) if all("per_s" not in v for v in tp.values()) else [tp]
+    for group in groups:
+        batches = [v["per_s"] * v["ms_per_step"] / 1e3 for v in group.values()]
+        batch = round(batches[0])
+        assert batch >= 1
+        assert batches == pytest.approx([batch] * len(batches), rel=1e-12), batches
 
 
 # ---------------------------------------------------------------------- the PyTorch reference

@@ -85,7 +85,7 @@ def test_shipped_recipes_validate():
         assert cfg["name"] == os.path.splitext(os.path.basename(path))[0]
 
 
-# ---- one-line errors, --verbose, train --fresh/--resume (issue 16) ----
+# ---- one-line errors, --verbose, train --fresh/--resume ----
 
 def _recipe(tmp_path):
     p = tmp_path / "r.toml"
@@ -215,12 +215,12 @@ def test_bad_recipe_values_before_training(tmp_path, monkeypatch, capsys, key, v
 
 
 def test_evaluate_load_error_exits_1(monkeypatch, capsys):
-    from keras_normreg import evaluate, saving
+    from keras_normreg import saving
 
     def fail(*a, **k):
         raise saving.EntryLoadError("e/model.keras: cannot be loaded (BadZipFile: bad)")
 
-    monkeypatch.setattr(evaluate, "evaluate_saved", fail)
+    monkeypatch.setattr(saving, "evaluate_saved", fail)
     assert cli.main(["evaluate", "e"]) == 1
     err = capsys.readouterr().err
     _one_error_line(err, "evaluate")

@@ -325,9 +325,13 @@ def test_oracle_client_sends_its_calls_over_the_channel_given(tmp_path, monkeypa
 
 
 def test_sequential_functional():
-    built = keras.Sequential([keras.Input((3,)), keras.layers.Dense(2)])
+    dense = keras.layers.Dense(2)
+    built = keras.Sequential([keras.Input((3,)), dense])
     graph = _compat.sequential_functional(built)
-    assert isinstance(graph, keras.Model) and graph.outputs
+    # the Sequential's own graph: its input and output shapes, through the same Dense layer
+    assert [tuple(t.shape) for t in graph.inputs] == [(None, 3)]
+    assert [tuple(t.shape) for t in graph.outputs] == [(None, 2)]
+    assert [la for la in graph.layers if la.weights] == [dense]
     unbuilt = keras.Sequential([keras.layers.Dense(2)])
     assert _compat.sequential_functional(unbuilt) is None
 

@@ -168,7 +168,7 @@ def test_choice_fields_of_the_recipe_schema():
     assert "optimizer.learning_rate" not in fields and "train.strategy" not in fields
 
 
-# -- input checked as a whole (issue "Green on every fresh machine", item 6) ---------------------
+# -- input checked as a whole: names that become paths, keys checked together, float32 range ---
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 BASE = {"name": "x", "model": {"arch": "cnn1d"}, "data": {"dataset": "mnist1d"}}
 F32_MAX = 3.4028234663852886e38  # (2 - 2**-23) * 2**127, the largest finite float32

@@ -28,7 +28,8 @@ def _w(shape=(4, 3, 5), seed=0):
 
 
 def _conv_bn_relu_net(*, bias=True, name_prefix=""):
-    """conv -> BN -> relu -> GAP -> dense: the network of the issue."""
+    """conv -> BN -> relu -> GAP -> dense: a small net with a scale-invariant kernel (conv) and
+    one that is not (dense)."""
     inp = keras.Input((8, 8, 3))
     x = L.Conv2D(6, 3, use_bias=bias, name="conv")(inp)
     x = L.BatchNormalization(epsilon=1e-8, name="bn")(x)

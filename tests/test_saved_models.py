@@ -6,7 +6,7 @@ import shutil
 
 import pytest
 
-from keras_normreg import evaluate, zoo
+from keras_normreg import saving, zoo
 
 ROOT = os.path.join(os.path.dirname(os.path.dirname(os.path.abspath(__file__))), "saved_models")
 ENTRIES = sorted(d for d in os.listdir(ROOT)
@@ -21,7 +21,7 @@ def test_entries_shipped():
 
 @pytest.mark.parametrize("name", ENTRIES)
 def test_entry_reevaluates_exactly(name, tmp_path):
-    report = evaluate.evaluate_saved(os.path.join(ROOT, name), data_dir=str(tmp_path / "tfds"))
+    report = saving.evaluate_saved(os.path.join(ROOT, name), data_dir=str(tmp_path / "tfds"))
     assert report["match"]
     assert report["measured"]["test_correct"] == report["card"]["test_correct"]
 
@@ -36,7 +36,7 @@ def test_best_mnist1d_entry_reaches_098():
 def test_zoo_load_by_name_checks_sha(tmp_path, monkeypatch):
     name = ENTRIES[0]
     model = zoo.load(name)
-    card = evaluate.load_card(os.path.join(ROOT, name))
+    card = saving.load_card(os.path.join(ROOT, name))
     assert model.count_params() == card["parameters"]
     # a corrupted copy is refused with a clear error
     copy = tmp_path / name
@@ -44,5 +44,5 @@ def test_zoo_load_by_name_checks_sha(tmp_path, monkeypatch):
     with open(copy / "model.keras", "r+b") as f:
         f.seek(100)
         f.write(b"\x00\x01\x02")
-    with pytest.raises(evaluate.ChecksumError, match="does not match the card"):
+    with pytest.raises(saving.ChecksumError, match="does not match the card"):
         zoo.load(str(copy))

@@ -81,11 +81,12 @@ def test_find_and_list_by_name(tmp_path, monkeypatch):
 
 
 def test_old_names_are_the_saving_functions():
-    assert evaluate.load_saved is saving.load_saved
-    assert evaluate.evaluate_saved is saving.evaluate_saved
-    assert evaluate.ChecksumError is saving.ChecksumError
-    assert evaluate.CardError is saving.CardError
-    assert evaluate.MetricMismatchError is saving.MetricMismatchError
+    with pytest.warns(DeprecationWarning, match="keras_normreg.saving"):
+        assert evaluate.load_saved is saving.load_saved
+        assert evaluate.evaluate_saved is saving.evaluate_saved
+        assert evaluate.ChecksumError is saving.ChecksumError
+        assert evaluate.CardError is saving.CardError
+        assert evaluate.MetricMismatchError is saving.MetricMismatchError
     assert train.evaluate_model is saving.evaluate_model
     assert train.file_sha256 is saving.file_sha256
     assert train.save_entry is saving.save_entry
@@ -375,7 +376,7 @@ def test_save_entry_disk_full_keeps_previous_entry(tmp_path, monkeypatch, where)
     saving.load_saved(entry)
 
 
-# -- names and folders that become paths (issue "Green on every fresh machine", item 6) -----------
+# -- names and folders that become paths ---------------------------------------------------------
 @pytest.mark.parametrize("bad", ["../../x", "..", "", ".hidden", "a/b"])
 def test_save_entry_refuses_a_name_that_is_not_one_folder_name(tmp_path, bad):
     cfg = dict(_cfg(tmp_path), name=bad)  # a recipe built by hand, past the schema

@@ -8,7 +8,7 @@ import keras_tuner as kt
 import numpy as np
 import pytest
 
-from keras_normreg import config, distribute, evaluate, train
+from keras_normreg import config, distribute, saving, train
 from keras_normreg.tuning.hypermodel import NormRegHyperModel
 
 
@@ -69,15 +69,15 @@ def test_train_save_card_and_evaluate(tmp_path):
     assert card["hardware"]["jit_compile"] is result.model.jit_compile
     assert card["command"] == "pytest"
     assert config.load_recipe(entry / "recipe.toml") == cfg
-    report = evaluate.evaluate_saved(entry)
+    report = saving.evaluate_saved(entry)
     assert report["match"]
     assert report["measured"]["test_correct"] == card["metrics"]["test_correct"]
 
     # a corrupted model file is detected before loading
     with open(entry / "model.keras", "ab") as f:
         f.write(b"junk")
-    with pytest.raises(evaluate.ChecksumError, match="does not match the card"):
-        evaluate.load_saved(entry)
+    with pytest.raises(saving.ChecksumError, match="does not match the card"):
+        saving.load_saved(entry)
 
 
 def test_seed_zero_trains(tmp_path):
@@ -93,16 +93,16 @@ def test_card_errors(tmp_path):
     entry = tmp_path / "e"
     entry.mkdir()
     (entry / "model.keras").write_bytes(b"x")
-    with pytest.raises(evaluate.CardError, match="card.json is missing"):
-        evaluate.load_card(entry)
+    with pytest.raises(saving.CardError, match="card.json is missing"):
+        saving.load_card(entry)
     (entry / "card.json").write_text("{not json")
-    with pytest.raises(evaluate.CardError, match="not valid JSON"):
-        evaluate.load_card(entry)
+    with pytest.raises(saving.CardError, match="not valid JSON"):
+        saving.load_card(entry)
     (entry / "card.json").write_text(json.dumps({"name": "e"}))
-    with pytest.raises(evaluate.CardError, match="lacks required keys"):
-        evaluate.load_card(entry)
+    with pytest.raises(saving.CardError, match="lacks required keys"):
+        saving.load_card(entry)
     with pytest.raises(FileNotFoundError, match="No saved model entry"):
-        evaluate.find_entry(tmp_path / "nope")
+        saving.find_entry(tmp_path / "nope")
 
 
 def test_metric_mismatch_detected(tmp_path):
@@ -112,9 +112,9 @@ def test_metric_mismatch_detected(tmp_path):
     card = json.loads((entry / "card.json").read_text())
     card["metrics"]["test_accuracy"] = min(1.0, card["metrics"]["test_accuracy"] + 0.01)
     (entry / "card.json").write_text(json.dumps(card))
-    with pytest.raises(evaluate.MetricMismatchError, match="the card says"):
-        evaluate.evaluate_saved(entry)
-    assert not evaluate.evaluate_saved(entry, strict=False)["match"]
+    with pytest.raises(saving.MetricMismatchError, match="the card says"):
+        saving.evaluate_saved(entry)
+    assert not saving.evaluate_saved(entry, strict=False)["match"]
 
 
 class _Kill(keras.callbacks.Callback):

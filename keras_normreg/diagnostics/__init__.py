@@ -9,8 +9,8 @@
   TensorBoard; warns once when L2 sits on scale-invariant weights.
 * :mod:`~keras_normreg.diagnostics.plots` — the figures of a :class:`NormMonitor` CSV.
 
-The ``keras-normreg study l2-vs-bn`` experiment (BN + L2 vs unit norm vs no BN on MNIST-1D,
-with a Markdown report) is ``experiments/l2_vs_bn.py`` of the source checkout, built on these.
+``keras-normreg experiment l2-vs-bn`` (BN + L2 vs unit norm vs no BN on MNIST-1D, with a
+Markdown report) runs ``experiments/l2_vs_bn.py`` of the source checkout, built on these.
 """
 
 from keras_normreg.diagnostics.auditor import AuditRow, InvarianceReport, scale_invariant_weights

@@ -3,7 +3,7 @@
 :func:`scale_invariant_weights` answers twice, independently, for every analysed weight (kernels,
 depthwise kernels, embeddings, normalization scales ``gamma``, WeightNormalization ``v``/``g``):
 
-1. **Graph walk** (:func:`keras_normreg._invariance.explain_scale_invariance`): the weight is
+1. **Graph walk** (:func:`keras_normreg.invariance.explain_scale_invariance`): the weight is
    proved scale-invariant when everything between it and a normalization layer is linear or
    positively homogeneous (conv -> BN, conv -> ReLU -> conv -> BN, ...) and every path to the
    outputs goes through such a normalization. The reason names the normalization and the layers

@@ -299,7 +299,7 @@ class NormMonitor(keras.callbacks.Callback):
             ``step, epoch, variable, lr`` and the metrics (appended at each epoch end; the file
             is overwritten when training starts for the first time).
         layers: ``"scale_invariant"`` (default: the weights
-            :func:`keras_normreg._invariance.find_scale_invariant` proves invariant),
+            :func:`keras_normreg.invariance.find_scale_invariant` proves invariant),
             ``"all"`` (every kernel / depthwise kernel / embedding) or a list of layer names or
             variable paths (a layer contributes its kernel-like weights).
         warn: warn once (``UserWarning``) when an L2 regularizer sits on a scale-invariant

@@ -10,7 +10,7 @@ A *granularity* tells which axes a sphere weight is normalized over:
 
 Retraction keeps the function unchanged only if the model is invariant to rescaling each
 normalized group *separately*. The invariance analysis states that in the ``granularity`` field
-of each :class:`keras_normreg._invariance.ScaleInvariance` (``"unit"`` only where per-unit
+of each :class:`keras_normreg.invariance.ScaleInvariance` (``"unit"`` only where per-unit
 invariance is certain, ``"tensor"`` otherwise, which is always function-preserving);
 :func:`granularities` reads it.
 
@@ -115,7 +115,7 @@ def norms(x, granularity="unit", epsilon=0.0):
 
 def granularities(found):
     """``{path: granularity}`` of the invariant entries of ``found`` (``{path:
-    ScaleInvariance}``, as :func:`keras_normreg._invariance.find_scale_invariant` returns)."""
+    ScaleInvariance}``, as :func:`keras_normreg.invariance.find_scale_invariant` returns)."""
     return {path: v.granularity for path, v in found.items() if v.invariant}
 
 

@@ -225,7 +225,7 @@ class DecoupledWeightDecay(keras.optimizers.Optimizer):
     disappears as a hyperparameter for them ("force ‖w‖ = 1", van Laarhoven 2017). Weights
     listed by ``sphere`` rules are retracted per unit (your assertion that each unit is
     scale-invariant). Weights found by :meth:`bind` get the ``granularity`` the invariance
-    analysis reports (:class:`keras_normreg._invariance.ScaleInvariance`). That is per unit
+    analysis reports (:class:`keras_normreg.invariance.ScaleInvariance`). That is per unit
     where per-unit invariance is certain (Dense/Conv kernel -> channel-wise layers -> BatchNorm
     over channels; a WeightNormalization ``v`` over its own norm axes). Otherwise it is one
     norm for the whole tensor (``w ← w / ‖w‖ · r``, e.g. a kernel before LayerNormalization or
@@ -302,7 +302,7 @@ class DecoupledWeightDecay(keras.optimizers.Optimizer):
         scale_invariant: ``None`` / ``"none"`` (no special treatment), ``"exclude"``
             (scale-invariant weights are not decayed) or ``"sphere"`` (they are kept at a fixed
             norm, per unit or per tensor as above). Detection is automatic: :meth:`bind` runs
-            ``keras_normreg._invariance.find_scale_invariant``; or give
+            ``keras_normreg.invariance.find_scale_invariant``; or give
             ``scale_invariant_paths``. Training without either raises a ValueError.
         scale_invariant_paths: explicit variable paths (each retracted per unit in sphere
             mode) or ``{path: "unit" | "tensor" | [axes]}``; filled in by :meth:`bind` and
@@ -447,7 +447,7 @@ class DecoupledWeightDecay(keras.optimizers.Optimizer):
     def bind(self, model):
         """Resolve ``scale_invariant`` for ``model`` and return ``self`` (chainable).
 
-        Runs ``keras_normreg._invariance.find_scale_invariant(model)`` and stores the found
+        Runs ``keras_normreg.invariance.find_scale_invariant(model)`` and stores the found
         variable paths with their ``granularity`` in ``scale_invariant_paths`` (saved with the
         optimizer config) and the reasons in ``scale_invariant_reasons``. Must run before the optimizer is built (before
         the first training step) on a built model.

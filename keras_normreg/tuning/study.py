@@ -19,7 +19,7 @@ server checks before keras-tuner's servicer sees the call (:class:`_SecretCheck`
 keras-tuner client is given a channel that adds it (:func:`oracle_channel`), over TLS when the
 chief has a certificate.
 
-Faults (issue 16): the oracle (:class:`_StudyOracle`) saves its state atomically and after each
+Faults: the oracle (:class:`_StudyOracle`) saves its state atomically and after each
 trial has left ``ongoing_trials``, so a finished study reruns nothing; a worker sends a
 heartbeat while it trains, and one silent for ``distributed.worker_timeout`` seconds loses its
 trial to another worker (its late reports, tagged with its id, are ignored); checkpoints are

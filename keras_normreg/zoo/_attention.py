@@ -2,7 +2,7 @@
 
 The projections of attention are Keras' own ``EinsumDense`` layers (queries, keys, values:
 ``"btd,dhk->bthk"``; output: ``"bthk,hkd->btd"``), so the scale-invariance analysis
-(:mod:`keras_normreg._invariance`) reads them like any Dense layer. What is left is here, all
+(:mod:`keras_normreg.invariance`) reads them like any Dense layer. What is left is here, all
 serializable with ``safe_mode=True``:
 
 * :class:`ScaledDotProductAttention`: the weightless ``softmax(q k^T * scale [+ causal mask]) v``;

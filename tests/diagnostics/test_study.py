@@ -122,9 +122,9 @@ def test_cli_study_outside_a_source_checkout(monkeypatch, capsys, tmp_path):
     calls = []
     monkeypatch.setattr(study, "run_l2_vs_bn", lambda **kw: calls.append(kw))
     monkeypatch.setattr(cli, "_source_root", lambda: str(tmp_path))
-    assert cli.main(["study", "l2-vs-bn", "--epochs", "1", "--out", str(tmp_path / "s")]) == 2
+    assert cli.main(["experiment", "l2-vs-bn", "--epochs", "1", "--out", str(tmp_path / "s")]) == 2
     err = capsys.readouterr().err
-    assert err.count("\n") == 1 and err.startswith("keras-normreg study: error: ")
+    assert err.count("\n") == 1 and err.startswith("keras-normreg experiment: error: ")
     assert "source checkout" in err and str(tmp_path) in err and "pip install -e ." in err
     assert calls == []
 

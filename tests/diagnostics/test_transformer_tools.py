@@ -1,5 +1,5 @@
 """The tools on the transformer family: auditor, regularizers.apply, the optimizers' decay plan
-and sphere mode, NormMonitor (issue "Transformers on the sphere", items 3 and 6).
+and sphere mode, NormMonitor: each sees the family's scale-invariant weights (QK-norm, nGPT).
 
 Tiny presets (width 16, depth 1, heads 2): every test builds its models in well under a second.
 References are hand lists of variable paths and NumPy formulas written here.

@@ -1,1 +1,1 @@
-"""Fault injection: real processes, real signals (issue 16)."""
+"""Fault injection: real processes, real signals (kills, SIGTERM, full or read-only disks)."""

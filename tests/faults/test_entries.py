@@ -1,4 +1,4 @@
-"""Saved entries under faults (issue 16): two writers at once, a writer SIGKILLed or SIGTERMed
+"""Saved entries under faults: two writers at once, a writer SIGKILLed or SIGTERMed
 mid-write, an unwritable or full destination, a damaged model file and one that safe_mode
 refuses.
 

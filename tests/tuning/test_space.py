@@ -284,7 +284,8 @@ def test_gpt_modular_one_trial_tiny_study(tmp_path):
     path = tmp_path / "gpt.toml"
     path.write_text(tomli_w.dumps(raw))
     result = study.run_study(str(path), max_trials=1, export=False)
-    assert result is not None
+    assert (result["role"], result["done"], result["budget"]) == ("single", 1, 1)
+    assert result["best"]["status"] == "COMPLETED"
     trials = [t for t in (tmp_path / "runs").rglob("trial.json")]
     assert len(trials) == 1
 

@@ -135,7 +135,7 @@ def test_bad_max_trials_and_missing_file(tmp_path):
         nr_spec.load_study(bad)
 
 
-# -- item 6: names that become paths, dimensions that would fall back to a default ---------------
+# -- names that become paths, dimensions that would fall back to a default ----------------------
 @pytest.mark.parametrize("raw, message", [
     (_raw(name=".."), "Config key 'name' must be a file-name-safe identifier (one folder name"
                       "{rest}Received: name='..'"),

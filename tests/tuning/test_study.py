@@ -7,7 +7,7 @@ import os
 import pytest
 
 from experiments import compare
-from keras_normreg import cli, config, evaluate
+from keras_normreg import cli, config, saving
 from keras_normreg.tuning import launcher, study
 from keras_normreg.tuning import spec as nr_spec
 
@@ -52,7 +52,7 @@ def test_run_export_and_resume(tmp_path, tiny_spec_path):
     assert card["tuning"]["trial_id"] == r["best"]["trial"]
     assert card["tuning"]["score"] == r["best"]["score"]
     assert card["metrics"]["test_examples"] == 360 and card["name"] == "tiny_digits_best"
-    assert evaluate.evaluate_saved(exp["path"])["match"]
+    assert saving.evaluate_saved(exp["path"])["match"]
     assert f"-> {exp['path']}/model.keras" in text
 
     # resume: same directory, larger budget -> only the new trials run

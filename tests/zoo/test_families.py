@@ -270,8 +270,8 @@ def test_family_listing():
     assert zoo.list_models("transformer") == ["gpt_modular", "seq_mnist1d", "vit_cifar",
                                               "vit_digits"]
     assert slow == {"resnet110", "preact_resnet18", "vgg11", "vgg16", "wrn28_10", "vit_cifar"}
-    assert zoo.vit_digits is not None and zoo.vit_digits.__name__ == "vit_digits"
-    assert zoo.resnet56 is not None and zoo.resnet56.__name__ == "resnet56"
+    assert zoo.vit_digits.__name__ == "vit_digits"
+    assert zoo.resnet56.__name__ == "resnet56"
     assert zoo.wrn16_4(widen_factor=1, num_classes=3).output.shape == (None, 3)
 
 
