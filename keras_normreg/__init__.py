@@ -14,6 +14,7 @@ from keras_normreg import (  # noqa: E402
     constraints,
     data,
     diagnostics,
+    invariance,
     layers,
     optimizers,
     regularizers,
@@ -21,4 +22,4 @@ from keras_normreg import (  # noqa: E402
 )
 from keras_normreg._version import __version__  # noqa: E402
 
-__all__ = ["constraints", "data", "diagnostics", "layers", "optimizers", "regularizers", "zoo", "__version__"]
+__all__ = ["constraints", "data", "diagnostics", "invariance", "layers", "optimizers", "regularizers", "zoo", "__version__"]
