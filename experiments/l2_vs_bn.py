@@ -168,7 +168,7 @@ def run_l2_vs_bn(epochs=30, out_dir="docs/study_l2_vs_bn", *, l2_values=DEFAULT_
     os.makedirs(out_dir, exist_ok=True)
     report_path = out_dir + ".md"
     if command is None:
-        command = f"keras-normreg study l2-vs-bn --epochs {epochs} --out {out_dir}"
+        command = f"keras-normreg experiment l2-vs-bn --epochs {epochs} --out {out_dir}"
 
     runs = [{"name": f"bn_l2_{lam:g}", "kind": "bn_l2", "l2": lam, "lr": learning_rate}
             for lam in l2_values]
@@ -252,11 +252,11 @@ def cli(*, epochs=30, out="docs/study_l2_vs_bn", which="l2-vs-bn") -> int:
     """``keras-normreg experiment l2-vs-bn [--epochs N] [--out DIR]``: the CLI's handler calls this
     with the parsed values; returns the exit code (2: bad ``epochs``)."""
     if epochs < 1:
-        print(f"keras-normreg study: error: --epochs must be >= 1. Received: epochs={epochs}",
+        print(f"keras-normreg experiment: error: --epochs must be >= 1. Received: epochs={epochs}",
               file=sys.stderr)
         return 2
-    command = f"keras-normreg study {which} --epochs {epochs} --out {out}"
-    print(f"keras-normreg study {which}: cnn1d on MNIST-1D, {epochs} epochs per run, "
+    command = f"keras-normreg experiment {which} --epochs {epochs} --out {out}"
+    print(f"keras-normreg experiment {which}: cnn1d on MNIST-1D, {epochs} epochs per run, "
           f"BN + L2 λ in {list(DEFAULT_L2_VALUES)}, unit norm, no BN -> {out}.md",
           flush=True)
     results = run_l2_vs_bn(epochs=epochs, out_dir=out, verbose=1, command=command)

@@ -33,15 +33,17 @@ TITLES = {"adamw": "AdamW, (η, λ) grid, decoupled decay",
           "ngpt": "nGPT preset (every matrix on the sphere), η grid",
           "none": "reference: no normalization, no decay, η grid"}
 
-#: Seconds per training step of one run (Adam on gpt_modular, p = 97, batch 512, JAX, one
-#: thread per worker), per evaluation (a forward pass over the 2823 + 6586 equations) and per
-#: run (worker start, build, compiling the k-step call). What --dry-run multiplies; the study
-#: writes its own measured time in the report, and `--calibrate` measures again.
-MEASURED_TIMING = {"s_per_step": 0.022, "s_per_eval": 0.25, "overhead_s": 15.0,
-                   "measured": "s_per_step: the issue's measurement on an idle core (~22 ms); "
-                               "s_per_eval, overhead: probes of 2026-12-06 at load 3 "
-                               "(validation forward 0.29 s, first 50-step call 9 s), rounded "
-                               "for an idle core"}
+#: Seconds per training step of one run (Adam on gpt_modular width 64, p = 97, batch 512, JAX,
+#: XLA's CPU client on the worker's core), per evaluation (a forward pass over the 2823 + 6586
+#: equations) and per run (worker start, build, compiling the k-step call). What --dry-run
+#: multiplies; the study writes its own measured time in the report, and `--calibrate`
+#: measures again.
+MEASURED_TIMING = {"s_per_step": 0.028, "s_per_eval": 0.1, "overhead_s": 15.0,
+                   "measured": "pilots of 2026-12-06 (seed 1, one process at load ~8 beside "
+                               "niced jobs): width 64 AdamW 2,800 steps in 84 s all in, the "
+                               "sphere arm 35 ms/step, nGPT 25 ms/step; width 128 measured "
+                               "60-75 ms of CPU per step (so 8,000-step runs of width 128 "
+                               "would need ~200 min for the study)"}
 
 
 @dataclasses.dataclass(frozen=True)
@@ -50,7 +52,7 @@ class Settings:
 
     p: int = 97
     train_fraction: int = 30  # percent
-    width: int = 128
+    width: int = 64
     heads: int = 4
     batch_size: int = 512
     max_steps: int = 8000

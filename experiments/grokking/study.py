@@ -1,5 +1,5 @@
 """The grokking study's command: run (or plan, or re-render) and write results.json and the
-report. ``python -m experiments.grokking`` and ``keras-normreg study grokking`` call
+report. ``python -m experiments.grokking`` and ``keras-normreg experiment grokking`` call
 :func:`cli`."""
 
 from __future__ import annotations
@@ -140,7 +140,7 @@ def cli(*, epochs=None, out=DEFAULT_OUT, which="grokking", quick=False, workers=
         dry_run=False, render_only=False, calibrate_only=False, settings=None,
         command=None) -> int:
     """The study's command; returns the exit code (2: bad arguments). ``epochs`` (the
-    ``keras-normreg study`` option) does not apply: the budget is in steps (``--set
+    ``keras-normreg experiment`` option) does not apply: the budget is in steps (``--set
     max_steps=N``)."""
     if epochs is not None:
         print(f"{which}: error: the grokking study counts steps, not epochs: use "
@@ -168,7 +168,7 @@ def cli(*, epochs=None, out=DEFAULT_OUT, which="grokking", quick=False, workers=
         calibrate(s)
         return 0
     if command is None:
-        command = f"keras-normreg study {which}" + ("" if out == DEFAULT_OUT else
+        command = f"keras-normreg experiment {which}" + ("" if out == DEFAULT_OUT else
                                                    f" --out {out}")
     run_study(s, out, command=command)
     return 0

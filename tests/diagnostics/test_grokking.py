@@ -361,7 +361,7 @@ def test_main_command_line(monkeypatch, tmp_path):
     assert kw == {"command": f"python -m experiments.grokking --quick --out {out} --set "
                              "max_steps=20"}
     assert study.cli() == 0 and calls[1][1] == study.DEFAULT_OUT
-    assert calls[1][2] == {"command": "keras-normreg study grokking"}
+    assert calls[1][2] == {"command": "keras-normreg experiment grokking"}
     assert grokking.main is study.main
 
 

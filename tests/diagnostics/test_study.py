@@ -27,7 +27,7 @@ def test_mini_study_writes_report_figures_and_data(tmp_path):
     report = str(out) + ".md"
     assert res["report"] == report and os.path.exists(report)
     text = open(report).read()
-    assert f"keras-normreg study l2-vs-bn --epochs 1 --out {out}" in text
+    assert f"keras-normreg experiment l2-vs-bn --epochs 1 --out {out}" in text
     for link in re.findall(r"!\[[^\]]*\]\(([^)]+)\)", text):
         assert os.path.getsize(os.path.join(tmp_path, "docs", link)) > 1000, link
     assert {os.path.basename(p) for p in re.findall(r"\(([^)]+\.png)\)", text)} == {
@@ -107,7 +107,7 @@ def test_cli_study(monkeypatch, capsys, tmp_path):
     out = str(tmp_path / "s")
     assert cli.main(["study", "l2-vs-bn", "--epochs", "3", "--out", out]) == 0
     assert calls == [{"epochs": 3, "out_dir": out, "verbose": 1,
-                      "command": f"keras-normreg study l2-vs-bn --epochs 3 --out {out}"}]
+                      "command": f"keras-normreg experiment l2-vs-bn --epochs 3 --out {out}"}]
     assert f"report: {out}.md" in capsys.readouterr().out
     assert cli.main(["study", "l2-vs-bn", "--epochs", "0"]) == 2
     assert "Received: epochs=0" in capsys.readouterr().err
