@@ -13,17 +13,16 @@ CONSTRAINTS ?= constraints.txt
 # What `make test` prints first: the versions it runs with.
 VERSIONS := keras keras-tuner tensorflow tensorflow-cpu tensorflow-datasets jax jaxlib torch numpy
 PYTEST_ARGS ?=
-# The blocks' tests run again on the JAX and PyTorch backends (TensorFlow-only tests skip
-# themselves there, and so do the tests that start every backend in subprocesses: those run once,
-# from the TensorFlow session; see tests/backend_marks.py). Parameter counts are the same on every
-# backend and their big models cost ~35 s on JAX: they run on TensorFlow only.
-BACKEND_TESTS ?= tests/layers tests/test_kernels.py tests/test_backend.py \
-	tests/test_constraints.py tests/test_regularizers.py tests/test_selectors.py \
-	tests/test_invariance.py tests/optimizers tests/diagnostics/test_monitor.py \
-	tests/diagnostics/test_auditor.py tests/diagnostics/test_equilibrium.py \
-	tests/zoo/test_zoo_layers.py tests/zoo/test_families.py tests/zoo/test_transformer.py \
-	tests/data/test_modular.py \
-	tests/data/test_arrays.py tests/data/test_streams.py
+# Each session runs on parallel workers (pytest-xdist): 2, the cores of the reference machine.
+# `--dist loadgroup` keeps together the tests of a module that share a module-scoped fixture
+# (tests/conftest.py groups them), so it is made once. `make test PYTEST_WORKERS=` runs each
+# session in one process (PYTEST_ARGS="-n 0" does for the TensorFlow session).
+PYTEST_WORKERS ?= -n 2 --dist loadgroup
+# The blocks' tests run again on the JAX and PyTorch backends: the tests marked `backends`, which
+# tests/conftest.py gives to every test of tests/layers, optimizers, zoo, diagnostics and data
+# unless marked `tf_only` (a module elsewhere opts in with `pytestmark = pytest.mark.backends`;
+# see tests/backend_marks.py). TensorFlow-only tests skip themselves there, and so do the tests
+# that start every backend in subprocesses: those run once, from the TensorFlow session.
 
 .PHONY: demo test test-slow lint bench clean install catalog versions constraints
 
@@ -57,9 +56,9 @@ constraints: $(STAMP)
 
 test: $(STAMP) versions
 	$(BIN)/ruff check .
-	$(BIN)/python -m pytest -m "not slow" $(PYTEST_ARGS)
-	KERAS_BACKEND=jax $(BIN)/python -m pytest -m "not slow" $(BACKEND_TESTS)
-	KERAS_BACKEND=torch $(BIN)/python -m pytest -m "not slow" $(BACKEND_TESTS)
+	$(BIN)/python -m pytest -m "not slow" $(PYTEST_WORKERS) $(PYTEST_ARGS)
+	KERAS_BACKEND=jax $(BIN)/python -m pytest -m "not slow and backends" $(PYTEST_WORKERS)
+	KERAS_BACKEND=torch $(BIN)/python -m pytest -m "not slow and backends" $(PYTEST_WORKERS)
 
 test-slow: $(STAMP)
 	$(BIN)/python -m pytest -m slow $(PYTEST_ARGS)

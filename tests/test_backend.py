@@ -9,6 +9,8 @@ import pytest
 
 from keras_normreg import _backend
 
+pytestmark = pytest.mark.backends  # a block's tests: run on every backend (backend_marks.py)
+
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 
 # Runs _backend.check_backend from its file (not through keras_normreg/__init__, which imports

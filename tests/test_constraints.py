@@ -12,6 +12,8 @@ from tests.helpers import (
     assert_serialize_roundtrip,
 )
 
+pytestmark = pytest.mark.backends  # a block's tests: run on every backend (backend_marks.py)
+
 L = keras.layers
 
 

@@ -18,6 +18,8 @@ from keras_normreg._invariance import (
     find_scale_invariant,
 )
 
+pytestmark = pytest.mark.backends  # a block's tests: run on every backend (backend_marks.py)
+
 L = keras.layers
 EPS = 1e-7  # normalization epsilon small enough that invariance holds to float32 precision
 

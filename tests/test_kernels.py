@@ -4,9 +4,12 @@ from __future__ import annotations
 
 import keras
 import numpy as np
+import pytest
 
 from keras_normreg._kernels import column_norms, column_sums
 from tests.helpers import gradients, requires_float64
+
+pytestmark = pytest.mark.backends  # a block's tests: run on every backend (backend_marks.py)
 
 
 def _np(x):

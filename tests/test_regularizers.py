@@ -16,6 +16,8 @@ from tests.helpers import (
     numeric_grad,
 )
 
+pytestmark = pytest.mark.backends  # a block's tests: run on every backend (backend_marks.py)
+
 L = keras.layers
 
 

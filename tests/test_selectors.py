@@ -13,6 +13,8 @@ import pytest
 from keras_normreg import constraints, optimizers, regularizers, selectors
 from keras_normreg.optimizers import _rules
 
+pytestmark = pytest.mark.backends  # a block's tests: run on every backend (backend_marks.py)
+
 L = keras.layers
 
 

@@ -15,6 +15,9 @@ import keras_normreg  # noqa: E402, F401  (registers the builders)
 from keras_normreg.data import digits as digits_mod  # noqa: E402
 from keras_normreg.data import mnist1d as mnist1d_mod  # noqa: E402
 
+# The tfds builders need TensorFlow.
+pytestmark = pytest.mark.tf_only
+
 REPO = Path(__file__).resolve().parents[2]
 
 # sklearn's load_digits class counts (0..9), written out by hand from its documentation/data.

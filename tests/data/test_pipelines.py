@@ -10,6 +10,9 @@ tfds = pytest.importorskip("tensorflow_datasets")
 from keras_normreg import data  # noqa: E402
 from keras_normreg.data import pipelines  # noqa: E402
 
+# tf.data pipelines: TensorFlow only.
+pytestmark = pytest.mark.tf_only
+
 # Constants written out by hand (the documented per-channel train-split statistics).
 CIFAR10_MEAN = np.array([0.4914, 0.4822, 0.4465], np.float32)
 CIFAR10_STD = np.array([0.2470, 0.2435, 0.2616], np.float32)

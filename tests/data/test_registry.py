@@ -6,6 +6,9 @@ import pytest
 
 from keras_normreg import data
 
+# Static metadata, the same on every backend: run once.
+pytestmark = pytest.mark.tf_only
+
 EXPECTED = {
     # name: (input_shape, num_classes, splits)
     "cifar10": ((32, 32, 3), 10, {"train": 50000, "test": 10000}),

@@ -6,6 +6,9 @@ import pathlib
 
 import pytest
 
+# A benchmark script (slow-marked): run once, on TensorFlow.
+pytestmark = pytest.mark.tf_only
+
 SCRIPT = pathlib.Path(__file__).resolve().parents[2] / "bench" / "bench_monitor.py"
 
 

@@ -20,6 +20,9 @@ from experiments import eta_only as study
 from keras_normreg import cli
 from keras_normreg._utils import environ
 
+# A study of experiments/ (its statistics, report and command): runs on TensorFlow only.
+pytestmark = pytest.mark.tf_only
+
 ALPHA = 0.9
 
 

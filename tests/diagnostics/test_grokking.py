@@ -16,6 +16,9 @@ from experiments import grokking
 from experiments.grokking import analysis as an
 from experiments.grokking import report, runs, study
 
+# A study of experiments/ (its statistics, report and command): runs on TensorFlow only.
+pytestmark = pytest.mark.tf_only
+
 STEPS = [100, 200, 300, 400, 500, 600]
 
 

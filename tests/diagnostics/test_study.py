@@ -14,6 +14,9 @@ from experiments import l2_vs_bn as study
 from keras_normreg import cli
 from keras_normreg.diagnostics import plots
 
+# A study of experiments/ (its report, plots and command): runs on TensorFlow only.
+pytestmark = pytest.mark.tf_only
+
 ROOT = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 DOC = os.path.join(ROOT, "docs", "study_l2_vs_bn")
 

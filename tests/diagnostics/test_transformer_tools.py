@@ -16,6 +16,9 @@ from keras_normreg.diagnostics import NormMonitor
 from keras_normreg.diagnostics.auditor import scale_invariant_weights
 from keras_normreg.optimizers import DecoupledWeightDecay
 
+# Not yet run on JAX and PyTorch by `make test` (the tools' own tests in this folder are).
+pytestmark = pytest.mark.tf_only
+
 TINY = dict(width=16, depth=1, heads=2)
 INPUTS = {"vit_digits": (8, 8, 1), "vit_cifar": (32, 32, 3), "seq_mnist1d": (40, 1)}
 

@@ -9,6 +9,10 @@ import pytest
 
 from keras_normreg import zoo
 
+# Parameter counts are the same on every backend, and building the full-size models costs
+# ~35 s on JAX: TensorFlow only.
+pytestmark = pytest.mark.tf_only
+
 
 def counts(model):
     trainable = sum(int(np.prod(v.shape)) for v in model.trainable_weights)

@@ -17,6 +17,10 @@ import pytest
 from keras_normreg import layers, zoo
 from tests.helpers import assert_saved_model_equal
 
+# Every model x every norm with a train step and a save: TensorFlow only (the families' and
+# the zoo layers' tests in this folder run on every backend).
+pytestmark = pytest.mark.tf_only
+
 NORMS = layers.normalization_names()
 NUM_CLASSES = 5
 
