@@ -20,7 +20,8 @@ lock, without deadlocking itself. Threads of one process therefore share the loc
 other processes only. A child made by ``fork`` does not inherit its parent's holds (it closes
 the inherited descriptors and must lock for itself).
 
-Used for run directories (one training per ``runs/<name>``) and saved entries (one writer per
+Used for run directories (one training per ``runs/<name>``), dataset preparation (one process
+prepares a tfds set, the others wait and read it) and saved entries (one writer per
 ``saved_models/<name>``). Module of the standard library only: no Keras import.
 """
 

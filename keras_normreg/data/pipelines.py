@@ -39,6 +39,7 @@ generated locally on first use, with no network involved.
 from __future__ import annotations
 
 import numbers
+import os
 import random
 import types
 
@@ -49,6 +50,7 @@ require_tfds(__name__)
 import tensorflow as tf  # noqa: E402
 import tensorflow_datasets as tfds  # noqa: E402
 
+from keras_normreg._locks import FileLock  # noqa: E402
 from keras_normreg._utils import check_bool, check_number, received  # noqa: E402
 from keras_normreg.data import mnist1d as _mnist1d  # noqa: E402
 from keras_normreg.data import modular as _modular  # noqa: E402
@@ -92,6 +94,29 @@ def _missing_error(name: str, builder) -> DatasetNotFoundError:
         "to download and prepare it with tensorflow-datasets, or place the prepared tfds "
         "data there (or point data_dir / TFDS_DATA_DIR at a directory that holds it)."
     )
+
+
+#: How long a process waits for another one preparing the same dataset (the embedded sets take
+#: seconds; a download of a real set can take many minutes).
+PREPARE_LOCK_TIMEOUT_S = 3600.0
+
+
+def _prepare_once(base, config, data_dir, builder):
+    """Prepare ``builder``'s dataset with one process at a time per dataset folder: tfds renames
+    its finished folder into place, and two processes preparing the same set at once (two
+    trainings, a tuning chief and its workers on a fresh machine) make the second rename fail.
+    The second process waits on the lock, then finds the set prepared and reads it. Returns the
+    builder to read from (a fresh one when another process prepared the set meanwhile)."""
+    folder = os.path.dirname(os.fspath(builder.data_dir))
+    os.makedirs(folder, exist_ok=True)
+    lock = FileLock(os.path.join(folder, ".prepare.lock"), f"preparing {builder.name}",
+                    timeout=PREPARE_LOCK_TIMEOUT_S)
+    with lock:
+        fresh = _builder(base, config, data_dir)
+        if fresh.is_prepared():
+            return fresh
+        _download_and_prepare(fresh)
+        return fresh
 
 
 def _download_and_prepare(builder) -> None:
@@ -258,7 +283,7 @@ def _open(name, split, batch_size, data_dir, augment, shuffle, seed, download, c
     if not builder.is_prepared():
         if not (spec.embedded or download):
             raise _missing_error(name, builder)
-        _download_and_prepare(builder)
+        builder = _prepare_once(base, config, data_dir, builder)
 
     read_config = (tfds.ReadConfig(shuffle_seed=seed) if reshuffle else
                    tfds.ReadConfig(shuffle_seed=seed, shuffle_reshuffle_each_iteration=False))

@@ -341,3 +341,52 @@ def test_global_seed_zero_stands_apart(data_dir):
     assert not np.array_equal(zero, labels(1))
     assert not np.array_equal(zero, labels(None))
     np.testing.assert_array_equal(zero, labels(0))
+
+
+_WAITER = r"""
+import sys
+from keras_normreg.data import pipelines
+prepared = []
+original_prepare, original_once = pipelines._download_and_prepare, pipelines._prepare_once
+pipelines._download_and_prepare = lambda b: (prepared.append(b.name), original_prepare(b))[1]
+def announced(*args):
+    print("waiting", flush=True)
+    return original_once(*args)
+pipelines._prepare_once = announced
+ds = pipelines.load("digits", "train", batch_size=4096, data_dir=sys.argv[1], shuffle=False)
+n = sum(int(x.shape[0]) for x, _ in ds)
+print("examples", n, "prepared_here", len(prepared), flush=True)
+"""
+
+
+def test_a_second_process_waits_for_the_one_preparing_the_set(tmp_path):
+    """Two processes preparing one embedded set in a fresh data_dir: the second waits on the
+    dataset folder's lock and reads what the first prepared, instead of preparing it again
+    (tfds renames its finished folder into place; two renames of the same folder fail).
+    Deterministic order: this process holds the lock, the child announces it has found the set
+    unprepared, this process prepares it and releases; the child must then prepare nothing."""
+    import os
+    import subprocess
+    import sys
+
+    from keras_normreg._locks import FileLock
+
+    data_dir = str(tmp_path / "tfds")
+    builder = pipelines._builder("digits", None, data_dir)
+    assert not builder.is_prepared()
+    folder = os.path.dirname(os.fspath(builder.data_dir))
+    os.makedirs(folder, exist_ok=True)
+    env = dict(os.environ, PYTHONPATH=os.pathsep.join(sys.path))
+    with FileLock(os.path.join(folder, ".prepare.lock"), "test holds it"):
+        child = subprocess.Popen([sys.executable, "-c", _WAITER, data_dir], env=env,
+                                 stdout=subprocess.PIPE, stderr=subprocess.DEVNULL, text=True)
+        try:
+            assert child.stdout.readline().strip() == "waiting"
+            pipelines._download_and_prepare(builder)
+        except BaseException:
+            child.kill()
+            raise
+    out, _ = child.communicate(timeout=300)
+    assert child.returncode == 0
+    # digits: sklearn's 1797 examples, test_size 0.2 rounded up = 360, so 1437 to train
+    assert out.split() == ["examples", "1437", "prepared_here", "0"]
