@@ -410,7 +410,7 @@ def _source_root() -> str:
 
 #: ``keras-normreg study NAME`` -> the module of the source checkout that runs it (its
 #: ``cli(epochs=, out=, which=)``; an option left out keeps the study's own default).
-STUDIES = {"l2-vs-bn": "experiments.l2_vs_bn", "eta-only": "experiments.eta_only",
+STUDIES = {"l2-vs-bn": "experiments.l2_vs_bn", "eta-only": "experiments.eta_only.study",
            "grokking": "experiments.grokking.study"}
 
 

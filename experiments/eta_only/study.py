@@ -112,7 +112,7 @@ from keras_normreg.data import splits as nr_splits
 from keras_normreg.diagnostics.monitor import NormMonitor, equilibrium_angular_update
 from keras_normreg.tuning import space as nr_space
 
-from ._report import load_results, load_sections, parse_sets
+from .._report import load_results, load_sections, parse_sets
 
 __all__ = ["ALL_ARMS", "ARMS", "MEASURED_TIMING", "REFERENCE", "Settings", "arm_grids",
            "calibrate", "cli", "equilibrium_steps", "equilibrium_theta", "estimate_seconds",
@@ -146,7 +146,7 @@ MEASURED_TIMING = {"s_per_epoch": 0.35, "overhead_s": 3.0,
 
 DECAY_SCOPES = ("scale_invariant", "all")
 DEFAULT_OUT = os.path.join("docs", "study_eta_only")
-_HERE = os.path.dirname(os.path.abspath(__file__))
+_HERE = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 TEMPLATE = os.path.join(_HERE, "templates", "eta_only.md")
 
 
