@@ -1,4 +1,4 @@
-"""The eta-only study (experiments/eta_only.py): its pure parts against hand-derived values
+"""The eta-only study (experiments/eta_only/): its pure parts against hand-derived values
 (the equilibrium angle and the sphere arm's η range, the random-search-against-a-table
 statistic), the report template, the `keras-normreg study eta-only` command, and (slow) the
 --quick miniature end to end."""
