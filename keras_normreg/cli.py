@@ -422,7 +422,7 @@ def _source_root() -> str:
 #: ``cli(epochs=, out=, which=)``; an option left out keeps the experiment's own default).
 #: "Experiment" is a run that writes a document (docs/study_<name>.md); a "study" is a
 #: keras-tuner search (``keras-normreg tune``).
-EXPERIMENTS = {"l2-vs-bn": "experiments.l2_vs_bn", "eta-only": "experiments.eta_only",
+EXPERIMENTS = {"l2-vs-bn": "experiments.l2_vs_bn", "eta-only": "experiments.eta_only.study",
                "grokking": "experiments.grokking.study"}
 
 #: Old command names -> the command that replaced them (they still run it, after a note).

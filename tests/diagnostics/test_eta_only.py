@@ -1,6 +1,6 @@
-"""The eta-only study (experiments/eta_only.py): its pure parts against hand-derived values
+"""The eta-only study (experiments/eta_only/): its pure parts against hand-derived values
 (the equilibrium angle and the sphere arm's η range, the random-search-against-a-table
-statistic), the report template, the `keras-normreg study eta-only` command, and (slow) the
+statistic), the report template, the `keras-normreg experiment eta-only` command, and (slow) the
 --quick miniature end to end."""
 
 import concurrent.futures
@@ -341,16 +341,18 @@ def test_estimate_and_dry_run(capsys):
 # ------------------------------------------------------------------ the command
 def test_cli_study_eta_only(monkeypatch, capsys, tmp_path):
     calls = []
-    monkeypatch.setattr(study, "run_study", lambda s, out, **kw: calls.append((s, out, kw)))
+    # the command's code lives in experiments/eta_only/study.py: patch it there
+    monkeypatch.setattr("experiments.eta_only.study.run_study",
+                        lambda s, out, **kw: calls.append((s, out, kw)))
     out = str(tmp_path / "s")
     assert cli.main(["study", "eta-only", "--epochs", "4", "--out", out]) == 0
     (s, got_out, kw), = calls
     assert s.epochs == 4 and got_out == out and not s.quick
-    assert kw == {"command": f"keras-normreg study eta-only --epochs 4 --out {out}"}
+    assert kw == {"command": f"keras-normreg experiment eta-only --epochs 4 --out {out}"}
     # the study's own defaults when the options are left out
     assert cli.main(["study", "eta-only"]) == 0
     assert calls[1][0].epochs == 20 and calls[1][1] == study.DEFAULT_OUT
-    assert calls[1][2] == {"command": "keras-normreg study eta-only"}
+    assert calls[1][2] == {"command": "keras-normreg experiment eta-only"}
     assert cli.main(["study", "eta-only", "--epochs", "0"]) == 2
     assert "Received: epochs=0" in capsys.readouterr().err
     # python -m experiments.eta_only --quick

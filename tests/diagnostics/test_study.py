@@ -1,5 +1,5 @@
 """The l2-vs-bn study (a 1-epoch miniature), its report template, its plots and the
-`keras-normreg study` command. The study itself is experiments/l2_vs_bn.py of the checkout."""
+`keras-normreg experiment` command. The experiment itself is experiments/l2_vs_bn.py of the checkout."""
 
 import copy
 import csv
