@@ -18,6 +18,8 @@ import textwrap
 import numpy as np
 import pytest
 
+from keras_normreg import cli, distribute
+from keras_normreg.data.streams import ArrayEpochs
 from tests.test_backends_train import ROOT, _env, _tiny_recipe
 
 #: One process with one device: the reference.
@@ -92,6 +94,20 @@ _WORKER = textwrap.dedent("""
         bn = model.get_layer("block1_norm")
         moving = np.asarray(keras.ops.convert_to_numpy(bn.moving_mean), dtype="float64")
     out["batch_mean"] = (moving / (1.0 - bn.momentum)).tolist()
+
+    # (3) an unfinished run state (process 0's) is refused in every process, not resumed by one
+    from keras_normreg import runstate
+    if pid == 0:
+        writer = runstate.StateWriter("runs/mp", cfg)
+        writer.set_model(model)
+        writer.epochs_done = 1
+        with distribute.chief_writes(strategy):
+            writer.save()
+    try:
+        train.train(cfg, save=False)
+        out["resume"] = None
+    except runstate.RunStateError as e:
+        out["resume"] = str(e)
     print("RESULT " + json.dumps(out))
 """)
 
@@ -197,4 +213,94 @@ def test_two_jax_processes_train_like_one(tmp_path):
     assert min(np.abs(first - whole).max(), np.abs(second - whole).max()) > 0.1 > 100 * tol
     for mean in (ref["batch_mean"], *(w["batch_mean"] for w in workers)):
         np.testing.assert_allclose(mean, whole, rtol=0, atol=tol)
+
+    # (3) process 0's unfinished run state: both processes refuse it (none hangs, none resumes)
+    for w in workers:
+        assert w["resume"] and "resuming a run across JAX processes is not supported" in \
+            w["resume"], w["resume"]
+
+
+def test_local_rows_are_the_block_of_this_process_devices():
+    """4 devices, this process holding devices 2 and 3: rows [n/2, n) of a batch of n."""
+    dist = distribute.KerasDistribution(None, 4, num_processes=2, local=(2, 4))
+    assert dist.local_rows(8) == slice(4, 8)
+    assert dist.local_rows(128) == slice(64, 128)
+    assert distribute.KerasDistribution(None, 4).local_rows(6) == slice(0, 6)  # one process
+    with pytest.raises(ValueError, match=r"multiple of 4 examples\. Received: n=6"):
+        dist.local_rows(6)
+
+
+def test_process_shard_feeds_this_process_rows_of_every_batch():
+    x = np.arange(24, dtype="float32").reshape(12, 2)
+    y = np.arange(12)
+    stream = ArrayEpochs(x, y, 8, shuffle=True, seed=3, multiple_of=2)
+    dist = distribute.KerasDistribution(None, 2, num_processes=2, local=(1, 2))
+    shard = distribute.ProcessShard(ArrayEpochs(x, y, 8, shuffle=True, seed=3, multiple_of=2),
+                                    dist)
+    assert len(shard) == len(stream) == 2   # batches of 8 and 4
+    for _ in range(2):   # two epochs: the epoch end reaches the wrapped stream
+        for i in range(len(stream)):
+            bx, by = stream[i]
+            half = len(by) // 2
+            sx, sy = shard[i]
+            np.testing.assert_array_equal(sx, bx[half:])
+            np.testing.assert_array_equal(sy, by[half:])
+        stream.on_epoch_end()
+        shard.on_epoch_end()
+    with pytest.raises(ValueError, match=r"keras\.utils\.PyDataset.*Received: stream="):
+        distribute.ProcessShard([(x, y)], dist)
+
+
+_ERRORS = textwrap.dedent("""
+    import os
+    from keras_normreg import distribute
+    cases = [dict(coordinator="127.0.0.1", num_processes=2, process_id=0),
+             dict(coordinator="127.0.0.1:1234", num_processes=2, process_id=2),
+             dict(coordinator="127.0.0.1:1234", num_processes=0, process_id=0),
+             dict(coordinator="127.0.0.1:1234", num_processes=2, process_id=0, timeout=0),
+             dict()]
+    for kwargs in cases:
+        try:
+            distribute.initialize_processes(**kwargs)
+            print("NO ERROR", kwargs)
+        except ValueError as e:
+            print("ERROR", e)
+    os.environ["KERAS_DISTRIBUTION_NUM_PROCESSES"] = "two"
+    try:
+        distribute.initialize_processes("127.0.0.1:1234", process_id=0)
+    except ValueError as e:
+        print("ERROR", e)
+""")
+
+
+def test_initialize_processes_errors_name_the_argument():
+    env = _env(KERAS_BACKEND="jax", JAX_PLATFORMS="cpu")
+    for var in distribute.PROCESS_ENV.values():
+        env.pop(var, None)
+    env.pop("JAX_COORDINATOR_ADDRESS", None)
+    proc = subprocess.run([sys.executable, "-c", _ERRORS], cwd=ROOT, env=env,
+                          capture_output=True, text=True, timeout=300)
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    errors = [ln for ln in proc.stdout.splitlines() if ln.startswith(("ERROR", "NO ERROR"))]
+    assert len(errors) == 6 and all(e.startswith("ERROR ") for e in errors), proc.stdout
+    assert "must be 'host:port'" in errors[0] and "Received: coordinator='127.0.0.1'" in errors[0]
+    assert "must be < num_processes=2" in errors[1] and errors[1].endswith("process_id=2")
+    assert "`num_processes` must be >= 1" in errors[2] and errors[2].endswith("num_processes=0")
+    assert "`timeout` must be >= 1" in errors[3] and errors[3].endswith("timeout=0")
+    assert "--coordinator, --num-processes, --process-id" in errors[4]
+    assert errors[4].endswith("coordinator=None, num_processes=None, process_id=None")
+    assert "KERAS_DISTRIBUTION_NUM_PROCESSES must be a non-negative integer" in errors[5]
+    assert errors[5].endswith("Received: KERAS_DISTRIBUTION_NUM_PROCESSES='two'")
+
+
+def test_train_process_flags_reach_initialize_processes(tmp_path, capsys):
+    """The CLI flags join processes; on TensorFlow that is refused with what to use instead."""
+    recipe = _tiny_recipe(tmp_path, "flags")
+    code = cli.main(["train", str(recipe), "--coordinator", "127.0.0.1:1234",
+                     "--num-processes", "2", "--process-id", "1"])
+    assert code == 2
+    err = capsys.readouterr().err
+    assert "for the JAX backend (on TensorFlow set TF_CONFIG" in err
+    assert err.strip().endswith("Received: backend='tensorflow'")
+    assert not (tmp_path / "saved").exists()
 
