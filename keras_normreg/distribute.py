@@ -432,7 +432,7 @@ def broadcast_from_chief(value: int) -> int:
         return value
     from jax.experimental import multihost_utils
 
-    return int(np.asarray(multihost_utils.broadcast_one_to_all(np.int64(value))))
+    return int(np.asarray(multihost_utils.broadcast_one_to_all(np.int32(value))))
 
 
 @contextlib.contextmanager
