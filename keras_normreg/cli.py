@@ -107,6 +107,16 @@ def _parser() -> argparse.ArgumentParser:
     s.add_argument("--data-dir", default=None, help="tfds data_dir (overrides data.data_dir)")
     s.add_argument("--print-config", action="store_true",
                    help="print the resolved recipe and exit")
+    s.add_argument("--coordinator", default=None, metavar="HOST:PORT",
+                   help="JAX: train across processes (jax.distributed); process 0's address, "
+                        "the same in every process (default: "
+                        f"{distribute.PROCESS_ENV['coordinator']})")
+    s.add_argument("--num-processes", type=int, default=None, metavar="N",
+                   help="JAX: the number of processes (default: "
+                        f"{distribute.PROCESS_ENV['num_processes']})")
+    s.add_argument("--process-id", type=int, default=None, metavar="I",
+                   help="JAX: this process's id, 0 .. N-1; process 0 writes the outputs "
+                        f"(default: {distribute.PROCESS_ENV['process_id']})")
     mode = s.add_mutually_exclusive_group()
     mode.add_argument("--fresh", dest="resume", action="store_const", const="fresh",
                       help="discard an unfinished run of this recipe and start over")
@@ -311,6 +321,11 @@ def _cmd_train(args) -> int:
     command = " ".join(["keras-normreg", "train", args.recipe,
                         *[f"--set {o}" for o in args.overrides]]
                        + (["--strategy", args.strategy] if args.strategy else []))
+    processes = (args.coordinator, args.num_processes, args.process_id)
+    if any(v is not None for v in processes) or any(
+            os.environ.get(var) for var in distribute.PROCESS_ENV.values()):
+        # before any JAX computation: every process then trains its part of each batch
+        distribute.initialize_processes(*processes)
     return _run_training(cfg, command=command, resume=args.resume)
 
 

@@ -6,10 +6,14 @@
 * JAX: a :class:`KerasDistribution` around ``keras.distribution.DataParallel`` over the local
   devices (``"auto"``/``"mirrored"`` with more than one device; ``"cpu:N"`` needs exactly N
   CPU devices, which JAX makes only when ``XLA_FLAGS=--xla_force_host_platform_device_count=N``
-  is set before it starts; ``"multiworker"`` needs ``jax.distributed.initialize(...)`` to have
-  been called, then spans every host's devices; ``"tpu"`` needs JAX on TPUs). Keras shards each
-  global batch over the devices and keeps the variables replicated, so batch-normalization
-  statistics inside the compiled step are those of the whole global batch.
+  is set before it starts; ``"multiworker"`` needs :func:`initialize_processes` to have been
+  called in every process, then spans every process's devices; ``"tpu"`` needs JAX on TPUs).
+  Keras shards each global batch over the devices and keeps the variables replicated, so
+  batch-normalization statistics inside the compiled step are those of the whole global batch.
+  With several JAX processes (:func:`initialize_processes`), every process builds the same
+  global batches and feeds only its rows (:meth:`KerasDistribution.local_rows`, used by
+  :class:`ProcessShard`); Keras assembles them into one global array per batch
+  (``jax.make_array_from_process_local_data``).
 * PyTorch: one device (:class:`KerasDistribution` with none); other choices are refused.
 
 The rest of this docstring is about ``tf.distribute``.
@@ -63,7 +67,10 @@ import json
 import os
 from typing import TYPE_CHECKING
 
-from keras_normreg._utils import received
+import keras
+import numpy as np
+
+from keras_normreg._utils import check_number, received
 
 if TYPE_CHECKING:  # annotations only; the module imports TensorFlow on first use (_tf)
     import tensorflow as tf
@@ -72,11 +79,17 @@ if TYPE_CHECKING:  # annotations only; the module imports TensorFlow on first us
 __all__ = [
     "KerasDistribution",
     "MultiWorkerMirroredStrategy",  # noqa: F822
+    "PROCESS_ENV",
+    "ProcessShard",
     "STRATEGIES",
     "STRATEGIES_HELP",
+    "broadcast_from_chief",
     "check_strategy",
+    "chief_writes",
     "configure_logical_cpus",
     "distribute_batches",
+    "initialize_processes",
+    "is_chief_process",
     "num_workers_in_tf_config",
     "resolve",
     "resolve_strategy",
@@ -242,25 +255,209 @@ def resolve_strategy(spec: str = "auto") -> tf.distribute.Strategy:
 class KerasDistribution:
     """What training runs under on the JAX and PyTorch backends (the counterpart of a
     ``tf.distribute`` strategy): ``scope()`` sets ``keras.distribution`` for model building and
-    ``fit``; ``num_replicas_in_sync`` is the number of devices a global batch is split over."""
+    ``fit``; ``num_replicas_in_sync`` is the number of devices a global batch is split over
+    (those of every process); ``num_processes`` the number of JAX processes they belong to, and
+    ``local`` the positions ``(first, stop)`` of this process's devices among them."""
 
-    def __init__(self, distribution=None, devices: int = 1, name: str = "none"):
+    def __init__(self, distribution=None, devices: int = 1, name: str = "none", *,
+                 num_processes: int = 1, local: tuple[int, int] | None = None):
         self.distribution = distribution
         self.num_replicas_in_sync = devices
         self.name = name
+        self.num_processes = num_processes
+        self.local = (0, devices) if local is None else tuple(local)
 
     def scope(self):
         if self.distribution is None:
             return contextlib.nullcontext()
         return self.distribution.scope()
 
+    def local_rows(self, n: int) -> slice:
+        """The rows of a global batch of ``n`` examples that this process feeds: all of them
+        with one process; else the block that lands on this process's devices (device ``i`` of
+        ``D`` takes rows ``[i n/D, (i+1) n/D)``, as Keras' DataParallel lays a batch out), so
+        ``n`` must be a multiple of ``D``."""
+        devices = self.num_replicas_in_sync
+        if self.num_processes == 1:
+            return slice(0, n)
+        if n % devices:
+            raise ValueError(f"A global batch split over {devices} devices in "
+                             f"{self.num_processes} processes must hold a multiple of "
+                             f"{devices} examples. Received: n={n!r}")
+        first, stop = self.local
+        return slice(n // devices * first, n // devices * stop)
+
     def __repr__(self):
-        return f"KerasDistribution({self.name}, devices={self.num_replicas_in_sync})"
+        extra = f", processes={self.num_processes}" if self.num_processes > 1 else ""
+        return f"KerasDistribution({self.name}, devices={self.num_replicas_in_sync}{extra})"
+
+
+class ProcessShard(keras.utils.PyDataset):
+    """The rows this process feeds (:meth:`KerasDistribution.local_rows`) of every ``(x, y)``
+    batch of ``stream``, a ``keras.utils.PyDataset`` of global batches that every process
+    builds identically (same data, same seed); epoch ends are passed on to ``stream``."""
+
+    def __init__(self, stream, distribution: KerasDistribution):
+        super().__init__(workers=1, use_multiprocessing=False)
+        if not isinstance(stream, keras.utils.PyDataset):
+            raise ValueError(f"Argument `stream` must be a keras.utils.PyDataset of global "
+                             f"batches. {received('stream', stream)}")
+        self.stream = stream
+        self.distribution = distribution
+
+    def __len__(self) -> int:
+        return len(self.stream)
+
+    def __getitem__(self, index: int):
+        batch = self.stream[index]
+        rows = self.distribution.local_rows(len(batch[0]))
+        return tuple(part[rows] for part in batch)
+
+    def on_epoch_begin(self):
+        self.stream.on_epoch_begin()
+
+    def on_epoch_end(self):
+        self.stream.on_epoch_end()
+
+
+#: Environment variables :func:`initialize_processes` reads for an argument left None: the
+#: names ``keras.distribution.initialize`` reads. (JAX itself reads ``JAX_COORDINATOR_ADDRESS``
+#: and detects Slurm, Open MPI and Cloud TPU clusters for what is still missing.)
+PROCESS_ENV = {"coordinator": "KERAS_DISTRIBUTION_JOB_ADDRESSES",
+               "num_processes": "KERAS_DISTRIBUTION_NUM_PROCESSES",
+               "process_id": "KERAS_DISTRIBUTION_PROCESS_ID"}
+
+
+def _from_env(name: str, value):
+    """``value``, else the environment variable of ``name`` (an int for the counts), else None."""
+    if value is not None:
+        return value
+    var = PROCESS_ENV[name]
+    raw = os.environ.get(var, "").strip()
+    if not raw:
+        return None
+    if name == "coordinator":
+        return raw.split(",")[0].strip()  # Keras' list of job addresses: the first coordinates
+    if not raw.isdigit():
+        raise ValueError(f"{var} must be a non-negative integer. Received: {var}={raw!r}")
+    return int(raw)
+
+
+def initialize_processes(coordinator: str | None = None, num_processes: int | None = None,
+                         process_id: int | None = None, *, timeout: int = 300) -> tuple[int, int]:
+    """Join this process to a cluster of JAX processes (``jax.distributed.initialize``), so
+    that training (strategy ``"auto"`` or ``"multiworker"``) spans the devices of every
+    process; returns ``(process_id, num_processes)``.
+
+    Call it in every process, with the same ``coordinator`` (``"host:port"`` of process 0,
+    which listens there) and ``num_processes``, and each process's own ``process_id``
+    (``0 .. num_processes - 1``), before any JAX computation (the ``keras-normreg train``
+    flags ``--coordinator``, ``--num-processes``, ``--process-id`` do). An argument left None
+    is read from :data:`PROCESS_ENV`; JAX fills in what is still missing from
+    ``JAX_COORDINATOR_ADDRESS`` or a cluster it detects (Slurm, Open MPI, Cloud TPU).
+    ``timeout`` seconds bound the wait for the other processes. Collectives between CPU
+    devices of different processes use JAX's ``jax_cpu_collectives_implementation`` (``gloo``
+    by default in JAX 0.10; set to ``gloo`` here where an older JAX leaves it ``none``).
+    Calling it again in a process that already joined returns its place in the cluster.
+    """
+    if keras.backend.backend() != "jax":
+        raise ValueError(
+            f"Joining processes with jax.distributed is for the JAX backend (on TensorFlow set "
+            f"TF_CONFIG and use strategy 'multiworker'). "
+            f"Received: backend={keras.backend.backend()!r}")
+    coordinator = _from_env("coordinator", coordinator)
+    num_processes = _from_env("num_processes", num_processes)
+    process_id = _from_env("process_id", process_id)
+    check_number("num_processes", num_processes, low=1, integer=True, allow_none=True)
+    check_number("process_id", process_id, low=0, integer=True, allow_none=True)
+    check_number("timeout", timeout, low=1, integer=True)
+    if process_id is not None and num_processes is not None and process_id >= num_processes:
+        raise ValueError(f"Argument `process_id` must be < num_processes={num_processes}. "
+                         f"{received('process_id', process_id)}")
+    if coordinator is not None:
+        host, _, port = coordinator.rpartition(":") if isinstance(coordinator, str) else ("",) * 3
+        if not host or not port.isdigit():
+            raise ValueError(f"Argument `coordinator` must be 'host:port' (process 0's "
+                             f"address). {received('coordinator', coordinator)}")
+    import jax
+
+    if jax.distributed.is_initialized():
+        here = (jax.process_index(), jax.process_count())
+        if process_id not in (None, here[0]) or num_processes not in (None, here[1]):
+            raise ValueError(f"This process already joined a JAX cluster as process {here[0]} "
+                             f"of {here[1]}. Received: process_id={process_id!r}, "
+                             f"num_processes={num_processes!r}")
+        return here
+    if getattr(jax.config, "jax_cpu_collectives_implementation", "gloo") in (None, "none"):
+        jax.config.update("jax_cpu_collectives_implementation", "gloo")
+    try:
+        jax.distributed.initialize(coordinator_address=coordinator, num_processes=num_processes,
+                                   process_id=process_id, initialization_timeout=timeout)
+    except ValueError as e:
+        raise ValueError(
+            f"Joining JAX processes needs the coordinator's 'host:port', the number of "
+            f"processes and this process's id (--coordinator, --num-processes, --process-id, "
+            f"or {', '.join(PROCESS_ENV.values())}) where JAX detects no cluster ({e}). "
+            f"Received: coordinator={coordinator!r}, num_processes={num_processes!r}, "
+            f"process_id={process_id!r}") from e
+    except RuntimeError as e:
+        if "before any JAX calls" not in str(e):
+            raise
+        raise RuntimeError(
+            f"Joining JAX processes must come before any JAX computation in this process "
+            f"(first thing in the script; the CLI flags do it before training). "
+            f"Received: coordinator={coordinator!r}, process_id={process_id!r}") from e
+    return jax.process_index(), jax.process_count()
+
+
+def is_chief_process() -> bool:
+    """False only in a JAX process other than process 0 of a :func:`initialize_processes`
+    cluster (the one that writes the run state and the saved entry). TensorFlow's workers are
+    told apart by ``TF_CONFIG``."""
+    if keras.backend.backend() != "jax":
+        return True
+    import jax
+
+    return not jax.distributed.is_initialized() or jax.process_index() == 0
+
+
+def broadcast_from_chief(value: int) -> int:
+    """Process 0's ``value`` in every JAX process of a :func:`initialize_processes` cluster
+    (every process must call it); ``value`` itself in a single process."""
+    if keras.backend.backend() != "jax":
+        return value
+    import jax
+
+    if not jax.distributed.is_initialized() or jax.process_count() == 1:
+        return value
+    from jax.experimental import multihost_utils
+
+    return int(np.asarray(multihost_utils.broadcast_one_to_all(np.int32(value))))
+
+
+@contextlib.contextmanager
+def _without_distribution():
+    previous = keras.distribution.distribution()
+    keras.distribution.set_distribution(None)
+    try:
+        yield
+    finally:
+        keras.distribution.set_distribution(previous)
+
+
+def chief_writes(strategy):
+    """The context for what process 0 alone does inside a run's scope (writing the run state
+    and the saved entry). With several JAX processes it leaves the distribution: Keras' saving
+    makes variables, and placing one on devices of several processes waits for all of them
+    (``jax.device_put`` checks that every process passes the same value), which the others,
+    not writing, never do. Elsewhere it changes nothing."""
+    if getattr(strategy, "num_processes", 1) > 1:
+        return _without_distribution()
+    return contextlib.nullcontext()
 
 
 def _jax_distribution(spec: str) -> KerasDistribution:
     import jax
-    import keras
 
     if spec == "default":
         return KerasDistribution()
@@ -275,9 +472,11 @@ def _jax_distribution(spec: str) -> KerasDistribution:
     elif spec == "multiworker":
         if jax.process_count() < 2:
             raise ValueError(
-                "Strategy 'multiworker' on the JAX backend spans the hosts of a "
-                "jax.distributed.initialize(...) cluster; call it first on every host (see the "
-                f"README). Received: strategy={spec!r} with jax.process_count()=1")
+                "Strategy 'multiworker' on the JAX backend spans the processes of a "
+                "jax.distributed cluster: join it first in every process "
+                "(keras_normreg.distribute.initialize_processes, or the train flags "
+                "--coordinator, --num-processes, --process-id). "
+                f"Received: strategy={spec!r} with jax.process_count()=1")
         devices = jax.devices()
     elif spec == "tpu":
         devices = jax.devices()
@@ -288,15 +487,23 @@ def _jax_distribution(spec: str) -> KerasDistribution:
         devices = jax.devices()
     if len(devices) < 2:
         return KerasDistribution()
-    distribution = keras.distribution.DataParallel(devices=devices)
-    return KerasDistribution(distribution, len(devices), "DataParallel")
+    processes = len({d.process_index for d in devices})
+    mine = [i for i, d in enumerate(devices) if d.process_index == jax.process_index()]
+    if processes > 1 and (not mine or mine != list(range(mine[0], mine[-1] + 1))):
+        raise RuntimeError(
+            f"This process's devices must be a contiguous block of the {len(devices)} devices "
+            f"a batch is split over (JAX lists them by process). Received: positions={mine}")
+    local = (mine[0], mine[-1] + 1) if processes > 1 else None
+    # several processes: each feeds its own rows already (ProcessShard), Keras must not shard
+    distribution = keras.distribution.DataParallel(devices=devices,
+                                                   auto_shard_dataset=processes == 1)
+    return KerasDistribution(distribution, len(devices), "DataParallel",
+                             num_processes=processes, local=local)
 
 
 def resolve(spec: str = "auto"):
     """What training runs under for ``spec`` on the current Keras backend (module docstring):
     a ``tf.distribute.Strategy`` on TensorFlow, a :class:`KerasDistribution` on JAX/PyTorch."""
-    import keras
-
     message = check_strategy(spec)
     if message:
         raise ValueError(f"Strategy {message}. {received('strategy', spec)}")

@@ -189,6 +189,10 @@ def _uses_tf_data() -> bool:
 
 
 def _is_chief() -> bool:
+    """The process that writes (run state, saved entry): process 0 of a JAX cluster
+    (:func:`keras_normreg.distribute.is_chief_process`), TF_CONFIG's chief (or worker 0)."""
+    if not distribute.is_chief_process():
+        return False
     raw = os.environ.get("TF_CONFIG")
     if not raw:
         return True
@@ -320,7 +324,9 @@ def _prepare_arrays(cfg: dict, strategy=None, *, start_epoch: int = 0) -> types.
     """:func:`prepare_data` on the JAX and PyTorch backends: the embedded sets as NumPy arrays
     (:func:`keras_normreg.data.arrays`) in :class:`~keras_normreg.data.streams.ArrayEpochs`
     streams, epoch ``e`` ordered from ``(train.seed, e)``. Under JAX data parallelism the
-    global batch (and any partial last batch kept) is a multiple of the devices."""
+    global batch (and any partial last batch kept) is a multiple of the devices; with several
+    JAX processes each one builds the same global batches and feeds its rows of each
+    (:class:`keras_normreg.distribute.ProcessShard`)."""
     t, d = cfg["train"], cfg["data"]
     b = d["batch_size"]
     devices = 1 if strategy is None else strategy.num_replicas_in_sync
@@ -347,6 +353,9 @@ def _prepare_arrays(cfg: dict, strategy=None, *, start_epoch: int = 0) -> types.
         raise ValueError(f"The training or validation split has fewer examples than the "
                          f"{devices} devices. Received: data.train_split="
                          f"{d['train_split']!r}, data.validation_split={d['validation_split']!r}")
+    if getattr(strategy, "num_processes", 1) > 1:
+        train_ds = distribute.ProcessShard(train_ds, strategy)
+        val_ds = None if val_ds is None else distribute.ProcessShard(val_ds, strategy)
     return types.SimpleNamespace(train=train_ds, val=val_ds, steps=len(train_ds),
                                  val_steps=val_steps, num_examples=len(x))
 
@@ -383,6 +392,20 @@ def build_and_compile(cfg: dict, steps_per_epoch: int) -> keras.Model:
     return model
 
 
+class _StateWriter(runstate.StateWriter):
+    """:class:`keras_normreg.runstate.StateWriter` writing in
+    :func:`keras_normreg.distribute.chief_writes` (process 0 of several JAX processes writes
+    alone)."""
+
+    def __init__(self, *args, strategy=None, **kwargs):
+        super().__init__(*args, **kwargs)
+        self.strategy = strategy
+
+    def save(self) -> None:
+        with distribute.chief_writes(self.strategy):
+            super().save()
+
+
 def _train(cfg, strategy, callbacks, run_dir, save, command, resume):
     t = cfg["train"]
     out_dir = os.path.join(t["output_dir"], cfg["name"])
@@ -408,6 +431,13 @@ def _run(cfg, strategy, callbacks, run_dir, out_dir, save, command, state, chief
     t = cfg["train"]
     epochs = t["epochs"]
     start_epoch = int(state["epochs_done"]) if state else 0
+    if getattr(strategy, "num_processes", 1) > 1:
+        # every JAX process must take the same steps; only process 0 reads the run state
+        if distribute.broadcast_from_chief(start_epoch):
+            raise RunStateError(
+                f"{cfg['name']!r} has an unfinished run state (process 0's {run_dir}); "
+                f"resuming a run across JAX processes is not supported: pass --fresh "
+                f"(resume=\"fresh\") in every process to start over.")
     if state and t["verbose"]:
         print(f"resuming {cfg['name']} from epoch {start_epoch} of {epochs} ({run_dir})")
     # tf.data seeds combine with TensorFlow's global seed when the pipelines are built.
@@ -423,8 +453,8 @@ def _run(cfg, strategy, callbacks, run_dir, out_dir, save, command, state, chief
         if state:
             runstate.restore(model, run_dir, state)
     nan_guard = _TerminateOnNaN()
-    writer = runstate.StateWriter(run_dir, cfg, state, write=chief,
-                                  skip=lambda: nan_guard.where is not None)
+    writer = _StateWriter(run_dir, cfg, state, write=chief,
+                          skip=lambda: nan_guard.where is not None, strategy=strategy)
     cbs = [nan_guard, writer, *_tensorboard_callbacks(run_dir), *callbacks]
     epochs_seen = []
     if start_epoch < epochs:  # a state with every epoch done only evaluates and saves
@@ -453,9 +483,10 @@ def _run(cfg, strategy, callbacks, run_dir, out_dir, save, command, state, chief
                          **metrics)
     if save:
         try:
-            result["path"] = save_entry(model, cfg, metrics, seconds, strategy, out_dir, command,
-                                        history=writer.history,
-                                        resumed_at_epoch=writer.resumed_at_epoch)
+            with distribute.chief_writes(strategy):
+                result["path"] = save_entry(
+                    model, cfg, metrics, seconds, strategy, out_dir, command,
+                    history=writer.history, resumed_at_epoch=writer.resumed_at_epoch)
         except (DestinationError, OSError) as e:
             first = (str(e).strip().splitlines() or [""])[0]
             raise EntrySaveError(
