@@ -18,6 +18,7 @@ import keras
 __all__ = [
     "KERAS_TESTED",
     "KERAS_TUNER_TESTED",
+    "check_kt_private_names",
     "check_versions",
     "flatten_layers",
     "graph_nodes_by_depth",
@@ -25,8 +26,10 @@ __all__ = [
     "in_stateless_scope",
     "kt_display_class",
     "kt_distribute",
+    "kt_missing_private_names",
     "kt_silence_conditions",
     "kt_trial_status",
+    "kt_tuner_hooks",
     "no_automatic_dependency_tracking",
     "optimizer_iterations",
     "optimizer_learning_rate_attr",
@@ -183,6 +186,102 @@ def hyperband_budget(oracle) -> int:
 def tuner_checkpoint_path(tuner, trial_id: str) -> str:
     """Where a trial's best weights are written (``_get_checkpoint_fname``)."""
     return tuner._get_checkpoint_fname(trial_id)
+
+
+def kt_tuner_hooks(mixin):
+    """Class decorator for a mixin placed before a keras-tuner ``Tuner`` class: keras-tuner's
+    private per-execution hooks call the mixin's own methods.
+
+    * ``Tuner._build_hypermodel(hp)`` (builds the model of a trial; Hyperband also loads the
+      weights of an earlier trial) calls ``mixin._study_build_hypermodel(hp, build)``;
+    * ``Tuner._build_and_fit_model(trial, *args, **kwargs)`` (one execution of a trial)
+      calls ``mixin._study_build_and_fit(trial, build_and_fit, *args, **kwargs)``,
+
+    where ``build`` / ``build_and_fit`` are keras-tuner's own (the next class after the mixin,
+    as ``super()`` would give). No public method runs once per execution: ``run_trial`` loops
+    over the executions itself. Returns ``mixin``.
+    """
+
+    def _build_hypermodel(self, hp):
+        return self._study_build_hypermodel(hp, super(mixin, self)._build_hypermodel)
+
+    def _build_and_fit_model(self, trial, *args, **kwargs):
+        return self._study_build_and_fit(trial, super(mixin, self)._build_and_fit_model,
+                                         *args, **kwargs)
+
+    mixin._build_hypermodel = _build_hypermodel
+    mixin._build_and_fit_model = _build_and_fit_model
+    return mixin
+
+
+#: The private keras-tuner names the accessors of this module rely on, as
+#: ``"module:attribute.path"``; :func:`kt_missing_private_names` checks them.
+KT_PRIVATE_NAMES = (
+    "keras_tuner.src.engine.trial:TrialStatus",
+    "keras_tuner.src.distribute.utils:has_chief_oracle",
+    "keras_tuner.src.distribute.utils:is_chief_oracle",
+    "keras_tuner.src.engine.oracle:Display",
+    "keras_tuner.src.engine.oracle:Oracle._get_oracle_fname",
+    "keras_tuner.src.engine.conditions:Parent.to_proto",
+    "keras_tuner:oracles.HyperbandOracle._get_num_brackets",
+    "keras_tuner:oracles.HyperbandOracle._get_num_rounds",
+    "keras_tuner:oracles.HyperbandOracle._get_size",
+    "keras_tuner:Tuner._get_checkpoint_fname",
+    "keras_tuner:Tuner._build_hypermodel",
+    "keras_tuner:Tuner._build_and_fit_model",
+    "keras_tuner:Hyperband._build_hypermodel",
+    "keras_tuner.src.engine.tuner_utils:SaveBestEpoch._save_model",
+    "keras_tuner.src.protos:get_service",
+    "keras_tuner.src.protos:get_service_grpc",
+    "keras_tuner.src.distribute.oracle_chief:OracleServicer",
+    "keras_tuner.src.distribute.oracle_chief:exit_chief",
+    "keras_tuner.src.distribute.oracle_client:OracleClient",
+    "keras_tuner.src.utils:save_json",
+)
+#: Private attributes of an oracle instance (set in ``Oracle.__init__``) the accessors use.
+KT_PRIVATE_ORACLE_ATTRIBUTES = ("_display", "_retry_queue")
+
+
+def kt_missing_private_names(names=KT_PRIVATE_NAMES,
+                             oracle_attributes=KT_PRIVATE_ORACLE_ATTRIBUTES) -> list[str]:
+    """The names of ``names`` (``"module:attribute.path"``) that the installed keras-tuner
+    lacks, and the attributes of ``oracle_attributes`` a fresh ``RandomSearchOracle`` lacks
+    (as ``"Oracle().<name>"``); empty when every one is there."""
+    import importlib
+
+    import keras_tuner
+
+    missing = []
+    for entry in names:
+        module_name, _, path = entry.partition(":")
+        try:
+            obj = importlib.import_module(module_name)
+        except ImportError:
+            missing.append(entry)
+            continue
+        for part in path.split("."):
+            if not hasattr(obj, part):
+                missing.append(entry)
+                break
+            obj = getattr(obj, part)
+    oracle = keras_tuner.oracles.RandomSearchOracle(
+        objective=keras_tuner.Objective("score", "max"), max_trials=1)
+    missing += [f"Oracle().{name}" for name in oracle_attributes if not hasattr(oracle, name)]
+    return missing
+
+
+def check_kt_private_names(**kwargs) -> None:
+    """Raise ``RuntimeError`` naming every private keras-tuner name this module relies on that
+    the installed keras-tuner lacks (arguments: those of :func:`kt_missing_private_names`)."""
+    missing = kt_missing_private_names(**kwargs)
+    if missing:
+        import keras_tuner
+
+        raise RuntimeError(
+            f"The installed keras-tuner lacks private names keras_normreg relies on "
+            f"(keras_normreg/_compat.py, tested with keras-tuner>={KERAS_TUNER_TESTED[0]},"
+            f"<{KERAS_TUNER_TESTED[1]}): {', '.join(missing)}. "
+            f"Received: keras-tuner=={keras_tuner.__version__}")
 
 
 def oracle_servicer(oracle):

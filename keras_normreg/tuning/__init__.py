@@ -4,7 +4,12 @@
 * :mod:`~keras_normreg.tuning.space`: the space, the λ convention, decay modes -> recipes,
   the ``independent`` / ``product`` (ηλ, η) parametrizations.
 * :mod:`~keras_normreg.tuning.spec`: ``tuning/<study>.toml`` schema (:func:`load_study`).
-* :mod:`~keras_normreg.tuning.study`: :func:`run_study` (progress, resume, reports, export).
+* :mod:`~keras_normreg.tuning.study`: :func:`run_study` (resume, reports, export), which runs
+  a study in this process or as :func:`~keras_normreg.tuning.study.run_chief` /
+  :func:`~keras_normreg.tuning.study.run_worker`; its parts: ``progress`` (the lines a study
+  prints), ``oracle`` (the fault-tolerant oracle, a worker's proxy and heartbeat), ``serving``
+  (the chief's gRPC server, the workers' channel, the secret), ``tuner`` (the keras-tuner tuner
+  of a study) and ``export`` (the best trial tested once and saved).
 * :mod:`~keras_normreg.tuning.report`: leaderboard (Markdown + CSV) and heatmap (PNG).
 * :mod:`~keras_normreg.tuning.launcher`: chief + workers on one or several machines.
 

@@ -567,6 +567,179 @@ class _Follow:
             self.out.flush()
 
 
+def _check_local_options(workers, pin_cpus, cpu_shares, worker_timeout) -> None:
+    """The arguments of :func:`run_local` that need no file or process, checked first."""
+    _check_workers(workers)
+    check_bool("pin_cpus", pin_cpus)
+    if cpu_shares is not None:
+        if not pin_cpus:
+            raise ValueError("`cpu_shares` needs pin_cpus=True. "
+                             f"Received: cpu_shares={cpu_shares!r}, pin_cpus={pin_cpus!r}")
+        _check_shares("cpu_shares", cpu_shares, workers)
+    if worker_timeout is not None:
+        check_worker_timeout(worker_timeout)
+
+
+def _local_security(host: str, **given) -> OracleSecurity:
+    """The oracle's protection for a local run: the one given (arguments, else environment)
+    with a fresh random secret when none is given; refused as a chief on ``host`` would be."""
+    security = oracle_security(**given)
+    if security.secret is None:
+        security.secret = secrets.token_urlsafe(32)
+    check_chief(host, 0, security)  # e.g. a TLS certificate without its key
+    return security
+
+
+def _prepare_project(project_dir: str, overwrite: bool) -> str:
+    """Refuse a study another chief runs, start over if asked, make the worker log folder
+    (returned)."""
+    check_study_free(project_dir)
+    if overwrite and os.path.isdir(project_dir):
+        shutil.rmtree(project_dir)
+    log_dir = os.path.join(project_dir, "workers")
+    os.makedirs(log_dir, exist_ok=True)
+    return log_dir
+
+
+def _child_environment(security: OracleSecurity) -> dict[str, str]:
+    """The chief's and the workers' environment: ours without keras-tuner's role variables or
+    any oracle protection of our own, plus ``security`` (secret and TLS files)."""
+    env = dict(os.environ)
+    for k in ENV_KEYS + SECURITY_ENV_KEYS:
+        env.pop(k, None)
+    env.update(security_environment(security))
+    return env
+
+
+@contextlib.contextmanager
+def _signals_recorded():
+    """SIGTERM and SIGINT are recorded in the list this yields instead of ending the process
+    (from the main thread only); the previous handlers are restored at the end."""
+    got: list[int] = []
+
+    def on_signal(signum, frame):
+        got.append(signum)
+
+    previous = {}
+    if threading.current_thread() is threading.main_thread():
+        for s in (signal.SIGTERM, signal.SIGINT):
+            previous[s] = signal.signal(s, on_signal)
+    try:
+        yield got
+    finally:
+        for s, h in previous.items():
+            signal.signal(s, h)
+
+
+class _LocalProcesses:
+    """The chief and the workers of a local run: how each is started (command, environment,
+    log, CPUs), the running processes and their open log files."""
+
+    def __init__(self, study: str, address: str, *, ids, directory, max_trials, python, env,
+                 extra, masks, log_dir: str):
+        self.study, self.address, self.ids, self.directory = study, address, ids, directory
+        self.max_trials, self.python, self.env, self.extra = max_trials, python, env, extra
+        self.masks, self.log_dir = masks, log_dir
+        self.chief: subprocess.Popen | None = None
+        self.workers: dict[str, subprocess.Popen] = {}
+        self.logs: dict[str, object] = {}
+
+    def _command(self, role: str, worker_id=None) -> list[str]:
+        return _tune_command(self.study, role, self.address, directory=self.directory,
+                             max_trials=self.max_trials, worker_id=worker_id,
+                             python=self.python) + self.extra
+
+    def start_chief(self, log, mask) -> None:
+        self.chief = subprocess.Popen(
+            self._command("chief"), env=self.env, stdout=log, stderr=subprocess.STDOUT,
+            preexec_fn=_child_setup(mask))
+
+    def start_worker(self, wid: str) -> None:
+        """Start (or restart) worker ``wid``, its output appended to ``workers/<wid>.log``."""
+        if wid in self.logs:
+            self.logs[wid].close()
+        self.logs[wid] = open(os.path.join(self.log_dir, f"{wid}.log"), "a", encoding="utf-8")
+        self.workers[wid] = subprocess.Popen(
+            self._command("worker", wid), env=self.env, stdout=self.logs[wid],
+            stderr=subprocess.STDOUT, preexec_fn=_child_setup(self.masks.get(wid)))
+
+    def started(self) -> list[subprocess.Popen]:
+        return [p for p in (self.chief, *self.workers.values()) if p is not None]
+
+    def close_logs(self) -> None:
+        for f in self.logs.values():
+            f.close()
+
+
+def _supervise(procs: _LocalProcesses, got_signal: list[int], follow, *, max_restarts: int,
+               timeout: float | None, out) -> str | None:
+    """Start the workers, then watch everyone until the chief ends or a signal comes: copy the
+    chief's log to ``out``, restart a worker that exits abnormally (up to ``max_restarts``
+    times). Returns why the run failed (a worker failed for good, the ``timeout``), or None."""
+    started = time.monotonic()
+    finished: set[str] = set()
+    restarts = dict.fromkeys(procs.ids, 0)
+    for wid in restarts:
+        if got_signal:
+            break
+        procs.start_worker(wid)
+    while procs.chief.poll() is None and not got_signal:
+        follow()
+        if timeout is not None and time.monotonic() - started > timeout:
+            return f"timed out after {timeout:.0f} s"
+        for wid, p in list(procs.workers.items()):
+            rc = p.poll()
+            if rc is None or wid in finished:
+                continue
+            if rc == 0:
+                finished.add(wid)
+            elif restarts[wid] < max_restarts:
+                restarts[wid] += 1
+                print(f"tune: worker {wid} exited with {rc}; restarting it "
+                      f"({restarts[wid]}/{max_restarts})", file=out, flush=True)
+                procs.start_worker(wid)
+            else:
+                log = procs.logs[wid].name
+                return (f"worker {wid} exited with {rc} {max_restarts + 1} times; last "
+                        f"lines of {log}:\n{_tail(log)}")
+        time.sleep(0.3)
+    return None
+
+
+def _conclude_local(procs: _LocalProcesses, got_signal: list[int], failed: str | None, follow,
+                    *, grace: float, chief_log_path: str) -> int:
+    """Stop what must stop, say why, and return the launcher's exit code."""
+    chief = procs.chief
+    if got_signal:
+        name = signal.Signals(got_signal[0]).name
+        _stop([chief, *procs.workers.values()], grace)
+        follow()
+        print(f"tune: stopped by {name}: the chief and {len(procs.workers)} worker(s) were sent "
+              f"SIGTERM (SIGKILL after {grace:g} s) and have exited; run the same command "
+              "again to resume the study.", file=sys.stderr, flush=True)
+        return 128 + got_signal[0]
+    if failed:
+        _stop([chief, *procs.workers.values()], grace)
+        follow()
+        print(f"tune: error: {failed}", file=sys.stderr, flush=True)
+        print("tune: the study can be resumed by running the same command again.",
+              file=sys.stderr, flush=True)
+        return 1
+    rc = chief.returncode
+    follow()
+    if rc != 0:
+        _stop(list(procs.workers.values()), grace)
+        print(f"tune: error: the chief {_exit_status(rc)} (its log: "
+              f"{chief_log_path}); the workers were stopped. Run the same command again to "
+              "resume the study.", file=sys.stderr, flush=True)
+        return _shell_code(rc)
+    deadline = time.monotonic() + 60
+    for p in procs.workers.values():
+        with contextlib.suppress(subprocess.TimeoutExpired):
+            p.wait(timeout=max(0.1, deadline - time.monotonic()))
+    return 0
+
+
 def run_local(study: str, workers: int, *, project_dir: str, directory: str | None = None,
               overwrite: bool = False, max_trials: int | None = None, max_restarts: int = 3,
               timeout: float | None = None, host: str = "127.0.0.1", out=None,
@@ -615,134 +788,36 @@ def run_local(study: str, workers: int, *, project_dir: str, directory: str | No
             (:func:`oracle_security`; default: the environment, and a random secret).
     """
     out = out or sys.stdout
-    _check_workers(workers)
-    check_bool("pin_cpus", pin_cpus)
-    if cpu_shares is not None:
-        if not pin_cpus:
-            raise ValueError("`cpu_shares` needs pin_cpus=True. "
-                             f"Received: cpu_shares={cpu_shares!r}, pin_cpus={pin_cpus!r}")
-        _check_shares("cpu_shares", cpu_shares, workers)
-    if worker_timeout is not None:
-        check_worker_timeout(worker_timeout)
-    security = oracle_security(secret=secret, secret_file=secret_file, tls_cert=tls_cert,
+    _check_local_options(workers, pin_cpus, cpu_shares, worker_timeout)
+    security = _local_security(host, secret=secret, secret_file=secret_file, tls_cert=tls_cert,
                                tls_key=tls_key, tls_ca=tls_ca)
-    if security.secret is None:
-        security.secret = secrets.token_urlsafe(32)
-    check_chief(host, 0, security)  # e.g. a TLS certificate without its key
     ids = [f"tuner{i}" for i in range(workers)]
     masks = (dict(zip(ids, worker_cpus(workers, shares=cpu_shares), strict=True)) if pin_cpus
              else {})
     check_distributed_dependencies()
-    check_study_free(project_dir)
-    if overwrite and os.path.isdir(project_dir):
-        shutil.rmtree(project_dir)
-    log_dir = os.path.join(project_dir, "workers")
-    os.makedirs(log_dir, exist_ok=True)
+    log_dir = _prepare_project(project_dir, overwrite)
     address = f"{host}:{free_port(host)}"
-    env = dict(os.environ)
-    for k in ENV_KEYS + SECURITY_ENV_KEYS:
-        env.pop(k, None)
-    env.update(security_environment(security))
-    extra = [] if worker_timeout is None else ["--worker-timeout", str(worker_timeout)]
+    procs = _LocalProcesses(
+        study, address, ids=ids, directory=directory, max_trials=max_trials, python=python,
+        env=_child_environment(security), masks=masks, log_dir=log_dir,
+        extra=[] if worker_timeout is None else ["--worker-timeout", str(worker_timeout)])
     chief_log_path = os.path.join(project_dir, "chief.log")
     print(f"tune: chief on {address}, {workers} worker(s); worker logs in {log_dir}/, "
           f"chief log {chief_log_path}", file=out, flush=True)
     chief_log = open(chief_log_path, "a", encoding="utf-8")
     follow = _Follow(chief_log_path, out)
-    procs: dict[str, subprocess.Popen] = {}
-    logs: dict[str, object] = {}
-    restarts = dict.fromkeys(ids, 0)
-    got_signal: list[int] = []
-
-    def on_signal(signum, frame):
-        got_signal.append(signum)
-
-    previous = {}
-    if threading.current_thread() is threading.main_thread():
-        for s in (signal.SIGTERM, signal.SIGINT):
-            previous[s] = signal.signal(s, on_signal)
-    chief = None
     try:
-        chief = subprocess.Popen(
-            _tune_command(study, "chief", address, directory=directory,
-                          max_trials=max_trials, python=python) + extra,
-            env=env, stdout=chief_log, stderr=subprocess.STDOUT,
-            preexec_fn=_child_setup(masks.get(ids[0])))
-
-        def start(wid):
-            if wid in logs:
-                logs[wid].close()
-            logs[wid] = open(os.path.join(log_dir, f"{wid}.log"), "a", encoding="utf-8")
-            procs[wid] = subprocess.Popen(
-                _tune_command(study, "worker", address, directory=directory,
-                              max_trials=max_trials, worker_id=wid, python=python) + extra,
-                env=env, stdout=logs[wid], stderr=subprocess.STDOUT,
-                preexec_fn=_child_setup(masks.get(wid)))
-
-        started = time.monotonic()
-        finished: set[str] = set()
-        failed = None
-        for wid in restarts:
-            if got_signal:
-                break
-            start(wid)
-        while chief.poll() is None and not got_signal:
-            follow()
-            if timeout is not None and time.monotonic() - started > timeout:
-                failed = f"timed out after {timeout:.0f} s"
-                break
-            for wid, p in list(procs.items()):
-                rc = p.poll()
-                if rc is None or wid in finished:
-                    continue
-                if rc == 0:
-                    finished.add(wid)
-                elif restarts[wid] < max_restarts:
-                    restarts[wid] += 1
-                    print(f"tune: worker {wid} exited with {rc}; restarting it "
-                          f"({restarts[wid]}/{max_restarts})", file=out, flush=True)
-                    start(wid)
-                else:
-                    failed = (f"worker {wid} exited with {rc} {max_restarts + 1} times; last "
-                              f"lines of {logs[wid].name}:\n{_tail(logs[wid].name)}")
-                    break
-            if failed:
-                break
-            time.sleep(0.3)
-        if got_signal:
-            name = signal.Signals(got_signal[0]).name
-            _stop([chief, *procs.values()], grace)
-            follow()
-            print(f"tune: stopped by {name}: the chief and {len(procs)} worker(s) were sent "
-                  f"SIGTERM (SIGKILL after {grace:g} s) and have exited; run the same command "
-                  "again to resume the study.", file=sys.stderr, flush=True)
-            return 128 + got_signal[0]
-        if failed:
-            _stop([chief, *procs.values()], grace)
-            follow()
-            print(f"tune: error: {failed}", file=sys.stderr, flush=True)
-            print("tune: the study can be resumed by running the same command again.",
-                  file=sys.stderr, flush=True)
-            return 1
-        rc = chief.returncode
-        follow()
-        if rc != 0:
-            _stop(list(procs.values()), grace)
-            print(f"tune: error: the chief {_exit_status(rc)} (its log: "
-                  f"{chief_log_path}); the workers were stopped. Run the same command again to "
-                  "resume the study.", file=sys.stderr, flush=True)
-            return _shell_code(rc)
-        deadline = time.monotonic() + 60
-        for p in procs.values():
-            with contextlib.suppress(subprocess.TimeoutExpired):
-                p.wait(timeout=max(0.1, deadline - time.monotonic()))
-        return 0
+        with _signals_recorded() as got_signal:
+            try:
+                procs.start_chief(chief_log, masks.get(ids[0]))
+                failed = _supervise(procs, got_signal, follow, max_restarts=max_restarts,
+                                    timeout=timeout, out=out)
+                return _conclude_local(procs, got_signal, failed, follow, grace=grace,
+                                       chief_log_path=chief_log_path)
+            finally:
+                _stop(procs.started(), grace)
     finally:
-        _stop([p for p in (chief, *procs.values()) if p is not None], grace)
-        for s, h in previous.items():
-            signal.signal(s, h)
-        for f in logs.values():
-            f.close()
+        procs.close_logs()
         chief_log.close()
 
 

@@ -301,7 +301,7 @@ def load_study(path: str | os.PathLike, *, max_trials: int | None = None) -> dic
 
 def study_budget(spec: Mapping) -> int | None:
     """Trials the study runs: ``max_trials`` (random, bayesian), ``min(max_trials, grid size)``
-    (grid); None for hyperband (its oracle knows: :func:`keras_normreg.tuning.study.budget`)."""
+    (grid); None for hyperband (its oracle knows: :func:`keras_normreg.tuning.oracle.budget`)."""
     kind = spec["tuner"]["kind"]
     if kind == "hyperband":
         return None

@@ -8,7 +8,9 @@ import keras_tuner as kt
 import pytest
 
 from keras_normreg.tuning import launcher, study
+from keras_normreg.tuning import oracle as nr_oracle
 from keras_normreg.tuning import spec as nr_spec
+from keras_normreg.tuning import tuner as nr_tuner
 
 from .conftest import write_tiny_spec
 
@@ -39,9 +41,9 @@ def _state(tmp_path):
 
 
 def test_split_tag():
-    assert study._split_tag("03@tuner1") == ("03", "tuner1")
-    assert study._split_tag("03") == ("03", None)
-    assert study._split_tag("03@") == ("03", None)
+    assert nr_oracle._split_tag("03@tuner1") == ("03", "tuner1")
+    assert nr_oracle._split_tag("03") == ("03", None)
+    assert nr_oracle._split_tag("03@") == ("03", None)
 
 
 def test_state_on_disk_has_no_ongoing_trial_after_the_last_end(tmp_path):
@@ -170,7 +172,7 @@ def test_silent_worker_trial_is_handed_to_another_and_its_late_reports_ignored(t
 
 
 def test_idle_worker_waits_while_others_run_and_stops_at_the_end(tmp_path, monkeypatch):
-    monkeypatch.setattr(study, "IDLE_WAIT", 0.0)
+    monkeypatch.setattr(nr_oracle, "IDLE_WAIT", 0.0)
     oracle, _ = _oracle(tmp_path, max_trials=2)
     a = oracle.create_trial("a")
     b = oracle.create_trial("b")
@@ -255,7 +257,7 @@ def test_checkpoints_are_written_atomically(tmp_path, monkeypatch):
 
     model = keras.Sequential([keras.Input((3,)), keras.layers.Dense(2)])
     path = str(tmp_path / "checkpoint.weights.h5")
-    study._atomic_save_weights(model, path)
+    nr_tuner._atomic_save_weights(model, path)
     assert os.listdir(tmp_path) == ["checkpoint.weights.h5"]
     before = open(path, "rb").read()
     model.layers[0].kernel.assign(np.ones((3, 2), "float32"))
@@ -267,7 +269,7 @@ def test_checkpoints_are_written_atomically(tmp_path, monkeypatch):
 
     monkeypatch.setattr(keras.Model, "save_weights", broken)
     with pytest.raises(OSError, match="disk full"):
-        study._atomic_save_weights(model, path)
+        nr_tuner._atomic_save_weights(model, path)
     assert open(path, "rb").read() == before  # the previous checkpoint is intact
     assert os.listdir(tmp_path) == ["checkpoint.weights.h5"]
 

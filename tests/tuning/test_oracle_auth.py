@@ -17,7 +17,7 @@ import keras_tuner as kt
 import pytest
 
 from keras_normreg import _compat
-from keras_normreg.tuning import launcher, study
+from keras_normreg.tuning import launcher, serving, study
 
 from .conftest import fake_processes, write_tiny_spec
 
@@ -119,7 +119,7 @@ def test_calls_without_the_secret_are_refused_and_change_nothing(chief, metadata
     held = chief.oracle.trials[trial.trial_id]
     assert held.status == "RUNNING" and not held.metrics.exists("val_accuracy")
     assert chief.servicer.stop_triggered is False
-    assert chief.err.getvalue().count("tune: refused a call from") == study._SecretCheck.SHOWN
+    assert chief.err.getvalue().count("tune: refused a call from") == serving._SecretCheck.SHOWN
     assert "further refusals are not shown" in chief.err.getvalue()
 
 
@@ -169,7 +169,7 @@ def test_keras_tuner_client_is_refused_until_given_the_workers_channel(chief, mo
                        match=rf"The chief at 127.0.0.1:{chief.port} refused this worker: "
                              rf"missing or wrong oracle secret.*Received: "
                              rf"oracle='127.0.0.1:{chief.port}'$"):
-        with study._refused_as(chief.address):
+        with serving.refused_as(chief.address):
             client.get_best_trials(1)
     assert isinstance(launcher.OracleAuthError("x"), OSError)  # the CLI's clean error path
 

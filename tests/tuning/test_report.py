@@ -6,7 +6,7 @@ import os
 
 import pytest
 
-from keras_normreg.tuning import report, study
+from keras_normreg.tuning import progress, report, study
 from keras_normreg.tuning import spec as nr_spec
 
 from .conftest import TINY
@@ -124,7 +124,7 @@ def test_eta_from_session_pace(monkeypatch):
         pass
 
     now = [100.0]
-    monkeypatch.setattr(study.time, "monotonic", lambda: now[0])
+    monkeypatch.setattr(progress.time, "monotonic", lambda: now[0])
     display = study.ProgressDisplay(FakeOracle(), total=12)
     assert display.eta(0) is None  # nothing finished yet in this session
     now[0] = 120.0
