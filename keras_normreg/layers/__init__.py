@@ -110,8 +110,8 @@ def register_normalization(name: str, cls):
     """Add the normalization choice ``name`` (a new layer inserted after conv/dense layers).
 
     Args:
-        name: the new choice, a name of the one rule of the tables
-            (:data:`keras_normreg._registry.NAME_RULE`: lower-case snake case) not already a
+        name: the new choice, following the name rule of every table
+            (:data:`keras_normreg._registry.NAME_RULE`: lower-case snake case), not already a
             choice.
         cls: a ``keras.layers.Layer`` subclass; the zoo calls ``cls(name=..., **kwargs)``
             (e.g. ``axis=1`` for channels-first models), so its constructor must accept the
