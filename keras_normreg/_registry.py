@@ -37,8 +37,8 @@ NAME_RULE = ("an identifier in lower-case snake case (a lower-case letter, then 
 #: The wording of an unknown name: ``family``, ``value``, ``names`` (the valid names),
 #: ``hint`` (the reserved name's hint, with a leading space, or "") and ``received``.
 UNKNOWN = "Unknown {family} {value!r}; valid names are {names}.{hint} {received}"
-#: The same with the value only in ``received`` (the normalization and recipe-optimizer tables
-#: have always said it this way).
+#: The same with the value only in ``received`` (the wording of the normalization and the
+#: recipe-optimizer lookups, which tests and users match).
 UNKNOWN_SHORT = "Unknown {family}. Valid names: {names}.{hint} {received}"
 
 
