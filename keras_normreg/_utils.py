@@ -1,4 +1,5 @@
-"""Small shared helpers: argument validation with uniform error messages, and registration."""
+"""Small shared helpers: argument validation with uniform error messages, and registration with
+Keras (the tables of named choices are :mod:`keras_normreg._registry`)."""
 
 from __future__ import annotations
 
@@ -33,18 +34,6 @@ def variable_path(variable) -> str:
     if path is None:
         path = str(getattr(variable, "name", "")).split(":")[0]
     return path
-
-
-def unregister_choice(family: str, table: dict, builtin, name) -> None:
-    """Delete ``name`` from a choice ``table`` (a family's one table of names) unless it is
-    one of the ``builtin`` names; errors name the family and list the registered names."""
-    if isinstance(name, str) and name in builtin:
-        raise ValueError(f"{family} {name!r} is built in and cannot be unregistered. "
-                         f"{received('name', name)}")
-    if not isinstance(name, str) or name not in table:
-        raise ValueError(f"{family} {name!r} is not registered. Registered names: "
-                         f"{sorted(set(table) - set(builtin))}. {received('name', name)}")
-    del table[name]
 
 
 def check_number(name: str, value, *, low=None, high=None, low_inclusive=True,
@@ -86,49 +75,6 @@ def check_bool(name: str, value):
     if not isinstance(value, bool):
         raise ValueError(f"Argument `{name}` must be a bool. {received(name, value)}")
     return value
-
-
-def get_from_table(family: str, identifier, table: dict, base: type, keras_get):
-    """Resolve ``identifier`` for a family with a string table (``constraints.get``, ...).
-
-    * None -> None;
-    * a name of ``table`` or a ``base`` subclass -> a default instance;
-    * a serialized dict ``{"class_name": ..., "config": {...}}`` (``class_name`` may also be a
-      table name) -> the deserialized object (``keras_get`` for Keras' own names);
-    * an instance (any callable) -> itself.
-    Anything else is a ValueError that lists the valid names and ends with "Received: ...".
-    """
-    valid = sorted(table)
-    if identifier is None:
-        return None
-    if isinstance(identifier, str):
-        if identifier not in table:
-            raise ValueError(f"Unknown {family} {identifier!r}; valid names are {valid}. "
-                             + received("identifier", identifier))
-        return table[identifier]()
-    if isinstance(identifier, type):
-        if issubclass(identifier, base):
-            return identifier()
-        raise ValueError(f"A {family} class must subclass keras.{family}s.{base.__name__}. "
-                         + received("identifier", identifier))
-    if isinstance(identifier, dict):
-        name = identifier.get("class_name")
-        if name is None:
-            raise ValueError(f"A {family} config dict needs a 'class_name' (and optionally "
-                             f"'config'); valid names are {valid}. "
-                             + received("identifier", identifier))
-        if name in table:
-            return table[name].from_config(dict(identifier.get("config") or {}))
-        try:
-            return keras_get(identifier)
-        except (ValueError, TypeError) as err:
-            raise ValueError(f"Could not deserialize {family} {name!r} ({err}); valid names are "
-                             f"{valid}. " + received("identifier", identifier)) from None
-    if callable(identifier):
-        return identifier
-    raise ValueError(f"Could not interpret a {family}: expected None, a name, a class, an "
-                     f"instance or a config dict; valid names are {valid}. "
-                     + received("identifier", identifier))
 
 
 @contextlib.contextmanager

@@ -202,9 +202,10 @@ def _parser() -> argparse.ArgumentParser:
 
 
 def catalog() -> dict:
-    """The zoo models and datasets as read from the live registries (what ``list`` prints):
-    ``{"models": [{name, family, description}], "datasets": [{name, input_shape, classes,
-    splits}], "lines": {"models": [...], "datasets": [...]}}`` (the printed lines).
+    """The zoo models and datasets as read from the live registries (what ``list`` prints), and
+    the recipe choices of the family tables: ``{"models": [{name, family, description}],
+    "datasets": [{name, input_shape, classes, splits}], "choices": {"model.norm": [...], ...},
+    "lines": {"models": [...], "datasets": [...]}}`` (the printed lines).
     :data:`CATALOG_PATH` holds a copy, written by :func:`write_catalog`."""
     from keras_normreg import data, zoo
 
@@ -217,7 +218,9 @@ def catalog() -> dict:
         i = data.info(name)
         datasets.append({"name": name, "input_shape": list(i.input_shape),
                          "classes": i.num_classes, "splits": dict(i.splits)})
-    cat = {"models": models, "datasets": datasets}
+    # the recipe keys with a fixed set of values, read from the family tables (as in the help)
+    choices = {key: list(values) for key, values in config.choice_fields().items()}
+    cat = {"models": models, "datasets": datasets, "choices": choices}
     # the printed lines travel in the catalog, so that keras_normreg_cli (which must not import
     # this package) prints them without a formatter of its own
     cat["lines"] = {part: list_lines(cat, part) for part in ("models", "datasets")}

@@ -21,11 +21,14 @@ refused when given if they are empty or hold a NUL or control character (:func:`
 ``train.output_dir`` gets that check, writability included, from
 :func:`keras_normreg.saving.check_destination` before training starts).
 
-The choices of ``model.norm``, ``model.constraint``, ``optimizer.name`` and ``train.strategy``
-are not listed here: they are read, at validation time, from the table of each family
-(:func:`keras_normreg.layers.normalization_names`, :data:`keras_normreg.constraints.CONSTRAINTS`,
-:data:`keras_normreg.optimizers.RECIPES`, :func:`keras_normreg.distribute.check_strategy`), so a
-name registered there is accepted here.
+The choices of ``model.norm``, ``model.constraint``, ``regularization.kind``,
+``optimizer.name``, ``optimizer.decay_semantics``, ``optimizer.scale_invariant`` and
+``train.strategy`` are not listed here: they are read, at validation time, from the family that
+implements them (:func:`keras_normreg.layers.normalization_names`,
+:data:`keras_normreg.constraints.CONSTRAINTS`, :data:`keras_normreg.regularizers.REGULARIZERS`
+(and its :data:`~keras_normreg.regularizers.FACTORS`), :data:`keras_normreg.optimizers.RECIPES`,
+:data:`keras_normreg.optimizers.SEMANTICS`, :data:`keras_normreg.optimizers.SCALE_INVARIANT_NAMES`,
+:func:`keras_normreg.distribute.check_strategy`), so a name registered there is accepted here.
 
 Example::
 
@@ -64,6 +67,7 @@ from keras_normreg import constraints as nr_constraints
 from keras_normreg import distribute
 from keras_normreg import layers as nr_layers
 from keras_normreg import optimizers as nr_optimizers
+from keras_normreg import regularizers as nr_regularizers
 from keras_normreg.zoo import registry as zoo_registry
 
 __all__ = [
@@ -239,6 +243,10 @@ def _constraint_choices() -> tuple[str, ...]:
     return ("none", *nr_constraints.CONSTRAINTS)
 
 
+def _regularizer_choices() -> tuple[str, ...]:
+    return ("none", *nr_regularizers.REGULARIZERS.names())
+
+
 def _optimizer_choices() -> tuple[str, ...]:
     return tuple(nr_optimizers.RECIPES)
 
@@ -271,7 +279,7 @@ RECIPE_SCHEMA: dict[str, Any] = {
                           "fit stalled up to 5 s on CPU; see keras_normreg.data.pipelines)"),
     },
     "regularization": {
-        "kind": Field(str, "none", choices=("none", "l1", "l2", "elastic_net"), doc="penalty"),
+        "kind": Field(str, "none", choices=_regularizer_choices, doc="penalty"),
         "l1": Field(float, 0.0, check=_non_negative, doc="L1 factor (adds l1*sum|w|)"),
         "l2": Field(float, 0.0, check=_non_negative, doc="L2 factor (adds l2*sum w^2)"),
         "targets": Field(list, ["kernel"], item_type=str, doc="kernel, bias, gamma, beta, ..."),
@@ -283,11 +291,11 @@ RECIPE_SCHEMA: dict[str, Any] = {
         "momentum": Field(float, 0.9, check=_unit_interval, doc="SGD momentum / Adam beta_1"),
         "nesterov": Field(bool, False, doc="Nesterov momentum (SGD family)"),
         "weight_decay": Field(float, 0.0, check=_non_negative, doc="decoupled decay λ"),
-        "decay_semantics": Field(str, "lr", choices=("lr", "schedule", "corrected"),
+        "decay_semantics": Field(str, "lr", choices=nr_optimizers.SEMANTICS,
                                  doc="decay multiplied by lr / schedule multiplier / lr^2/max_lr"),
         "exclude": Field(list, ["bias", "normalization"], item_type=str,
                          doc="decay exclusion rules (they add up)"),
-        "scale_invariant": Field(str, "none", choices=("none", "exclude", "sphere"),
+        "scale_invariant": Field(str, "none", choices=nr_optimizers.SCALE_INVARIANT_NAMES,
                                  doc="treatment of scale-invariant weights"),
         "clipnorm": Field(float, None, check=_positive, doc="gradient clipping by norm"),
     },
@@ -463,8 +471,9 @@ def check_recipe(cfg: Mapping, prefix: str = "") -> None:
       ``constant`` for warmup; ``final_fraction`` != 0 only with ``cosine``) is an error: the
       schedule would ignore it.
     * ``regularization``: ``kind = "none"`` takes no ``l1``/``l2`` factor and no non-default
-      ``targets``/``skip_scale_invariant``; ``l1``/``l2`` need their factor > 0 and not the
-      other one's; ``elastic_net`` needs both > 0; a penalty needs a target.
+      ``targets``/``skip_scale_invariant``; a kind needs its factors > 0 and refuses the others
+      (:data:`keras_normreg.regularizers.FACTORS`: ``l1``/``l2`` their own, ``elastic_net``
+      both); a penalty needs a target.
     * ``optimizer``: a non-default ``decay_semantics`` needs ``weight_decay`` > 0.
     * ``model``: a non-default ``constraint_value`` needs a constraint that takes a value
       (``max_norm``, ``fixed_norm``: :data:`keras_normreg.constraints.VALUE_ARGUMENTS`).
@@ -516,28 +525,34 @@ def check_recipe(cfg: Mapping, prefix: str = "") -> None:
         raise _whole_error(f"Config key '{p}schedule.final_fraction' is used only by "
                            f"{p}schedule.kind='cosine'; remove it or change the kind", p,
                            schedule__final_fraction=sched["final_fraction"], schedule__kind=kind)
-    rkind, l1, l2 = reg["kind"], reg["l1"], reg["l2"]
+    rkind = reg["kind"]
     if rkind == "none":
-        for key in ("l1", "l2", "targets", "skip_scale_invariant"):
+        for key in (*nr_regularizers.RECIPE_FACTORS, "targets", "skip_scale_invariant"):
             if reg[key] != _default("regularization", key):
+                kinds = ", ".join(nr_regularizers.REGULARIZERS.names())
                 raise _whole_error(
                     f"Config key '{p}regularization.{key}' is ignored with "
-                    f"{p}regularization.kind='none'; set the kind (l1, l2, elastic_net) or "
+                    f"{p}regularization.kind='none'; set the kind ({kinds}) or "
                     f"remove it", p, **{f"regularization__{key}": reg[key],
                                         "regularization__kind": rkind})
     else:
-        needs = {"l1": ("l1",), "l2": ("l2",), "elastic_net": ("l1", "l2")}[rkind]
-        for key in ("l1", "l2"):
-            value = l1 if key == "l1" else l2
+        needs = nr_regularizers.FACTORS[rkind]
+        for key in nr_regularizers.RECIPE_FACTORS:
+            value = reg[key]
             if key in needs and value == 0:
                 raise _whole_error(
                     f"Config key '{p}regularization.{key}' must be > 0 with "
                     f"{p}regularization.kind={rkind!r} (a penalty of nothing; use kind='none')",
                     p, **{f"regularization__{key}": value, "regularization__kind": rkind})
             if key not in needs and value != 0:
+                # the kinds that take this factor as well as the current kind's
+                takers = [k for k, f in nr_regularizers.FACTORS.items()
+                          if {*needs, key} <= set(f)]
+                use = " or ".join(f"kind={k!r}" for k in takers)
                 raise _whole_error(
                     f"Config key '{p}regularization.{key}' is ignored with "
-                    f"{p}regularization.kind={rkind!r}; remove it or use kind='elastic_net'",
+                    f"{p}regularization.kind={rkind!r}; remove it"
+                    + (f" or use {use}" if use else ""),
                     p, **{f"regularization__{key}": value, "regularization__kind": rkind})
         if not reg["targets"]:
             raise _whole_error(f"Config key '{p}regularization.targets' must name at least one "

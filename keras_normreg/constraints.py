@@ -49,14 +49,8 @@ import keras
 from keras import ops
 
 from keras_normreg import _targeting, selectors
-from keras_normreg._utils import (
-    check_choice,
-    check_number,
-    get_from_table,
-    received,
-    register,
-    unregister_choice,
-)
+from keras_normreg._registry import Registry, get_from_table
+from keras_normreg._utils import check_choice, check_number, received, register
 
 LAYER_KINDS = ("dense", "conv", "conv_transpose", "depthwise", "embedding")
 _EPS = 1e-12
@@ -232,31 +226,41 @@ class MaxNorm(_PerUnitNormConstraint):
         return {"max_value": self.max_value, **super().get_config()}
 
 
+def _check_constraint_class(cls) -> None:
+    if not (isinstance(cls, type) and issubclass(cls, keras.constraints.Constraint)):
+        raise ValueError("Argument `cls` must be a keras.constraints.Constraint subclass. "
+                         + received("cls", cls))
+
+
 #: String table of the constraint family (``constraint="unit_norm"``): the one list of
-#: constraint names (recipes, CLI help and the zoo read it). Add to it with
-#: :func:`register_constraint`.
-CONSTRAINTS = {
-    "unit_norm": UnitNorm,
-    "max_norm": MaxNorm,
-    "fixed_norm": FixedNorm,
-    "non_neg": keras.constraints.NonNeg,
-}
+#: constraint names (recipes, CLI help and the zoo read it). ``"none"`` (no constraint) is a
+#: choice of recipes but not an entry. Add to it with :func:`register_constraint`.
+CONSTRAINTS = Registry(
+    "constraint",
+    {
+        "unit_norm": UnitNorm,
+        "max_norm": MaxNorm,
+        "fixed_norm": FixedNorm,
+        "non_neg": keras.constraints.NonNeg,
+    },
+    reserved={"none": "For no constraint, pass None."},
+    check=_check_constraint_class)
 
 #: Name -> the constructor argument that takes a recipe's ``model.constraint_value``
-#: (names absent here take no value: ``unit_norm``, ``non_neg``).
+#: (names absent here take no value: ``unit_norm``, ``non_neg``); filled by
+#: :func:`register_constraint` together with :data:`CONSTRAINTS`.
 VALUE_ARGUMENTS = {
     "max_norm": "max_value",
     "fixed_norm": "value",
 }
-
-_BUILTIN = frozenset(CONSTRAINTS)
 
 
 def register_constraint(name: str, cls, *, value_argument: str | None = None):
     """Add the constraint name ``name`` to :data:`CONSTRAINTS`.
 
     Args:
-        name: the new name, an identifier (letters, digits, ``_``) not already in the table.
+        name: the new name (:data:`keras_normreg._registry.NAME_RULE`: lower-case snake case),
+            not already in the table.
         cls: a ``keras.constraints.Constraint`` subclass (instantiated without arguments by
             :func:`get`).
         value_argument: the constructor argument that receives a recipe's
@@ -265,20 +269,11 @@ def register_constraint(name: str, cls, *, value_argument: str | None = None):
     Returns:
         ``cls``, unchanged.
     """
-    if not isinstance(name, str) or not name.isidentifier():
-        raise ValueError("Argument `name` must be an identifier (letters, digits, _). "
-                         + received("name", name))
-    if name in CONSTRAINTS or name == "none":
-        raise ValueError(f"Constraint {name!r} is already a name "
-                         f"({['none', *CONSTRAINTS]}). " + received("name", name))
-    if not (isinstance(cls, type) and issubclass(cls, keras.constraints.Constraint)):
-        raise ValueError("Argument `cls` must be a keras.constraints.Constraint subclass. "
-                         + received("cls", cls))
     if value_argument is not None and (not isinstance(value_argument, str)
                                        or not value_argument.isidentifier()):
         raise ValueError("Argument `value_argument` must be None or an argument name. "
                          + received("value_argument", value_argument))
-    CONSTRAINTS[name] = cls
+    CONSTRAINTS.register(name, cls)
     if value_argument is not None:
         VALUE_ARGUMENTS[name] = value_argument
     return cls
@@ -286,7 +281,7 @@ def register_constraint(name: str, cls, *, value_argument: str | None = None):
 
 def unregister_constraint(name: str) -> None:
     """Remove a name added by :func:`register_constraint` (built-in ones stay)."""
-    unregister_choice("Constraint", CONSTRAINTS, _BUILTIN, name)
+    CONSTRAINTS.unregister(name)
     VALUE_ARGUMENTS.pop(name, None)
 
 
@@ -300,7 +295,7 @@ def get(identifier):
     * a serialized dict ``{"class_name": ..., "config": {...}}`` (``class_name`` may also be a
       table name) -> the deserialized constraint.
     """
-    return get_from_table("constraint", identifier, CONSTRAINTS, keras.constraints.Constraint,
+    return get_from_table(CONSTRAINTS, identifier, keras.constraints.Constraint,
                           keras.constraints.get)
 
 
@@ -312,9 +307,8 @@ def from_value(name: str, value: float):
     """
     if name == "none":
         return None
-    if not isinstance(name, str) or name not in CONSTRAINTS:
-        raise ValueError(f"Unknown constraint {name!r}; valid names are "
-                         f"{['none', *sorted(CONSTRAINTS)]}. " + received("name", name))
+    if name not in CONSTRAINTS:
+        raise CONSTRAINTS.unknown(name, "name", also=("none",))
     argument = VALUE_ARGUMENTS.get(name)
     return CONSTRAINTS[name]() if argument is None else CONSTRAINTS[name](**{argument: value})
 

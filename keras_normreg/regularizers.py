@@ -33,9 +33,12 @@ import keras
 from keras import ops
 
 from keras_normreg import _invariance, _targeting, selectors
-from keras_normreg._utils import check_number, get_from_table, received, register
+from keras_normreg._registry import Registry, get_from_table
+from keras_normreg._utils import check_number, received, register
 
-__all__ = ["L1", "L2", "ElasticNet", "get", "apply", "RegularizationReport", "REGULARIZERS"]
+__all__ = ["L1", "L2", "ElasticNet", "get", "apply", "RegularizationReport", "REGULARIZERS",
+           "FACTORS", "RECIPE_FACTORS", "register_regularizer",
+           "unregister_regularizer"]
 
 
 def _check_factor(name, value):
@@ -112,8 +115,61 @@ class ElasticNet(keras.regularizers.Regularizer):
         return f"ElasticNet(l1={self.l1:g}, l2={self.l2:g})"
 
 
-#: String table of the regularizer family (``regularizer="l2"``).
-REGULARIZERS = {"l1": L1, "l2": L2, "elastic_net": ElasticNet, "l1_l2": ElasticNet}
+def _check_regularizer_class(cls) -> None:
+    if not (isinstance(cls, type) and issubclass(cls, keras.regularizers.Regularizer)):
+        raise ValueError("Argument `cls` must be a keras.regularizers.Regularizer subclass. "
+                         + received("cls", cls))
+
+
+#: String table of the regularizer family (``regularizer="l2"``): the one list of penalty
+#: kinds (a recipe's ``regularization.kind``, besides ``"none"``; the CLI help; :func:`get`).
+#: ``"l1_l2"`` is an alias of ``"elastic_net"`` (Keras' name), accepted by :func:`get` but not
+#: a recipe choice. Add to it with :func:`register_regularizer`.
+REGULARIZERS = Registry(
+    "regularizer", {"l1": L1, "l2": L2, "elastic_net": ElasticNet},
+    aliases={"l1_l2": "elastic_net"},
+    reserved={"none": "For no regularizer, pass None."},
+    check=_check_regularizer_class)
+
+#: The factors of a recipe's ``[regularization]`` section (``regularization.l1`` / ``.l2``).
+RECIPE_FACTORS = ("l1", "l2")
+
+#: Name of :data:`REGULARIZERS` -> the recipe factors its constructor takes (as keyword
+#: arguments of the same names); filled by :func:`register_regularizer` with the table. A recipe
+#: with that kind needs each of them > 0 and refuses the others.
+FACTORS = {"l1": ("l1",), "l2": ("l2",), "elastic_net": ("l1", "l2")}
+
+
+def register_regularizer(name: str, cls, *, factors):
+    """Add the penalty kind ``name`` to :data:`REGULARIZERS` (and to the recipes'
+    ``regularization.kind``).
+
+    Args:
+        name: the new name (:data:`keras_normreg._registry.NAME_RULE`: lower-case snake case),
+            not already in the table.
+        cls: a ``keras.regularizers.Regularizer`` subclass; :func:`get` makes it without
+            arguments, a recipe with ``cls.from_config({factor: value, ...})`` for each of
+            ``factors``.
+        factors: the recipe factors its constructor takes, a non-empty subset of
+            :data:`RECIPE_FACTORS` (``("l2",)``, ``("l1", "l2")`` ...).
+
+    Returns:
+        ``cls``, unchanged.
+    """
+    if (not isinstance(factors, (tuple, list)) or not factors
+            or not all(isinstance(f, str) and f in RECIPE_FACTORS for f in factors)
+            or len(set(factors)) != len(factors)):
+        raise ValueError(f"Argument `factors` must be a non-empty tuple of distinct names from "
+                         f"{RECIPE_FACTORS}. {received('factors', factors)}")
+    REGULARIZERS.register(name, cls)
+    FACTORS[name] = tuple(factors)
+    return cls
+
+
+def unregister_regularizer(name: str) -> None:
+    """Remove a name added by :func:`register_regularizer` (built-in ones stay)."""
+    REGULARIZERS.unregister(name)
+    FACTORS.pop(name, None)
 
 
 def get(identifier):
@@ -140,7 +196,7 @@ def get(identifier):
         if keys == {"l1"}:
             return L1(identifier["l1"])
         return L2(identifier["l2"])
-    return get_from_table("regularizer", identifier, REGULARIZERS, keras.regularizers.Regularizer,
+    return get_from_table(REGULARIZERS, identifier, keras.regularizers.Regularizer,
                           keras.regularizers.get)
 
 

@@ -34,6 +34,7 @@ from keras_normreg import constraints as nr_constraints
 from keras_normreg import data as nr_data
 from keras_normreg import distribute, runstate, zoo
 from keras_normreg import optimizers as nr_optimizers
+from keras_normreg import regularizers as nr_regularizers
 from keras_normreg._locks import FileLock
 from keras_normreg.data.numpy_arrays import EMBEDDED
 from keras_normreg.data.streams import ArrayEpochs
@@ -129,8 +130,9 @@ def build_model(cfg: dict, input_shape=None, num_classes=None) -> keras.Model:
     reg = cfg["regularization"]
     regularization = None
     if reg["kind"] != "none":
-        spec = {"l1": {"l1": reg["l1"]}, "l2": {"l2": reg["l2"]},
-                "elastic_net": {"l1": reg["l1"], "l2": reg["l2"]}}[reg["kind"]]
+        # the kind's entry of the regularizer table, made with the factors it takes
+        factors = nr_regularizers.FACTORS[reg["kind"]]
+        spec = {"class_name": reg["kind"], "config": {f: reg[f] for f in factors}}
         spec["targets"] = tuple(reg["targets"])
         spec["skip_scale_invariant"] = "auto" if reg["skip_scale_invariant"] else False
         regularization = spec

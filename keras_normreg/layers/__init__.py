@@ -12,15 +12,16 @@
   choices, which wrap a layer instead of inserting one (handled by the model zoo with
   :class:`WeightNormalization`); :func:`normalization_names` (both);
   :func:`register_normalization` / :func:`unregister_normalization` to add a choice.
+  ``NORMALIZATIONS`` is a :class:`keras_normreg._registry.Registry`, the one table helper of
+  the package (names in lower-case snake case).
 """
 
 from __future__ import annotations
 
-import re
-
 import keras
 
-from keras_normreg._utils import check_number, received, register, unregister_choice
+from keras_normreg._registry import UNKNOWN_SHORT, Registry
+from keras_normreg._utils import check_number, received, register
 from keras_normreg.layers._base import DispersionBatchNormalization
 from keras_normreg.layers.l1_batch_norm import L1BatchNormalization
 from keras_normreg.layers.topk_batch_norm import TopKBatchNormalization, topk_scale
@@ -63,25 +64,36 @@ class AutoGroupNormalization(keras.layers.GroupNormalization):
         super().build(input_shape)
 
 
-#: Normalization name -> layer class (``None``: no normalization layer).
-NORMALIZATIONS = {
-    "none": None,
-    "batch": keras.layers.BatchNormalization,
-    "l1_batch": L1BatchNormalization,
-    "topk_batch": TopKBatchNormalization,
-    "layer": keras.layers.LayerNormalization,
-    "group": AutoGroupNormalization,
-    # x / sqrt(mean(x^2) + eps) * scale over the last axis: LayerNormalization without
-    # centering and without beta (Zhang & Sennrich 2019), channel-wise like "layer"
-    "rms": keras.layers.RMSNormalization,
-}
+def _check_layer_class(cls) -> None:
+    if not (isinstance(cls, type) and issubclass(cls, keras.layers.Layer)):
+        raise ValueError("Argument `cls` must be a keras.layers.Layer subclass. "
+                         f"{received('cls', cls)}")
+
 
 #: Weight-normalization choices: the zoo wraps Dense/Conv layers in WeightNormalization
 #: ("weight": trainable gain; "weight_fixed": fixed gain) instead of inserting a layer.
 WEIGHT_NORMS = ("weight", "weight_fixed")
 
-_BUILTIN = frozenset(NORMALIZATIONS) | frozenset(WEIGHT_NORMS)
-_NAME = re.compile(r"[A-Za-z_][A-Za-z0-9_]*")
+_WRAPPER_HINT = (f"{WEIGHT_NORMS} are not layers but wrappers of Dense/Conv layers: use "
+                 "`keras_normreg.layers.WeightNormalization(layer, ...)`.")
+
+#: The normalization table: name -> layer class (``None``: no normalization layer). The
+#: names of :data:`WEIGHT_NORMS` are reserved in it (choices, but not layers).
+NORMALIZATIONS = Registry(
+    "normalization",
+    {
+        "none": None,
+        "batch": keras.layers.BatchNormalization,
+        "l1_batch": L1BatchNormalization,
+        "topk_batch": TopKBatchNormalization,
+        "layer": keras.layers.LayerNormalization,
+        "group": AutoGroupNormalization,
+        # x / sqrt(mean(x^2) + eps) * scale over the last axis: LayerNormalization without
+        # centering and without beta (Zhang & Sennrich 2019), channel-wise like "layer"
+        "rms": keras.layers.RMSNormalization,
+    },
+    reserved=dict.fromkeys(WEIGHT_NORMS, _WRAPPER_HINT), noun="choice",
+    check=_check_layer_class, message=UNKNOWN_SHORT)
 
 
 def normalization_names() -> tuple[str, ...]:
@@ -98,7 +110,9 @@ def register_normalization(name: str, cls):
     """Add the normalization choice ``name`` (a new layer inserted after conv/dense layers).
 
     Args:
-        name: the new choice, an identifier (letters, digits, ``_``) not already a choice.
+        name: the new choice, following the name rule of every table
+            (:data:`keras_normreg._registry.NAME_RULE`: lower-case snake case), not already a
+            choice.
         cls: a ``keras.layers.Layer`` subclass; the zoo calls ``cls(name=..., **kwargs)``
             (e.g. ``axis=1`` for channels-first models), so its constructor must accept the
             usual Layer keyword arguments. Register it with Keras too
@@ -108,38 +122,15 @@ def register_normalization(name: str, cls):
         ``cls``, unchanged.
 
     Raises:
-        ValueError: a name that is not an identifier or is already a choice, or a ``cls`` that
-            is not a Layer subclass.
+        ValueError: a name that breaks the rule or is already a choice, or a ``cls`` that is
+            not a Layer subclass.
     """
-    if not isinstance(name, str) or not _NAME.fullmatch(name):
-        raise ValueError("Argument `name` must be an identifier (letters, digits, _). "
-                         f"{received('name', name)}")
-    if name in NORMALIZATIONS or name in WEIGHT_NORMS:
-        raise ValueError(f"Normalization {name!r} is already a choice "
-                         f"({list(normalization_names())}). {received('name', name)}")
-    if not (isinstance(cls, type) and issubclass(cls, keras.layers.Layer)):
-        raise ValueError("Argument `cls` must be a keras.layers.Layer subclass. "
-                         f"{received('cls', cls)}")
-    NORMALIZATIONS[name] = cls
-    return cls
+    return NORMALIZATIONS.register(name, cls)
 
 
 def unregister_normalization(name: str) -> None:
     """Remove a choice added by :func:`register_normalization` (built-in ones stay)."""
-    unregister_choice("Normalization", NORMALIZATIONS, _BUILTIN, name)
-
-
-def _unknown(identifier):
-    valid = sorted(NORMALIZATIONS)
-    hint = ""
-    if identifier in WEIGHT_NORMS:
-        hint = (
-            f" {WEIGHT_NORMS} are not layers but wrappers of Dense/Conv layers: use "
-            "`keras_normreg.layers.WeightNormalization(layer, ...)`."
-        )
-    return ValueError(
-        f"Unknown normalization. Valid names: {valid}.{hint} {received('identifier', identifier)}"
-    )
+    NORMALIZATIONS.unregister(name)
 
 
 def _short_name_class(class_name):
@@ -176,9 +167,7 @@ def get_normalization(identifier, **kwargs):
     if identifier is None:
         return None
     if isinstance(identifier, str):
-        if identifier not in NORMALIZATIONS:
-            raise _unknown(identifier)
-        factory = NORMALIZATIONS[identifier]
+        factory = NORMALIZATIONS.get(identifier, "identifier")
         return None if factory is None else factory(**kwargs)
     if isinstance(identifier, keras.layers.Layer):
         return identifier

@@ -20,8 +20,12 @@ from keras_normreg._utils import check_choice, check_number, received, register
 from keras_normreg.optimizers import _rules, _sphere
 from keras_normreg.optimizers._apply import for_each_variable, shrink
 
+#: The decay semantics (``semantics=``; a recipe's ``optimizer.decay_semantics``).
 SEMANTICS = ("lr", "schedule", "corrected")
-SCALE_INVARIANT = (None, "exclude", "sphere")
+#: The treatments of scale-invariant weights by name (a recipe's ``optimizer.scale_invariant``;
+#: ``scale_invariant=`` also takes None for ``"none"``).
+SCALE_INVARIANT_NAMES = ("none", "exclude", "sphere")
+SCALE_INVARIANT = (None, *SCALE_INVARIANT_NAMES[1:])
 DEFAULT_EXCLUDE = ("bias", "normalization")
 SPHERE_EPSILON = 1e-12
 
@@ -824,7 +828,7 @@ def normalized_weight_decay(lambda_norm, batch_size, num_train_samples, epochs):
 
 __all__ = [
     "DEFAULT_EXCLUDE", "SEMANTICS", "TREATMENTS", "DecoupledWeightDecay", "Treatment",
-    "fixed_norm",
+    "SCALE_INVARIANT_NAMES", "fixed_norm",
     "constant", "SGDW", "AdamW", "LionW",
     "RMSpropW", "normalized_weight_decay", "for_each_variable",
 ]
