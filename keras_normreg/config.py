@@ -68,6 +68,7 @@ from keras_normreg import distribute
 from keras_normreg import layers as nr_layers
 from keras_normreg import optimizers as nr_optimizers
 from keras_normreg import regularizers as nr_regularizers
+from keras_normreg.zoo import _model as zoo_model
 from keras_normreg.zoo import registry as zoo_registry
 
 __all__ = [
@@ -236,6 +237,14 @@ def _path(v):
     return path_problem(v)
 
 
+def _classifier_activation(v):
+    try:
+        zoo_model.check_classifier_activation(v)
+    except ValueError:
+        return "must be 'linear' (logits), 'softmax' or another Keras activation name"
+    return None
+
+
 SCHEDULES = ("constant", "cosine", "step")
 
 
@@ -265,6 +274,10 @@ RECIPE_SCHEMA: dict[str, Any] = {
         "constraint_value": Field(float, 1.0, check=_positive, doc="max_norm / fixed_norm value"),
         "dropout": Field(float, 0.0, check=_unit_interval, doc="dropout rate where the arch has it"),
         "overrides": Field(dict, {}, doc="extra keyword arguments for zoo.create"),
+        "classifier_activation": Field(str, None, check=_classifier_activation,
+                                       doc="what the head outputs: unset or 'linear' logits "
+                                           "(default), 'softmax' probabilities (zoo.create's "
+                                           "argument; the loss's from_logits follows it)"),
     },
     "data": {
         "dataset": Field(str, _REQUIRED, doc="dataset name (keras-normreg list)"),

@@ -156,26 +156,36 @@ def evaluation_batches(dataset: str, split: str, batch_size: int, *, data_dir=No
 
 
 def evaluate_model(model: keras.Model, dataset) -> dict:
-    """Exact test metrics of a classifier with logits over a dataset of ``(x, y)`` batches.
+    """Exact test metrics of a classifier over a dataset of ``(x, y)`` batches.
 
     ``test_accuracy = test_correct / test_examples`` counted over the whole split (argmax of the
-    logits against the integer labels) and ``test_loss`` the mean sparse softmax cross-entropy
-    per example, both computed in float32 whatever the model's dtype policy.
+    outputs against the integer labels) and ``test_loss`` the mean sparse cross-entropy per
+    example, both computed in float32 whatever the model's dtype policy: softmax cross-entropy
+    of the logits, or for a model whose ``classifier_activation`` is set (a zoo model with an
+    output activation) Keras' cross-entropy of probabilities (``from_logits=False``: outputs
+    divided by their sum, clipped to ``[eps, 1 - eps]``, ``eps = keras.config.epsilon()``).
     """
     correct = 0
     total = 0
     loss_sum = 0.0
+    probabilities = getattr(model, "classifier_activation", None) is not None
+    eps = np.float32(keras.config.epsilon())
     for x, y in dataset:
-        logits = keras.ops.convert_to_numpy(model(_to_numpy(x), training=False))
-        logits = logits.astype(np.float32)
+        outputs = keras.ops.convert_to_numpy(model(_to_numpy(x), training=False))
+        outputs = outputs.astype(np.float32)
         y = _to_numpy(y).astype(np.int64).reshape(-1)
-        correct += int(np.sum(np.argmax(logits, -1) == y))
+        correct += int(np.sum(np.argmax(outputs, -1) == y))
         total += int(y.shape[0])
-        # log-sum-exp in float32, shifted by the row maximum (as TensorFlow's kernel does)
-        shifted = logits - logits.max(-1, keepdims=True)
-        log_norm = np.log(np.sum(np.exp(shifted), -1, dtype=np.float32))
-        loss_sum += float(np.sum(log_norm - shifted[np.arange(y.shape[0]), y],
-                                 dtype=np.float64))
+        rows = np.arange(y.shape[0])
+        if probabilities:
+            p = outputs / np.sum(outputs, -1, keepdims=True, dtype=np.float32)
+            losses = -np.log(np.clip(p[rows, y], eps, 1 - eps))
+        else:
+            # log-sum-exp in float32, shifted by the row maximum (as TensorFlow's kernel does)
+            shifted = outputs - outputs.max(-1, keepdims=True)
+            log_norm = np.log(np.sum(np.exp(shifted), -1, dtype=np.float32))
+            losses = log_norm - shifted[rows, y]
+        loss_sum += float(np.sum(losses, dtype=np.float64))
     if total == 0:
         raise ValueError(f"Argument `dataset` must yield at least one example to evaluate. "
                          f"{received('dataset', dataset)}")

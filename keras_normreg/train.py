@@ -146,7 +146,8 @@ def build_model(cfg: dict, input_shape=None, num_classes=None) -> keras.Model:
         overrides.setdefault("vocab_size", vocab)
     return zoo.create(m["arch"], num_classes=num_classes or info.num_classes,
                       input_shape=input_shape or info.input_shape, norm=m["norm"],
-                      regularization=regularization, constraint=constraint, **overrides)
+                      regularization=regularization, constraint=constraint,
+                      classifier_activation=m["classifier_activation"], **overrides)
 
 
 class NaNLossError(RuntimeError):
@@ -377,7 +378,8 @@ def build_and_compile(cfg: dict, steps_per_epoch: int) -> keras.Model:
     consumes random state, and the initial weights must not depend on whether the data were
     ready), then :func:`build_model`, :func:`build_optimizer` over ``steps_per_epoch``
     (wrapped in a ``LossScaleOptimizer`` under ``train.mixed_precision`` with the
-    ``mixed_float16`` policy) and ``compile`` with the sparse cross-entropy on logits, accuracy
+    ``mixed_float16`` policy) and ``compile`` with the sparse cross-entropy (on logits, or on
+    probabilities when ``model.classifier_activation`` is set: ``from_logits`` follows it), accuracy
     and ``train.jit_compile`` (``"auto"``, the default, is Keras' own rule: XLA on JAX and on
     TensorFlow with an accelerator, not on CPU-only TensorFlow, where it measured ~1.7x slower,
     nor on PyTorch; ``false`` runs JAX op by op, several times slower).
@@ -388,8 +390,9 @@ def build_and_compile(cfg: dict, steps_per_epoch: int) -> keras.Model:
     optimizer = build_optimizer(cfg, steps_per_epoch, model)
     if t["mixed_precision"] and keras.mixed_precision.global_policy().name == "mixed_float16":
         optimizer = keras.optimizers.LossScaleOptimizer(optimizer)
+    from_logits = model.classifier_activation is None  # a ZooModel: what its head outputs
     model.compile(optimizer=optimizer,
-                  loss=keras.losses.SparseCategoricalCrossentropy(from_logits=True),
+                  loss=keras.losses.SparseCategoricalCrossentropy(from_logits=from_logits),
                   metrics=["accuracy"], jit_compile=t["jit_compile"])
     return model
 

@@ -25,7 +25,8 @@ def test_defaults_filled(tmp_path):
     cfg = config.load_recipe(write(tmp_path, MINIMAL))
     assert cfg["name"] == "demo"
     assert cfg["model"] == {"arch": "cnn1d", "norm": "batch", "constraint": "none",
-                            "constraint_value": 1.0, "dropout": 0.0, "overrides": {}}
+                            "constraint_value": 1.0, "dropout": 0.0, "overrides": {},
+                            "classifier_activation": None}
     assert cfg["data"]["batch_size"] == 128
     assert cfg["data"]["data_dir"] is None
     assert cfg["optimizer"]["exclude"] == ["bias", "normalization"]

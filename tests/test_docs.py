@@ -5,20 +5,28 @@ Every ```python block of a page runs, in page order, in one fresh Python process
 PYTHONPATH, nothing else set up): a block that needs data gets it itself (``data.arrays``).
 A block fenced ```python no-run is not run; those are counted and kept rare. Other blocks
 (bash, toml) are not run. The quickstart's training is checked too: the README prints its
-losses per epoch and they must fall. Relative links of the pages must name files that exist.
+losses per epoch and they must fall. Every model a page compiles and fits is then trained a few
+steps more (``tests/docs_training.py``, run after the page's blocks): its compiled loss must be
+the cross-entropy of its outputs (logits compiled with ``from_logits=True``, probabilities
+without) and that cross-entropy must fall; no page may trigger a ``LossMismatchWarning``.
+Relative links of the pages must name files that exist.
 """
 
 from __future__ import annotations
 
 import ast
+import json
 import os
 import re
 import subprocess
 import sys
+import warnings
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
 import pytest
+
+from tests import docs_training
 
 ROOT = Path(__file__).resolve().parent.parent
 PAGES = [ROOT / "README.md", *sorted((ROOT / "docs" / "guide").glob("*.md"))]
@@ -27,6 +35,10 @@ GUIDE_PAGES = ("data", "layers_constraints_regularizers", "optimizers", "zoo_and
 NO_RUN = "no-run"
 MAX_NO_RUN = 2  # blocks that cannot run here (real CIFAR on disk, a GPU): keep them rare
 MARK = "@@docs-block"
+REPORT_MARK = "@@docs-train-report"
+#: Run before a page's blocks and after them (tests/docs_training.py)
+PROLOGUE = "from tests import docs_training as _docs_training\n_docs_training.install()\n"
+EPILOGUE = f"print({REPORT_MARK!r}, flush=True)\n_docs_training.report()\n"
 
 
 def code_blocks(text: str) -> list[tuple[str, int, str]]:
@@ -79,7 +91,7 @@ RUNNABLE = [p for p in PAGES if python_blocks(p.read_text(encoding="utf-8"))[0]]
 def run_page(path: Path, folder: Path) -> subprocess.CompletedProcess:
     blocks, _ = python_blocks(path.read_text(encoding="utf-8"))
     script = folder / "page.py"
-    script.write_text(page_script(blocks), encoding="utf-8")
+    script.write_text(PROLOGUE + page_script(blocks) + "\n" + EPILOGUE, encoding="utf-8")
     env = {k: v for k, v in os.environ.items()
            if k not in ("KERAS_BACKEND", "KERAS_NORMREG_SAVED_MODELS", "PYTHONPATH")}
     env.update(KERAS_BACKEND="tensorflow", PYTHONPATH=str(ROOT), TF_CPP_MIN_LOG_LEVEL="3",
@@ -107,6 +119,8 @@ def test_python_blocks_run_as_written(path, page_runs):
     if proc.returncode != 0:
         started = re.findall(rf"^{MARK} (\d+)$", out, flags=re.M)
         where = f"the block at line {started[-1]}" if started else "before the first block"
+        if re.search(rf"^{REPORT_MARK}$", out, flags=re.M):
+            where = "the training of its compiled models after the blocks (docs_training)"
         pytest.fail(f"{_id(path)}: {where} failed (exit {proc.returncode}).\n"
                     f"--- stdout (end)\n{out[-3000:]}\n--- stderr (end)\n{proc.stderr[-4000:]}")
     blocks, _ = python_blocks(path.read_text(encoding="utf-8"))
@@ -121,6 +135,51 @@ def test_python_blocks_run_as_written(path, page_runs):
         # cross-entropy from ~2.3 to ~1.1; a wrong loss (logits read as probabilities) or a
         # frozen model stays flat or rises)
         assert history[-1] < 0.9 * history[0], history
+
+
+def _compile_calls(path: Path) -> int:
+    blocks, _ = python_blocks(path.read_text(encoding="utf-8"))
+    return sum(len(re.findall(r"\.compile\(", code)) for _, code in blocks)
+
+
+def test_pages_compile_models():
+    # the check below is not vacuous: the README and three guide pages compile a model
+    assert sum(_compile_calls(p) for p in RUNNABLE) >= 4
+
+
+@pytest.mark.parametrize("path", RUNNABLE, ids=_id)
+def test_compiled_examples_train(path, page_runs):
+    proc = page_runs[path]
+    if proc.returncode != 0:
+        pytest.fail(f"{_id(path)} did not run: see test_python_blocks_run_as_written")
+    assert "LossMismatchWarning" not in proc.stderr, proc.stderr[-3000:]
+    prefix = docs_training.PREFIX
+    records = [json.loads(line[len(prefix):]) for line in proc.stdout.splitlines()
+               if line.startswith(prefix)]
+    # every compile( of the page is a model that the page then fits and that was trained here
+    assert len(records) == _compile_calls(path), (records, proc.stdout[-2000:])
+    found = [p for r in records for p in docs_training.problems(r)]
+    assert not found, found
+
+
+def test_the_training_check_catches_logits_read_as_probabilities():
+    """docs_training.problems on a model compiled the wrong way, and on the same one right."""
+    import keras
+
+    from keras_normreg import data, zoo
+
+    x, y = data.arrays("mnist1d", "train[:64]")
+    found = {}
+    for loss in ("sparse_categorical_crossentropy",
+                 keras.losses.SparseCategoricalCrossentropy(from_logits=True)):
+        keras.utils.set_random_seed(1)
+        model = zoo.create("cnn1d", widths=(8, 8))
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore", zoo.LossMismatchWarning)  # the wrong one warns
+            model.compile(optimizer=keras.optimizers.SGD(0.05), loss=loss)
+        found[isinstance(loss, str)] = docs_training.problems(docs_training.measure(model, x, y))
+    assert found[False] == [], found[False]
+    assert any("read as probabilities" in p for p in found[True]), found[True]
 
 
 def test_no_run_blocks_are_rare():

@@ -4,9 +4,13 @@ Families: MLP, 1-D/2-D CNNs, ResNets, pre-activation ResNets, VGG, wide ResNets 
 (ViT / sequence encoders / decoder-only GPT, with pre-/post-LN, RMSNorm, QK-norm and nGPT).
 Every architecture takes the normalization (``norm=``), regularization (``regularization=``) and
 constraint (``constraint=``) knobs; see :func:`keras_normreg.zoo.registry.create`.
+Every model returns logits unless built with ``classifier_activation`` (``"softmax"``:
+probabilities); it is a :class:`ZooModel`, whose ``compile`` warns
+(:class:`LossMismatchWarning`) when the loss reads the outputs the wrong way.
 """
 
 from keras_normreg.zoo._layers import ZeroPadChannels
+from keras_normreg.zoo._model import LossMismatchWarning, ZooModel
 from keras_normreg.zoo.preact_resnet import build_preact_resnet, preact_resnet18
 from keras_normreg.zoo.pretrained import list_pretrained, load
 from keras_normreg.zoo.registry import ModelSpec, create, get_spec, list_models, register_model
@@ -30,8 +34,10 @@ from keras_normreg.zoo.vgg import build_vgg, vgg11, vgg16
 from keras_normreg.zoo.wide_resnet import build_wide_resnet, wrn16_4, wrn28_10
 
 __all__ = [
+    "LossMismatchWarning",
     "ModelSpec",
     "ZeroPadChannels",
+    "ZooModel",
     "build_cnn1d",
     "build_cnn2d",
     "build_mlp",

@@ -12,7 +12,8 @@ normalization layer class, instance or config dict. Conventions used by every fa
   (trainable gain g), with bias; ``"weight_fixed"``: the same with g fixed at sqrt(2) (the norm of
   a He-initialized unit, so activations keep their scale: bounded weight normalization, Hoffer et
   al. 2018).
-* The classifier head is always a plain Dense.
+* The classifier head is always a plain Dense producing logits; a builder's
+  ``classifier_activation`` adds an activation after it (:func:`keras_normreg.zoo._model.zoo_model`).
 """
 
 from __future__ import annotations

@@ -8,6 +8,7 @@ import keras
 from keras_normreg._utils import check_number
 from keras_normreg.zoo import _blocks as B
 from keras_normreg.zoo._layers import check_image_shape, check_zero_init, zero_init_blocks
+from keras_normreg.zoo._model import check_classifier_activation, zoo_model
 from keras_normreg.zoo.registry import register_model
 
 
@@ -56,7 +57,8 @@ def preact_head(x, num_classes, norm, dropout=0.0):
 
 
 def build_preact_resnet(num_classes, input_shape, norm="batch", name="preact_resnet", *,
-                        blocks=(2, 2, 2, 2), width=64, dropout=0.0, zero_init_residual=False):
+                        blocks=(2, 2, 2, 2), width=64, dropout=0.0, zero_init_residual=False,
+                        classifier_activation=None):
     """Pre-activation ResNet with basic blocks (He et al. 2016, "Identity mappings").
 
     ``conv3x3(width)`` stem (no norm: the first block pre-activates), then ``len(blocks)``
@@ -72,6 +74,9 @@ def build_preact_resnet(num_classes, input_shape, norm="batch", name="preact_res
         zero_init_residual: start every residual branch at zero (its last conv's kernel, or
             with ``"weight"`` its gain g), so each block is the identity at initialization.
             Not in the paper; not possible with ``"weight_fixed"``.
+        classifier_activation: None or ``"linear"`` (default: the model returns logits),
+            ``"softmax"`` (probabilities) or another Keras activation name, applied after
+            the Dense head (keras.applications' argument).
     """
     B.check_positive_ints("blocks", blocks)
     check_image_shape(input_shape, "a pre-activation ResNet")
@@ -80,12 +85,14 @@ def build_preact_resnet(num_classes, input_shape, norm="batch", name="preact_res
     check_number("width", width, low=1, integer=True)
     check_number("dropout", dropout, low=0, high=1, high_inclusive=False)
     check_zero_init(zero_init_residual, norm)
+    check_classifier_activation(classifier_activation)
     inputs = keras.Input(input_shape, name="inputs")
     x = B.conv(2, width, 3, norm, "stem_conv")(inputs)
     widths = [width * 2**s for s in range(len(blocks))]
     strides = [1] + [2] * (len(blocks) - 1)
     x = preact_stages(x, widths, blocks, strides, norm)
-    model = keras.Model(inputs, preact_head(x, num_classes, norm, dropout), name=name)
+    model = zoo_model(inputs, preact_head(x, num_classes, norm, dropout), name,
+                      classifier_activation)
     if zero_init_residual:
         zero_init_blocks(model, ("conv2_wn", "conv2"))
     return model

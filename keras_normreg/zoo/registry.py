@@ -19,11 +19,12 @@ import keras
 from keras_normreg import constraints, regularizers
 from keras_normreg._utils import received
 from keras_normreg.zoo._blocks import check_norm
+from keras_normreg.zoo._model import check_classifier_activation
 
 __all__ = ["ModelSpec", "create", "get_spec", "list_models", "register_model"]
 
 # Arguments every builder accepts and create() handles itself.
-_COMMON = ("num_classes", "input_shape", "norm", "name")
+_COMMON = ("num_classes", "input_shape", "norm", "name", "classifier_activation")
 
 
 @dataclasses.dataclass(frozen=True)
@@ -119,7 +120,8 @@ def get_spec(name: str) -> ModelSpec:
 
 
 def create(name: str, *, num_classes: int | None = None, input_shape: tuple | None = None,
-           norm=None, regularization=None, constraint=None, **overrides) -> keras.Model:
+           norm=None, regularization=None, constraint=None, classifier_activation=None,
+           **overrides) -> keras.Model:
     """Build zoo model ``name``.
 
     Args:
@@ -141,6 +143,12 @@ def create(name: str, *, num_classes: int | None = None, input_shape: tuple | No
         constraint: ``None``, a name of :data:`keras_normreg.constraints.CONSTRAINTS`
             (``"unit_norm"``, ``"max_norm"``, ``"fixed_norm"``, ``"non_neg"``, registered ones)
             or a constraint; attached to every kernel with axes inferred per layer kind.
+        classifier_activation: what the head outputs (keras.applications' argument, with the
+            opposite default): None or ``"linear"`` (default) the logits of the Dense head,
+            ``"softmax"`` probabilities, or any other Keras activation name applied after the
+            head. The model is a :class:`~keras_normreg.zoo.ZooModel`, whose ``compile`` warns
+            (:class:`~keras_normreg.zoo.LossMismatchWarning`) when the loss reads its outputs
+            the wrong way (``loss="sparse_categorical_crossentropy"`` on logits).
         **overrides: the builder's own options (``spec.options``), e.g. ``width=2``.
     """
     spec = get_spec(name)
@@ -160,6 +168,7 @@ def create(name: str, *, num_classes: int | None = None, input_shape: tuple | No
             isinstance(d, int) and not isinstance(d, bool) and d > 0 for d in input_shape):
         raise ValueError(f"Argument `input_shape` must be a tuple of positive integers (no batch "
                          f"axis). {received('input_shape', input_shape)}")
+    classifier_activation = check_classifier_activation(classifier_activation)
     if norm is None:
         norm = spec.default_norm
     check_norm(norm)
@@ -168,6 +177,12 @@ def create(name: str, *, num_classes: int | None = None, input_shape: tuple | No
                          f"(family {spec.family!r}); valid names: {list(spec.norms)}. "
                          f"Received: norm={norm!r}")
     kwargs = {**spec.defaults, **overrides}
+    if "classifier_activation" in inspect.signature(spec.builder).parameters:
+        kwargs["classifier_activation"] = classifier_activation
+    elif classifier_activation is not None:  # a builder registered from outside the package
+        raise ValueError(f"Zoo model {name!r} (builder {spec.builder.__name__}) has no "
+                         f"`classifier_activation` argument: it returns what its builder "
+                         f"returns. Received: classifier_activation={classifier_activation!r}")
     model = spec.builder(num_classes=num_classes, input_shape=tuple(input_shape), norm=norm,
                          name=name, **kwargs)
     if constraint is not None:

@@ -12,6 +12,7 @@ from keras_normreg.zoo._layers import (
     check_zero_init,
     zero_init_blocks,
 )
+from keras_normreg.zoo._model import check_classifier_activation, zoo_model
 from keras_normreg.zoo.registry import register_model
 
 SHORTCUTS = ("A", "B")
@@ -62,7 +63,8 @@ def basic_block(x, filters, strides, norm, prefix, shortcut="A"):
 
 
 def build_resnet(num_classes, input_shape, norm="batch", name="resnet", *, depth=20, width=16,
-                 shortcut="A", dropout=0.0, zero_init_residual=False):
+                 shortcut="A", dropout=0.0, zero_init_residual=False,
+                 classifier_activation=None):
     """CIFAR ResNet of ``depth = 6n + 2`` layers (He et al. 2016, sec. 4.2).
 
     ``conv3x3(width) -> norm -> ReLU``, then three stages of ``n`` basic blocks with
@@ -86,6 +88,9 @@ def build_resnet(num_classes, input_shape, norm="batch", name="resnet", *, depth
             Not in the paper; it is what makes deep ResNets trainable without a norm layer
             (with ``norm="none"``, the logits of ResNet-56/110 at He initialization reach
             ~1e5/1e9 and one SGD step gives NaN). Not possible with ``"weight_fixed"``.
+        classifier_activation: None or ``"linear"`` (default: the model returns logits),
+            ``"softmax"`` (probabilities) or another Keras activation name, applied after
+            the Dense head (keras.applications' argument).
     """
     n = check_resnet_depth(depth)
     check_image_shape(input_shape, "a CIFAR ResNet")
@@ -93,6 +98,7 @@ def build_resnet(num_classes, input_shape, norm="batch", name="resnet", *, depth
     check_choice("shortcut", shortcut, SHORTCUTS)
     check_number("dropout", dropout, low=0, high=1, high_inclusive=False)
     check_zero_init(zero_init_residual, norm)
+    check_classifier_activation(classifier_activation)
     inputs = keras.Input(input_shape, name="inputs")
     x = B.conv_norm_act(inputs, 2, width, 3, norm, "stem")
     for s in range(3):
@@ -103,7 +109,7 @@ def build_resnet(num_classes, input_shape, norm="batch", name="resnet", *, depth
     x = keras.layers.GlobalAveragePooling2D(name="gap")(x)
     if dropout:
         x = keras.layers.Dropout(dropout, name="head_drop")(x)
-    model = keras.Model(inputs, B.classifier(x, num_classes), name=name)
+    model = zoo_model(inputs, B.classifier(x, num_classes), name, classifier_activation)
     if zero_init_residual:
         zero_init_blocks(model, ("norm2", "conv2_wn", "conv2"))
     return model

@@ -22,6 +22,7 @@ from keras_normreg.zoo._attention import (
     ScaledDotProductAttention,
     SelectToken,
 )
+from keras_normreg.zoo._model import check_classifier_activation, zoo_model
 from keras_normreg.zoo.registry import register_model
 
 __all__ = ["NORMS", "build_transformer", "gpt_modular", "seq_mnist1d", "vit_cifar", "vit_digits"]
@@ -208,7 +209,8 @@ def _check_input(input_shape, vocab_size, patch_size):
 def build_transformer(num_classes, input_shape, norm=None, name="transformer", *, width=64,
                       depth=2, heads=4, mlp_ratio=4, dropout=0.0, patch_size=1, vocab_size=None,
                       placement="pre", qk_norm=False, ngpt=False, pool="mean", output="pooled",
-                      causal=False, tie_embeddings=False, use_bias=False):
+                      causal=False, tie_embeddings=False, use_bias=False,
+                      classifier_activation=None):
     r"""A transformer classifier (encoder or decoder-only) with the normalization knobs.
 
     **Inputs.** With ``vocab_size`` the input is ``(tokens,)`` integer ids, embedded by a
@@ -307,6 +309,9 @@ def build_transformer(num_classes, input_shape, norm=None, name="transformer", *
         causal: mask attention to the future.
         tie_embeddings: unembed with the token embedding (token inputs only).
         use_bias: biases in the patch embedding, projections and MLP (not with ``ngpt``).
+        classifier_activation: None or ``"linear"`` (default: the model returns logits),
+            ``"softmax"`` (probabilities, over the last axis) or another Keras activation
+            name, applied after the unembedding (and nGPT's logit scale).
     """
     check_bool("ngpt", ngpt)
     norm = _check_norm(norm, ngpt)
@@ -327,6 +332,7 @@ def build_transformer(num_classes, input_shape, norm=None, name="transformer", *
     check_bool("causal", causal)
     check_bool("tie_embeddings", tie_embeddings)
     check_bool("use_bias", use_bias)
+    check_classifier_activation(classifier_activation)
     if ngpt and placement != "pre":
         raise ValueError("Argument `placement` cannot be set with ngpt=True (nGPT has its own "
                          f"normalized residual update). {received('placement', placement)}")
@@ -390,7 +396,7 @@ def build_transformer(num_classes, input_shape, norm=None, name="transformer", *
     if ngpt:
         logits = LearnedScale(init=1.0, scale=c.base_scale, name="logit_scale",
                               dtype=c.stream_dtype)(logits)
-    model = keras.Model(inputs, logits, name=name)
+    model = zoo_model(inputs, logits, name, classifier_activation)
     if ngpt:  # start on the sphere
         for variable in model.trainable_variables:
             if variable.constraint is not None:

@@ -7,6 +7,7 @@ import keras
 from keras_normreg._utils import check_choice, check_number
 from keras_normreg.zoo import _blocks as B
 from keras_normreg.zoo._layers import check_image_shape
+from keras_normreg.zoo._model import check_classifier_activation, zoo_model
 from keras_normreg.zoo.registry import register_model
 
 #: Filters of the 3x3 convolutions per pooling block (configurations A, B, D, E of the paper).
@@ -20,7 +21,7 @@ VGG_CONFIGS = {
 
 
 def build_vgg(num_classes, input_shape, norm="batch", name="vgg", *, depth=16, width=64,
-              dropout=0.0):
+              dropout=0.0, classifier_activation=None):
     """VGG-``depth``, the common CIFAR variant.
 
     The paper's five blocks of ``conv3x3 -> norm -> ReLU`` layers (configuration A for VGG-11,
@@ -36,11 +37,15 @@ def build_vgg(num_classes, input_shape, norm="batch", name="vgg", *, depth=16, w
         width: filters of the first block (64 in the paper); the others scale with it
             (``width * 2, width * 4, width * 8, width * 8``).
         dropout: rate of a Dropout before the classifier (0 = none).
+        classifier_activation: None or ``"linear"`` (default: the model returns logits),
+            ``"softmax"`` (probabilities) or another Keras activation name, applied after
+            the Dense head (keras.applications' argument).
     """
     check_choice("depth", depth, sorted(VGG_CONFIGS))
     check_image_shape(input_shape, "a VGG")
     check_number("width", width, low=1, integer=True)
     check_number("dropout", dropout, low=0, high=1, high_inclusive=False)
+    check_classifier_activation(classifier_activation)
     inputs = keras.Input(input_shape, name="inputs")
     x = inputs
     for b, block in enumerate(VGG_CONFIGS[depth]):
@@ -51,7 +56,7 @@ def build_vgg(num_classes, input_shape, norm="batch", name="vgg", *, depth=16, w
     x = keras.layers.GlobalAveragePooling2D(name="gap")(x)
     if dropout:
         x = keras.layers.Dropout(dropout, name="head_drop")(x)
-    return keras.Model(inputs, B.classifier(x, num_classes), name=name)
+    return zoo_model(inputs, B.classifier(x, num_classes), name, classifier_activation)
 
 
 vgg11 = register_model(

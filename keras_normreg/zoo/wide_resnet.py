@@ -7,6 +7,7 @@ import keras
 from keras_normreg._utils import check_number, received
 from keras_normreg.zoo import _blocks as B
 from keras_normreg.zoo._layers import check_image_shape, check_zero_init, zero_init_blocks
+from keras_normreg.zoo._model import check_classifier_activation, zoo_model
 from keras_normreg.zoo.preact_resnet import preact_head, preact_stages
 from keras_normreg.zoo.registry import register_model
 
@@ -20,7 +21,8 @@ def check_wrn_depth(depth) -> int:
 
 
 def build_wide_resnet(num_classes, input_shape, norm="batch", name="wide_resnet", *, depth=28,
-                      widen_factor=10, dropout=0.0, zero_init_residual=False):
+                      widen_factor=10, dropout=0.0, zero_init_residual=False,
+                      classifier_activation=None):
     """WRN-``depth``-``widen_factor`` (Zagoruyko & Komodakis 2016).
 
     ``conv3x3(16)`` stem, three groups of ``n = (depth - 4) / 6`` pre-activation basic blocks
@@ -38,17 +40,21 @@ def build_wide_resnet(num_classes, input_shape, norm="batch", name="wide_resnet"
         zero_init_residual: start every residual branch at zero (its last conv's kernel, or
             with ``"weight"`` its gain g), so each block is the identity at initialization.
             Not in the paper; not possible with ``"weight_fixed"``.
+        classifier_activation: None or ``"linear"`` (default: the model returns logits),
+            ``"softmax"`` (probabilities) or another Keras activation name, applied after
+            the Dense head (keras.applications' argument).
     """
     n = check_wrn_depth(depth)
     check_image_shape(input_shape, "a wide ResNet")
     check_number("widen_factor", widen_factor, low=1, integer=True)
     check_number("dropout", dropout, low=0, high=1, high_inclusive=False)
     check_zero_init(zero_init_residual, norm)
+    check_classifier_activation(classifier_activation)
     inputs = keras.Input(input_shape, name="inputs")
     x = B.conv(2, 16, 3, norm, "stem_conv")(inputs)
     widths = [16 * widen_factor, 32 * widen_factor, 64 * widen_factor]
     x = preact_stages(x, widths, (n, n, n), (1, 2, 2), norm, dropout)
-    model = keras.Model(inputs, preact_head(x, num_classes, norm), name=name)
+    model = zoo_model(inputs, preact_head(x, num_classes, norm), name, classifier_activation)
     if zero_init_residual:
         zero_init_blocks(model, ("conv2_wn", "conv2"))
     return model
