@@ -166,7 +166,9 @@ def test_compiled_model_loads_compiled_without_a_warning(tmp_path):
         loaded = keras.saving.load_model(path, safe_mode=True)
     assert loaded.compiled
     assert loaded.loss.get_config()["from_logits"] is True
-    assert type(loaded.optimizer) is keras.optimizers.SGD
+    # (on PyTorch keras.optimizers.SGD builds its backend subclass: the same class both times)
+    assert isinstance(loaded.optimizer, keras.optimizers.SGD)
+    assert type(loaded.optimizer) is type(model.optimizer)
     # the optimizer state came back too: its iteration count is the one of the saved model
     assert int(_np(loaded.optimizer.iterations)) == int(_np(model.optimizer.iterations)) == 1
 
