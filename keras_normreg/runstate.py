@@ -73,6 +73,9 @@ RESUME_MODES = ("auto", "resume", "fresh")
 #: Dotted recipe keys left out of the fingerprint (they cannot change the trained weights).
 IGNORED_KEYS = ("name", "description", "train.verbose", "train.output_dir", "data.download",
                 "data.data_dir", "data.autotune")
+#: Dotted recipe keys added after run states existed, left out of the fingerprint while unset
+#: (None means what their absence meant), so a run interrupted before they existed resumes.
+UNSET_AS_ABSENT = ("model.classifier_activation",)
 _WEIGHTS_GLOB = "state-epoch*.weights.h5"
 _MAX_SHOWN = 3
 
@@ -85,14 +88,15 @@ class RunStateError(ValueError):
 # -- fingerprint --------------------------------------------------------------------------------
 def fingerprint_recipe(cfg: dict) -> dict:
     """The part of a resolved recipe that defines the trained result (a JSON-clean copy): the
-    recipe without :data:`IGNORED_KEYS`, plus ``backend`` (the Keras backend)."""
+    recipe without :data:`IGNORED_KEYS` (and :data:`UNSET_AS_ABSENT` keys while None), plus
+    ``backend`` (the Keras backend)."""
     out = json.loads(json.dumps(cfg))
-    for key in IGNORED_KEYS:
+    for key in IGNORED_KEYS + UNSET_AS_ABSENT:
         node = out
         *parents, last = key.split(".")
         for p in parents:
             node = node.get(p) if isinstance(node, dict) else None
-        if isinstance(node, dict):
+        if isinstance(node, dict) and (key in IGNORED_KEYS or node.get(last) is None):
             node.pop(last, None)
     out["backend"] = keras.backend.backend()
     return out
