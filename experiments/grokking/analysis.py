@@ -265,7 +265,8 @@ def claim_norm_concentrates(runs, arm, cv_max=CONCENTRATED_CV) -> dict:
     gen = [r for r in runs if r["arm"] == arm and r["stats"]["generalized"]
            and r.get("norm_at_gen") is not None]
     if len(gen) < 3:
-        return {"arm": arm, "verdict": "untested", "n": len(gen)}
+        return {"arm": arm, "verdict": "untested", "n": len(gen),
+                "values": [float(r["norm_at_gen"]) for r in gen]}
     g = np.array([r["norm_at_gen"] for r in gen])
     f = np.array([r["norm_at_fit"] for r in gen if r.get("norm_at_fit") is not None])
     cv_g = float(np.std(g, ddof=1) / np.mean(g))

@@ -15,7 +15,7 @@ _HERE = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 TEMPLATE = os.path.join(_HERE, "templates", "grokking.md")
 SECTIONS = ("report", "quick_note", "arm_row", "point_row", "claim1_row", "claim1",
             "claim1_table",
-            "claim2", "claim3", "claim4", "verdict_holds", "verdict_partly", "verdict_fails",
+            "claim2", "claim3", "claim4", "claim4_few", "verdict_holds", "verdict_partly", "verdict_fails",
             "verdict_untested", "limits")
 FIGURES = ("curves", "delay_vs_lambda", "norm_at_generalization")
 
@@ -229,7 +229,10 @@ def render_report(results, summary, analysis, out_dir, template=None) -> str:
         median_2d=_steps(x.get("median_2d"), x.get("budget_2d")),
         target="–" if target is None else _steps(target)))
         for x in c["eta_only"]) or t["verdict_untested"].substitute()
-    claim4 = " ".join(_verdict(t, x["verdict"], t["claim4"].substitute(
+    claim4 = " ".join(_verdict(t, x["verdict"], t["claim4_few"].substitute(
+        letter=LETTERS[x["arm"]], arm=x["arm"], n=x["n"],
+        values=", ".join(_num(v) for v in x.get("values", ())) or "–"))
+        if x["verdict"] == "untested" else _verdict(t, x["verdict"], t["claim4"].substitute(
         letter=LETTERS[x["arm"]], arm=x["arm"], n=x["n"],
         median=_num(x.get("median")), range=f"{_num(x.get('min'))}..{_num(x.get('max'))}",
         cv=_num(x.get("cv"), 2), cv_fit=_num(x.get("cv_fit"), 2),
