@@ -1,4 +1,6 @@
-"""The package's imports go one way down: no cycle between keras_normreg modules.
+"""The package's imports go one way down: every module has its level (docs/architecture.md's
+table, :data:`LEVELS` here) and imports only modules of its level or below; no cycle between
+keras_normreg modules.
 
 The graph is read from the source with ``ast`` (nothing is imported). Every import of a
 keras_normreg module counts, at module level and inside functions alike: an import moved into a
@@ -145,7 +147,106 @@ def test_blocks_do_not_import_the_layers_above_them():
     assert not offenders, offenders
 
 
+#: docs/architecture.md's levels, by module prefix (the longest matching prefix wins). A module
+#: no prefix covers fails :func:`test_every_module_has_a_level`, so a new module is placed on
+#: purpose. Level 7 (the console script) lives outside the package.
+LEVELS = {
+    "keras_normreg.cli": 6,
+    "keras_normreg.tuning": 5,
+    "keras_normreg.train": 4, "keras_normreg.evaluate": 4, "keras_normreg.runstate": 4,
+    "keras_normreg.saving": 3, "keras_normreg.config": 3, "keras_normreg.data": 3,
+    "keras_normreg.distribute": 3,
+    "keras_normreg": 3,  # the package root imports the blocks and data for their registrations
+    "keras_normreg.layers": 2, "keras_normreg.constraints": 2, "keras_normreg.regularizers": 2,
+    "keras_normreg.optimizers": 2, "keras_normreg.zoo": 2, "keras_normreg.diagnostics": 2,
+    "keras_normreg.selectors": 2, "keras_normreg.invariance": 2,
+    "keras_normreg._invariance": 1, "keras_normreg._targeting": 1, "keras_normreg._kernels": 1,
+    "keras_normreg._replica": 1, "keras_normreg.optimizers._apply": 1,
+    "keras_normreg._utils": 0, "keras_normreg._compat": 0, "keras_normreg._backend": 0,
+    "keras_normreg._version": 0, "keras_normreg._locks": 0, "keras_normreg._atomic": 0,
+    "keras_normreg._registry": 0,
+}
+#: The upward imports the architecture names (importer -> imported).
+UPWARD_ALLOWED = {("keras_normreg.zoo.pretrained", "keras_normreg.saving")}
+
+
+def level_of(module: str, levels: dict[str, int]) -> int | None:
+    """The level of the longest prefix of ``module`` in ``levels`` (None: no level)."""
+    parts = module.split(".")
+    for i in range(len(parts), 0, -1):
+        level = levels.get(".".join(parts[:i]))
+        if level is not None:
+            return level
+    return None
+
+
+def upward_imports(edges, levels, allowed=frozenset()) -> list[str]:
+    """Every import of a module of a higher level than the importer's, as readable lines."""
+    out = []
+    for module, targets in sorted(edges.items()):
+        mine = level_of(module, levels)
+        for target, line in sorted(targets.items()):
+            theirs = level_of(target, levels)
+            if (mine is not None and theirs is not None and theirs > mine
+                    and (module, target) not in allowed):
+                out.append(f"{module} (level {mine}) imports {target} (level {theirs}) "
+                           f"at line {line}")
+    return out
+
+
+def test_every_module_has_a_level():
+    missing = [m for m in import_edges(ROOT, PACKAGE) if level_of(m, LEVELS) is None]
+    assert not missing, f"modules without a level in LEVELS (and docs/architecture.md): {missing}"
+
+
+def test_no_module_imports_a_level_above_its_own():
+    edges = import_edges(ROOT, PACKAGE)
+    offenders = upward_imports(edges, LEVELS, UPWARD_ALLOWED)
+    assert not offenders, "upward imports:\n" + "\n".join(offenders)
+    # the allowed exception is real (else it should be dropped from the list)
+    for module, target in UPWARD_ALLOWED:
+        assert target in edges[module], (module, target)
+
+
+def test_levels_match_the_architecture_page():
+    """Every module named in docs/architecture.md's level table sits at the level given here."""
+    import re
+
+    text = (ROOT / "docs" / "architecture.md").read_text(encoding="utf-8")
+    rows = re.findall(r"^\| (\d)\. [^|]+\| ([^|]+) \|", text, flags=re.M)
+    assert len(rows) >= 7, rows
+    checked = 0
+    for level, cell in rows:
+        for name in re.findall(r"`([A-Za-z_./]+?)(?:\.py|/)?`", cell):
+            module = "keras_normreg." + name.replace("/", ".").removesuffix(".py")
+            if int(level) == 7 or module.count(".") > 2:
+                continue
+            if level_of(module, LEVELS) is not None and module in LEVELS:
+                assert LEVELS[module] == int(level), (module, level)
+                checked += 1
+    assert checked >= 25, checked
+
+
 # -- the checker itself can fail -------------------------------------------------------------
+def test_checker_finds_an_injected_upward_import(tmp_path):
+    _write(tmp_path, {
+        "pkg/__init__.py": "",
+        "pkg/_utils.py": "import os\n",
+        "pkg/blocks.py": "from pkg import _utils\n",
+        "pkg/train.py": "from pkg import blocks\n",
+    })
+    levels = {"pkg": 1, "pkg._utils": 0, "pkg.blocks": 1, "pkg.train": 2}
+    edges = import_edges(tmp_path, "pkg")
+    assert upward_imports(edges, levels) == []
+    # inject one: the floor reaches up to training, inside a function (still counted)
+    _write(tmp_path, {"pkg/_utils.py": "def f():\n    from pkg.train import g\n    return g\n"})
+    edges = import_edges(tmp_path, "pkg")
+    assert upward_imports(edges, levels) == [
+        "pkg._utils (level 0) imports pkg.train (level 2) at line 2"]
+    # an allowed exception is not reported; a module without a level has none
+    assert upward_imports(edges, levels, {("pkg._utils", "pkg.train")}) == []
+    assert level_of("pkg.other", {"pkg.train": 2}) is None
+    assert level_of("pkg.train.deep", levels) == 2
 def _write(root: Path, files: dict[str, str]):
     for rel, text in files.items():
         path = root / rel
