@@ -14,10 +14,10 @@ CONSTRAINTS ?= constraints.txt
 VERSIONS := keras keras-tuner tensorflow tensorflow-cpu tensorflow-datasets jax jaxlib torch numpy
 PYTEST_ARGS ?=
 # Each session runs on parallel workers (pytest-xdist): 2, the cores of the reference machine.
-# `--dist loadgroup` keeps together the tests of a module that share a module-scoped fixture
-# (tests/conftest.py groups them), so it is made once. `make test PYTEST_WORKERS=` runs each
+# `--dist loadfile` keeps the tests of one file on one worker, so a module-scoped fixture is
+# made once and no two workers share a module's files. `make test PYTEST_WORKERS=` runs each
 # session in one process (PYTEST_ARGS="-n 0" does for the TensorFlow session).
-PYTEST_WORKERS ?= -n 2 --dist loadgroup
+PYTEST_WORKERS ?= -n 2 --dist loadfile
 # The blocks' tests run again on the JAX and PyTorch backends: the tests marked `backends`, which
 # tests/conftest.py gives to every test of tests/layers, optimizers, zoo, diagnostics and data
 # unless marked `tf_only` (a module elsewhere opts in with `pytestmark = pytest.mark.backends`;

@@ -55,22 +55,12 @@ def pytest_sessionstart(session):
             tfds.builder(name, data_dir=_TFDS_DIR).download_and_prepare()
 
 
-def _module_fixture_user(item) -> bool:
-    """Whether ``item`` uses a module- or class-scoped fixture (through pytest's fixture info;
-    if pytest ever renames it, no test is grouped: slower, never wrong)."""
-    info = getattr(item, "_fixtureinfo", None)
-    defs = getattr(info, "name2fixturedefs", {})
-    return any(d.scope in ("module", "class") for ds in defs.values() for d in ds)
-
-
 @pytest.hookimpl(tryfirst=True)  # before `-m` reads the markers
 def pytest_collection_modifyitems(config, items):
     """Mark ``backends`` the tests that `make test` runs again on JAX and PyTorch (the rule is
-    tests/backend_marks.runs_on_every_backend). Under pytest-xdist, the tests of one module that
-    use a module- or class-scoped fixture go to the same worker (``--dist loadgroup``), so an
-    expensive fixture (models trained in subprocesses on every backend, a prepared dataset) is
-    made once, not once per worker."""
-    group = config.pluginmanager.hasplugin("xdist")
+    tests/backend_marks.runs_on_every_backend). Under pytest-xdist `make test` sends a file's
+    tests to one worker (``--dist loadfile``), so an expensive module fixture (models trained in
+    subprocesses on every backend, a prepared dataset) is made once, not once per worker."""
     for item in items:
         try:
             every_backend = runs_on_every_backend(item.path, [m.name for m in item.iter_markers()])
@@ -78,5 +68,3 @@ def pytest_collection_modifyitems(config, items):
             raise pytest.UsageError(f"{item.nodeid}: {error}") from None
         if every_backend:
             item.add_marker(pytest.mark.backends)
-        if group and _module_fixture_user(item):
-            item.add_marker(pytest.mark.xdist_group(item.nodeid.split("::", 1)[0]))

@@ -54,6 +54,14 @@ def _train_cmd(recipe, out, strategy):
             "--set", f'train.output_dir="{out}"', "--strategy", strategy]
 
 
+def _cwd(folder):
+    """Each training runs in its own folder: its run state goes to ``runs/<name>`` under the
+    working directory, and two trainings of the recipe (this module's tests on two pytest-xdist
+    workers, or beside another checkout's run) must not share it."""
+    os.makedirs(folder, exist_ok=True)
+    return str(folder)
+
+
 def _history(out):
     with open(os.path.join(out, "dist", "card.json")) as f:
         return json.load(f)["history"]["loss"]
@@ -65,7 +73,7 @@ def setup(tmp_path_factory):
     recipe = tmp / "r.toml"
     recipe.write_text(RECIPE.format(data_dir=tmp / "tfds", out=tmp / "single"))
     proc = subprocess.run(_train_cmd(recipe, tmp / "single", "default"), env=_env(),
-                          capture_output=True, text=True, timeout=300)
+                          capture_output=True, text=True, timeout=300, cwd=_cwd(tmp))
     assert proc.returncode == 0, proc.stderr[-3000:]
     return tmp, recipe, _history(tmp / "single")
 
@@ -74,7 +82,7 @@ def test_mirrored_cpu2_matches_single_device(setup):
     tmp, recipe, single = setup
     out = tmp / "mirrored"
     proc = subprocess.run(_train_cmd(recipe, out, "cpu:2"), env=_env(), capture_output=True,
-                          text=True, timeout=300)
+                          text=True, timeout=300, cwd=_cwd(out))
     assert proc.returncode == 0, proc.stderr[-3000:]
     card = json.loads((out / "dist" / "card.json").read_text())
     assert card["hardware"]["replicas"] == 2
@@ -92,7 +100,7 @@ def test_multiworker_two_local_workers_match_single_device(setup):
         tf_config = json.dumps({"cluster": cluster, "task": {"type": "worker", "index": i}})
         procs.append(subprocess.Popen(_train_cmd(recipe, out, "multiworker"),
                                       env=_env(TF_CONFIG=tf_config), stdout=subprocess.PIPE,
-                                      stderr=subprocess.PIPE, text=True))
+                                      stderr=subprocess.PIPE, text=True, cwd=_cwd(out)))
     errs = []
     for p in procs:
         try:
@@ -153,7 +161,8 @@ def test_distribute_batches_splits_each_global_batch_evenly():
 def test_batch_size_must_be_a_multiple_of_the_replicas(setup):
     tmp, recipe, _ = setup
     cmd = _train_cmd(recipe, tmp / "odd", "cpu:2") + ["--set", "data.batch_size=63"]
-    proc = subprocess.run(cmd, env=_env(), capture_output=True, text=True, timeout=300)
+    proc = subprocess.run(cmd, env=_env(), capture_output=True, text=True, timeout=300,
+                          cwd=_cwd(tmp / "odd"))
     assert proc.returncode != 0
     assert "must be a multiple of the 2 replicas" in proc.stderr
     assert "Received: data.batch_size=63" in proc.stderr
