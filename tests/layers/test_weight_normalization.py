@@ -241,6 +241,45 @@ def test_config_roundtrip_and_keras_save_load(kwargs, tmp_path):
 
 
 # ----------------------------------------------------------------------------- errors
+class _CountingWeightNormalization(WeightNormalization):
+    """Counts the Python executions of ``call`` (traces and eager runs)."""
+
+    calls = 0
+
+    def call(self, inputs, training=None):
+        type(self).calls += 1
+        return super().call(inputs, training=training)
+
+
+@pytest.mark.parametrize("kind", ["dense", "conv"])
+def test_train_on_batch_does_not_rebuild_the_model(kind):
+    """The inner layer is never built; Keras' trainers rebuild a model symbolically (running
+    every layer's ``call`` once more) before each ``train_on_batch`` while a nested layer is
+    unbuilt. After the first step (the trace), a compiled step runs no Python ``call``
+    (TensorFlow, JAX) and an eager one exactly one per step (PyTorch)."""
+    if kind == "dense":
+        inner, shape = keras.layers.Dense(4), (6,)
+    else:
+        inner, shape = keras.layers.Conv2D(3, 3, padding="same"), (5, 5, 2)
+    inputs = keras.Input(shape)
+    wrapper = _CountingWeightNormalization(inner)
+    model = keras.Model(inputs, wrapper(inputs))
+    model.compile(keras.optimizers.SGD(0.01), "mse")
+    rng = np.random.default_rng(0)
+    x = rng.normal(size=(8, *shape)).astype("float32")
+    y = rng.normal(size=(8, *model.output_shape[1:])).astype("float32")
+    model.train_on_batch(x, y)
+    model.train_on_batch(x, y)
+    before = _CountingWeightNormalization.calls
+    steps = 3
+    for _ in range(steps):
+        model.train_on_batch(x, y)
+    per_step = 1 if keras.backend.backend() == "torch" else 0
+    assert _CountingWeightNormalization.calls - before == per_step * steps
+    assert wrapper.layer not in wrapper._flatten_layers(include_self=False)
+    assert not wrapper.layer.built
+
+
 def test_rejects_unsupported_layer():
     with pytest.raises(ValueError, match=r"Argument `layer` must be a Keras layer of type Dense.*"
                                          r"Received: layer=<LSTM"):

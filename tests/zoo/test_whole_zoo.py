@@ -14,7 +14,7 @@ import keras
 import numpy as np
 import pytest
 
-from keras_normreg import layers, zoo
+from keras_normreg import _compat, layers, zoo
 from tests.helpers import assert_saved_model_equal
 
 # Every model x every norm with a train step and a save: TensorFlow only (the families' and
@@ -80,6 +80,11 @@ def check_model(name, norm, tmp_path, *, input_shape, overrides, finite_after_st
                   jit_compile=False)
     loss = float(np.asarray(model.train_on_batch(x, y)).reshape(-1)[0])
     assert np.isfinite(loss)
+    # Keras' trainers rebuild the whole model symbolically before every train_on_batch /
+    # fit / evaluate call while any nested layer is unbuilt: none may be left unbuilt.
+    unbuilt = [layer.name for layer in _compat.flatten_layers(model, include_self=True)
+               if not layer.built]
+    assert unbuilt == []
     after = [v.numpy() for v in model.trainable_weights]
     changed = sum(not np.array_equal(b, a) for b, a in zip(before, after, strict=True))
     # zero_init_residual: the first step cannot move the weights behind a zeroed layer
