@@ -87,3 +87,75 @@ def column_norms(v, floor):
     ``v.dtype`` without a float32 detour."""
     v = ops.convert_to_tensor(v)
     return _column_norms(v, ops.convert_to_tensor(floor, dtype=v.dtype))
+
+
+def _torch_scaled_matmul_function():
+    """The ``torch.autograd.Function`` of :func:`scaled_matmul` (built once, on first use:
+    this module must import without torch)."""
+    global _TORCH_SCALED_MATMUL
+    if _TORCH_SCALED_MATMUL is not None:
+        return _TORCH_SCALED_MATMUL
+    import torch
+
+    class ScaledMatmul(torch.autograd.Function):
+        @staticmethod
+        def forward(ctx, x, v, g, floor):
+            squares = torch.ones((1, v.shape[0]), dtype=v.dtype, device=v.device) @ (v * v)
+            squares = squares.reshape(-1)
+            active = squares > floor
+            norms = torch.sqrt(torch.where(active, squares, floor))
+            scale = g / norms
+            z = x @ v
+            ctx.save_for_backward(x, v, g, z, norms, scale, active)
+            return z * scale
+
+        @staticmethod
+        def backward(ctx, dy):
+            x, v, g, z, norms, scale, active = ctx.saved_tensors
+            dz = dy * scale
+            dx = dv = dg = None
+            if ctx.needs_input_grad[0]:
+                dx = dz @ v.T
+            if ctx.needs_input_grad[1] or ctx.needs_input_grad[2]:
+                ds = (dy * z).sum(0)  # dL/d(scale) per unit
+                dg = ds / norms
+                if ctx.needs_input_grad[1]:
+                    # dL/dv = x^T dz + v * c, c = dL/dn / n = -ds g / n^3 (0 where the floor
+                    # holds the norm): one GEMM accumulating onto v * c, no separate add.
+                    c = torch.where(active, -ds * g / (norms * norms * norms),
+                                    torch.zeros_like(norms))
+                    dv = (v * c).addmm_(x.T, dz)  # in place: addmm would copy v * c first
+                if not ctx.needs_input_grad[2]:
+                    dg = None
+            return dx, dv, dg, None
+
+    _TORCH_SCALED_MATMUL = ScaledMatmul
+    return ScaledMatmul
+
+
+_TORCH_SCALED_MATMUL = None
+
+
+def scaled_matmul(x, v, g, floor):
+    """``(x @ v) * (g / ||v||)`` for rank-2 ``x`` ``(rows, fan)``, ``v`` ``(fan, units)``,
+    ``g`` ``(units,)`` and ``||v|| = sqrt(max(sum(v**2, axis=0), floor))``: the output form
+    of weight normalization (Salimans & Kingma 2016, eq. 2) as one op.
+
+    On PyTorch it is one ``autograd.Function`` with the gradient written out::
+
+        dz = dy * s,  dx = dz v^T,  t = sum_rows(dy * z),  dg = t / n,
+        dv = x^T dz + v * c,  c = -t g / n^3  (0 where the floor holds the norm)
+
+    with ``dv`` as ONE in-place ``addmm_`` accumulating the GEMM onto ``v * c`` (autograd
+    would materialize both terms and add them: one more pass over the kernel) and ``dx`` only when
+    ``x`` needs a gradient (measured: docs/benchmarks.md). Elsewhere (TensorFlow, JAX) it is
+    the composed ops and their autodiff (the reference the tests compare with); the layer
+    uses it on PyTorch only.
+    """
+    x, v, g = (ops.convert_to_tensor(t) for t in (x, v, g))
+    if keras.backend.backend() == "torch":
+        import torch
+
+        floor_t = torch.as_tensor(floor, dtype=v.dtype, device=v.device)
+        return _torch_scaled_matmul_function().apply(x, v, g, floor_t)
+    return ops.matmul(x, v) * (g / column_norms(v, floor))

@@ -6,7 +6,7 @@ import keras
 import numpy as np
 import pytest
 
-from keras_normreg._kernels import column_norms, column_sums
+from keras_normreg._kernels import column_norms, column_sums, scaled_matmul
 from tests.helpers import gradients, requires_float64
 
 pytestmark = pytest.mark.backends  # a block's tests: run on every backend (backend_marks.py)
@@ -73,3 +73,36 @@ def test_column_dots_match_numpy():
         assert np.all(np.abs(row - (p * q).sum(0)) <= bound)
     (single,) = _np(column_dots([(a, c)]))
     np.testing.assert_allclose(single, got[3], rtol=1e-6, atol=1e-6)
+
+
+def test_scaled_matmul_value_and_gradients_match_numpy():
+    """``y = (x v) * g / ||v||`` and its gradients against the chain rule written in NumPy
+    (float64): with ``s = g / n``, ``z = x v`` and upstream ``u = dL/dy``:
+    ``dx = (u s) v^T``, ``dg = sum_rows(u z) / n``, ``dv = x^T (u s) - v sum_rows(u z) g / n^3``
+    (the last term 0 for a column whose squared norm is below the floor: column 3 is zero).
+    float32 bound: each entry is a sum of <= 8 products of O(1) terms, relative rounding
+    ~8 * 6e-8; rtol 1e-5, atol 1e-5 leaves a 20x margin."""
+    rng = np.random.default_rng(3)
+    x = rng.normal(size=(5, 8)).astype("float32")
+    v = rng.normal(size=(8, 4)).astype("float32")
+    v[:, 3] = 0.0
+    g = rng.normal(size=4).astype("float32")
+    u = rng.normal(size=(5, 4)).astype("float32")
+    floor = 1e-6
+    ut = keras.ops.convert_to_tensor(u)
+    value, (gx, gv, gg) = gradients(
+        lambda x, v, g: keras.ops.sum(scaled_matmul(x, v, g, floor) * ut), [x, v, g])
+
+    x64, v64, g64, u64 = (a.astype("float64") for a in (x, v, g, u))
+    sq = (v64**2).sum(0)
+    n = np.sqrt(np.maximum(sq, floor))
+    s = g64 / n
+    z = x64 @ v64
+    np.testing.assert_allclose(float(value), float(((z * s) * u64).sum()), rtol=1e-5, atol=1e-5)
+    t = (u64 * z).sum(0)
+    np.testing.assert_allclose(gx, (u64 * s) @ v64.T, rtol=1e-5, atol=1e-5)
+    np.testing.assert_allclose(gg, t / n, rtol=1e-5, atol=1e-5)
+    c = np.where(sq > floor, -t * g64 / n**3, 0.0)
+    np.testing.assert_allclose(gv, x64.T @ (u64 * s) + v64 * c, rtol=1e-5, atol=1e-5)
+    y = keras.ops.convert_to_numpy(scaled_matmul(x, v, g, floor))
+    np.testing.assert_allclose(y, z * s, rtol=1e-5, atol=1e-5)

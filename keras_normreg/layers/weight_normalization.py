@@ -8,7 +8,7 @@ import keras
 from keras import ops
 
 from keras_normreg._compat import in_stateless_scope, stored_value
-from keras_normreg._kernels import column_norms
+from keras_normreg._kernels import column_norms, scaled_matmul
 from keras_normreg._utils import check_bool, check_choice, check_number, received, register
 from keras_normreg.layers._base import all_reduce_sum, sync_replica_context
 
@@ -396,6 +396,10 @@ class WeightNormalization(keras.layers.Wrapper):
             # L(x, v * s) == L(x, v) * s with s = g / ||v|| per output unit: scale the
             # (rows, units) output instead of the kernel (cheaper when rows * units <= size).
             v = ops.convert_to_tensor(self.v)
+            if (self._layer_kind == "dense" and keras.backend.backend() == "torch"
+                    and keras.backend.standardize_dtype(x.dtype)
+                    == keras.backend.standardize_dtype(v.dtype)):
+                return self._finish(self._dense_output_form(x, v))
             outputs = self._linear(x, ops.cast(v, x.dtype))
             # x.dtype, not outputs.dtype: Keras' torch matmul returns float32 for float64.
             scale = ops.reshape(ops.cast(self._unit_scale(v), x.dtype), (-1,))
@@ -403,6 +407,23 @@ class WeightNormalization(keras.layers.Wrapper):
         else:
             w = ops.cast(self.effective_kernel(), x.dtype)
             outputs = self._linear(x, w)
+        return self._finish(outputs)
+
+    def _dense_output_form(self, x, v):
+        """PyTorch, Dense, output form: ``(x @ v) * (g / ||v||)`` as one autograd op
+        (:func:`keras_normreg._kernels.scaled_matmul`: its gradient written out, one pass
+        fewer over the kernel than autograd's), for inputs of any rank (flattened to rows x
+        fan_in). TensorFlow and JAX keep the composed ops (XLA fuses them; TensorFlow has no
+        accumulating GEMM to gain from)."""
+        g = ops.reshape(ops.convert_to_tensor(self.g), (-1,))
+        if len(x.shape) == 2:
+            return scaled_matmul(x, v, g, self.epsilon)
+        rows = ops.reshape(x, (-1, x.shape[-1]))
+        out = scaled_matmul(rows, v, g, self.epsilon)
+        return ops.reshape(out, tuple(ops.shape(x)[:-1]) + (v.shape[-1],))
+
+    def _finish(self, outputs):
+        """Bias and activation of the inner layer."""
         if self.bias is not None:
             bias = ops.cast(self.bias, outputs.dtype)
             outputs = outputs + self._broadcast_units(bias, len(outputs.shape))
