@@ -75,23 +75,33 @@ def projection_coefficients(w, g, p, delta, wd_ratio, epsilon):
     P = ops.reshape(p, (fan, units))
     # One reduction pass over (w, g, p) for all four column sums (see keras_normreg._kernels).
     sums = column_dots([(W, W), (G, G), (W, G), (W, P)])
-    sww, sgg, swg, swp = sums[0], sums[1], sums[2], sums[3]
+    return coefficients_from_sums(
+        ops, sums[0], sums[1], sums[2], sums[3], fan=fan, units=units, delta=delta,
+        wd_ratio=constant(wd_ratio, dtype), one=constant(1.0, dtype), epsilon=eps,
+        thresholds=(constant(delta / math.sqrt(fan), dtype),
+                    constant(delta / math.sqrt(fan * units), dtype)))
 
-    wn_c = ops.sqrt(sww)
-    cos_c = ops.abs(swg) / (wn_c * ops.sqrt(sgg) + eps)
-    channel = ops.max(cos_c) < constant(delta / math.sqrt(fan), dtype)
 
-    wn = ops.sqrt(ops.sum(sww))
-    cos_l = ops.abs(ops.sum(swg)) / (wn * ops.sqrt(ops.sum(sgg)) + eps)
-    layer = cos_l < constant(delta / math.sqrt(fan * units), dtype)
+def coefficients_from_sums(xp, sww, sgg, swg, swp, *, fan, units, delta, wd_ratio, one, epsilon,
+                           thresholds):
+    """The branch test and the coefficient from the four column sums (``(units,)`` each):
+    O(units) work, written once for ``keras.ops`` and for ``torch`` (``xp``: either
+    namespace; the functions used have the same names and meaning in both). ``wd_ratio``,
+    ``one``, ``epsilon`` and the two thresholds (``δ/√fan``, ``δ/√(fan·units)``) come as
+    0-d tensors of the weight's dtype."""
+    wn_c = xp.sqrt(sww)
+    cos_c = xp.abs(swg) / (wn_c * xp.sqrt(sgg) + epsilon)
+    channel = xp.max(cos_c) < thresholds[0]
 
-    coef_c = swp / ops.square(wn_c + eps)
-    coef_l = ops.sum(swp) / ops.square(wn + eps)
-    zero = ops.zeros_like(coef_c)
-    coef = ops.where(channel, coef_c, ops.where(layer, coef_l + zero, zero))
-    ratio = ops.where(
-        ops.logical_or(channel, layer), constant(wd_ratio, dtype), constant(1.0, dtype)
-    )
+    wn = xp.sqrt(xp.sum(sww))
+    cos_l = xp.abs(xp.sum(swg)) / (wn * xp.sqrt(xp.sum(sgg)) + epsilon)
+    layer = cos_l < thresholds[1]
+
+    coef_c = swp / xp.square(wn_c + epsilon)
+    coef_l = xp.sum(swp) / xp.square(wn + epsilon)
+    zero = xp.zeros_like(coef_c)
+    coef = xp.where(channel, coef_c, xp.where(layer, coef_l + zero, zero))
+    ratio = xp.where(xp.logical_or(channel, layer), wd_ratio, one)
     return coef, ratio
 
 
@@ -173,6 +183,64 @@ class _ProjectedOptimizer(keras.optimizers.Optimizer):
             scale = scale - lr * constant(self.weight_decay, variable.dtype) * ratio
         self.assign(variable, w * scale - step * direction)
 
+    # ------------------------------------------------------------------ PyTorch
+    # Keras' own PyTorch optimizers update in place (``torch._foreach_*``); the ``keras.ops``
+    # form above allocates a new tensor for every elementwise result (on a CPU each fresh
+    # 4 MB buffer costs page faults as well as the pass) and goes through Keras' op dispatch.
+    # On PyTorch the same update runs as in-place torch ops (the arithmetic, the branch
+    # rule and the order of operations are those above: :func:`coefficients_from_sums` is
+    # shared), with two scratch buffers per weight shape reused across steps.
+
+    def _torch_scratch(self, tensor, slot):
+        cache = self.__dict__.setdefault("_torch_buffers", {})
+        key = (tuple(tensor.shape), tensor.dtype, tensor.device, slot)
+        buf = cache.get(key)
+        if buf is None:
+            import torch
+
+            buf = cache[key] = torch.empty_like(tensor)
+        return buf
+
+    def _torch_project_decay_update(self, variable, w, g, p, lr, step):
+        """In-place ``w ← w·(1 + step·coef − lr·λ·r) − step·p`` (see
+        :meth:`_project_decay_update`); ``lr`` and ``step`` are 0-d tensors."""
+        import torch
+
+        decay = self._decay_mask.get(_compat.optimizer_variable_key(self, variable), False)
+        projected = w.ndim >= 2
+        if not (projected or decay):
+            w.addcmul_(p, step, value=-1.0)
+            return
+        scale, ratio = None, 1.0
+        if projected:
+            units = int(w.shape[-1])
+            fan = w.numel() // units
+            W, G, P = (t.reshape(fan, units) for t in (w, g, p))
+            tmp = self._torch_scratch(W, "product")
+            ones = torch.ones((1, fan), dtype=w.dtype, device=w.device)
+            sums = [ones @ torch.mul(a, b, out=tmp) for a, b in ((W, W), (G, G), (W, G), (W, P))]
+            sww, sgg, swg, swp = (x.reshape(-1) for x in sums)
+
+            def c(value):
+                return torch.as_tensor(value, dtype=w.dtype, device=w.device)
+
+            coef, ratio = coefficients_from_sums(
+                torch, sww, sgg, swg, swp, fan=fan, units=units, delta=self.delta,
+                wd_ratio=c(self.wd_ratio), one=c(1.0), epsilon=c(self.epsilon),
+                thresholds=(c(self.delta / math.sqrt(fan)),
+                            c(self.delta / math.sqrt(fan * units))))
+            scale = 1.0 + step * coef
+        if decay:
+            shrink = lr * self.weight_decay * ratio
+            scale = 1.0 - shrink if scale is None else scale - shrink
+        w.mul_(scale)
+        w.addcmul_(p, step, value=-1.0)
+
+    @staticmethod
+    def _torch_scalars(variable, learning_rate):
+        w = variable.value
+        return w, ops.convert_to_tensor(learning_rate).to(dtype=w.dtype, device=w.device)
+
     def get_config(self):
         config = super().get_config()
         config.update(
@@ -244,6 +312,8 @@ class SGDP(_ProjectedOptimizer):
         self._build_decay_mask(var_list)
 
     def update_step(self, gradient, variable, learning_rate):
+        if keras.backend.backend() == "torch":
+            return self._torch_update_step(gradient, variable, learning_rate)
         lr = ops.cast(learning_rate, variable.dtype)
         g = ops.cast(gradient, variable.dtype)
         if self.momentum != 0:
@@ -258,6 +328,24 @@ class SGDP(_ProjectedOptimizer):
         else:
             direction = g
         self._project_decay_update(variable, g, direction, lr, lr)
+
+    def _torch_update_step(self, gradient, variable, learning_rate):
+        import torch
+
+        with torch.no_grad():
+            w, lr = self._torch_scalars(variable, learning_rate)
+            g = gradient.to(w.dtype)
+            if self.momentum != 0:
+                buf = self.momentums[self._get_variable_index(variable)].value
+                buf.mul_(self.momentum).add_(g, alpha=1.0 - self.dampening)
+                if self.nesterov:
+                    direction = torch.add(g, buf, alpha=self.momentum,
+                                          out=self._torch_scratch(w, "direction"))
+                else:
+                    direction = buf
+            else:
+                direction = g
+            self._torch_project_decay_update(variable, w, g, direction, lr, lr)
 
     def get_config(self):
         config = super().get_config()
@@ -326,6 +414,8 @@ class AdamP(_ProjectedOptimizer):
         self._build_decay_mask(var_list)
 
     def update_step(self, gradient, variable, learning_rate):
+        if keras.backend.backend() == "torch":
+            return self._torch_update_step(gradient, variable, learning_rate)
         dtype = variable.dtype
         lr = ops.cast(learning_rate, dtype)
         g = ops.cast(gradient, dtype)
@@ -353,6 +443,35 @@ class AdamP(_ProjectedOptimizer):
         else:
             direction = m / denom
         self._project_decay_update(variable, g, direction, lr, step)
+
+    def _torch_update_step(self, gradient, variable, learning_rate):
+        import torch
+
+        with torch.no_grad():
+            w, lr = self._torch_scalars(variable, learning_rate)
+            g = gradient.to(w.dtype)
+            b1, b2 = self.beta_1, self.beta_2
+            t = (self.iterations.value + 1).to(w.dtype)
+            bc1 = 1.0 - torch.pow(torch.as_tensor(b1, dtype=w.dtype, device=w.device), t)
+            bc2 = 1.0 - torch.pow(torch.as_tensor(b2, dtype=w.dtype, device=w.device), t)
+            index = self._get_variable_index(variable)
+            m = self.momentums[index].value
+            v = self.velocities[index].value
+            m.mul_(b1).add_(g, alpha=1.0 - b1)
+            v.mul_(b2).addcmul_(g, g, value=1.0 - b2)
+            denom = torch.sqrt(v, out=self._torch_scratch(w, "direction"))
+            if self.epsilon_placement == "pytorch":
+                denom.div_(torch.sqrt(bc2)).add_(self.epsilon)
+                step = lr / bc1
+            else:
+                denom.add_(self.epsilon)
+                step = lr * torch.sqrt(bc2) / bc1
+            if self.nesterov:
+                # (b1·m + (1 − b1)·g) / d, into the scratch buffer that holds d
+                direction = torch.div(torch.add(m * b1, g, alpha=1.0 - b1), denom, out=denom)
+            else:
+                direction = torch.div(m, denom, out=denom)
+            self._torch_project_decay_update(variable, w, g, direction, lr, step)
 
     def get_config(self):
         config = super().get_config()
