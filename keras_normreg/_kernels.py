@@ -17,10 +17,13 @@ than a reduction), while TensorFlow's own kernels run it as a fast matrix-vector
 whole SGDP/AdamP train steps (4x1024 MLP + BN, bench/bench_backends.py) the stacked reduction
 cost 1.64x / 1.40x SGD / AdamW without XLA against 1.22x / 1.23x for the matmul form, and the
 matmul form 4.4x / 4.0x with XLA against 1.33x for the stacked one. So the form follows the
-compiler: the stacked reduction where XLA compiles the step (JAX always; TensorFlow inside a
-``jit_compile=True`` function, told by :func:`keras_normreg._compat.tf_in_xla_context`), the
-matmul form on TensorFlow without XLA, and one ``sum`` per product on PyTorch (measured 1.57x
-/ 1.49x against 2.43x / 1.72x for the stacked form, which materializes the stack).
+compiler: the stacked reduction under TensorFlow's XLA (inside a ``jit_compile=True``
+function, told by :func:`keras_normreg._compat.tf_in_xla_context`), the matmul form on
+TensorFlow without XLA, one ``sum`` per product behind an optimization barrier on JAX
+(:func:`column_dots` says why), and one ``sum`` per product on PyTorch (measured 1.57x /
+1.49x against 2.43x / 1.72x for the stacked form, which materializes the stack; the PyTorch
+SGDP/AdamP now run their own in-place update, ``optimizers/projection.py``, and no longer
+call :func:`column_dots`).
 The column norm also gets its gradient written out (one pass, ``v * dn / n``) instead of the
 autodiff chain through ``sum`` and ``square`` (a materialized broadcast and two passes), with
 ``keras.ops.custom_gradient`` (``tf.custom_gradient`` / ``jax.custom_gradient`` / a
@@ -53,13 +56,30 @@ def column_sums(x):
 
 
 def column_dots(pairs):
-    """``[Σ_i a[i, j]·b[i, j] for (a, b) in pairs]`` as one ``(len(pairs), columns)`` tensor:
-    one reduction over the stacked products where XLA compiles the step (fused into one
-    pass), one column sum per product otherwise (see above)."""
+    """``[Σ_i a[i, j]·b[i, j] for (a, b) in pairs]`` as one ``(len(pairs), columns)`` tensor.
+
+    * JAX: one ``sum(a * b, axis=0)`` per pair, behind ``jax.lax.optimization_barrier``.
+      XLA:CPU fuses a product into its reduction only when the product has no other
+      consumer; without the barrier XLA rewrites a later sum of these column sums (the
+      projection's layer view) into a second reduction over the products themselves, so
+      every product was written to memory and read twice (SGDP step on the 4x1024 MLP:
+      410 MB moved, XLA's cost analysis; 326 MB with the barrier, against 224 MB for
+      Keras' SGD).
+    * TensorFlow under XLA: one reduction over the stacked products (TensorFlow's XLA
+      lowers the column sums to reduce-windows, which never fuse their producers: the
+      products are written once either way, and the stack is one pass).
+    * TensorFlow without XLA and PyTorch: one column sum per product (see above).
+    """
+    if keras.backend.backend() == "jax":
+        import jax
+
+        sums = ops.stack([ops.sum(ops.convert_to_tensor(a) * ops.convert_to_tensor(b), axis=0)
+                          for a, b in pairs])
+        return jax.lax.optimization_barrier(sums)
     products = [ops.convert_to_tensor(a) * ops.convert_to_tensor(b) for a, b in pairs]
     if len(products) == 1:
         return ops.expand_dims(column_sums(products[0]), 0)
-    if _xla():
+    if keras.backend.backend() == "tensorflow" and _xla():
         return ops.sum(ops.stack(products), axis=1)
     return ops.stack([column_sums(p) for p in products])
 

@@ -75,30 +75,33 @@ def projection_coefficients(w, g, p, delta, wd_ratio, epsilon):
     P = ops.reshape(p, (fan, units))
     # One reduction pass over (w, g, p) for all four column sums (see keras_normreg._kernels).
     sums = column_dots([(W, W), (G, G), (W, G), (W, P)])
+    totals = ops.sum(sums, axis=1)
     return coefficients_from_sums(
-        ops, sums[0], sums[1], sums[2], sums[3], fan=fan, units=units, delta=delta,
+        ops, sums, totals, fan=fan, units=units, delta=delta,
         wd_ratio=constant(wd_ratio, dtype), one=constant(1.0, dtype), epsilon=eps,
         thresholds=(constant(delta / math.sqrt(fan), dtype),
                     constant(delta / math.sqrt(fan * units), dtype)))
 
 
-def coefficients_from_sums(xp, sww, sgg, swg, swp, *, fan, units, delta, wd_ratio, one, epsilon,
+def coefficients_from_sums(xp, sums, totals, *, fan, units, delta, wd_ratio, one, epsilon,
                            thresholds):
-    """The branch test and the coefficient from the four column sums (``(units,)`` each):
-    O(units) work, written once for ``keras.ops`` and for ``torch`` (``xp``: either
+    """The branch test and the coefficient from the four column sums ``sums`` (``(4,
+    units)``: Σw², Σg², Σw·g, Σw·p) and their totals over the units (``(4,)``, the layer
+    view): O(units) work, written once for ``keras.ops`` and for ``torch`` (``xp``: either
     namespace; the functions used have the same names and meaning in both). ``wd_ratio``,
     ``one``, ``epsilon`` and the two thresholds (``δ/√fan``, ``δ/√(fan·units)``) come as
     0-d tensors of the weight's dtype."""
+    sww, sgg, swg, swp = sums[0], sums[1], sums[2], sums[3]
     wn_c = xp.sqrt(sww)
     cos_c = xp.abs(swg) / (wn_c * xp.sqrt(sgg) + epsilon)
     channel = xp.max(cos_c) < thresholds[0]
 
-    wn = xp.sqrt(xp.sum(sww))
-    cos_l = xp.abs(xp.sum(swg)) / (wn * xp.sqrt(xp.sum(sgg)) + epsilon)
+    wn = xp.sqrt(totals[0])
+    cos_l = xp.abs(totals[2]) / (wn * xp.sqrt(totals[1]) + epsilon)
     layer = cos_l < thresholds[1]
 
     coef_c = swp / xp.square(wn_c + epsilon)
-    coef_l = xp.sum(swp) / xp.square(wn + epsilon)
+    coef_l = totals[3] / xp.square(wn + epsilon)
     zero = xp.zeros_like(coef_c)
     coef = xp.where(channel, coef_c, xp.where(layer, coef_l + zero, zero))
     ratio = xp.where(xp.logical_or(channel, layer), wd_ratio, one)
@@ -218,14 +221,14 @@ class _ProjectedOptimizer(keras.optimizers.Optimizer):
             W, G, P = (t.reshape(fan, units) for t in (w, g, p))
             tmp = self._torch_scratch(W, "product")
             ones = torch.ones((1, fan), dtype=w.dtype, device=w.device)
-            sums = [ones @ torch.mul(a, b, out=tmp) for a, b in ((W, W), (G, G), (W, G), (W, P))]
-            sww, sgg, swg, swp = (x.reshape(-1) for x in sums)
+            sums = torch.cat([ones @ torch.mul(a, b, out=tmp)
+                              for a, b in ((W, W), (G, G), (W, G), (W, P))])
 
             def c(value):
                 return torch.as_tensor(value, dtype=w.dtype, device=w.device)
 
             coef, ratio = coefficients_from_sums(
-                torch, sww, sgg, swg, swp, fan=fan, units=units, delta=self.delta,
+                torch, sums, sums.sum(1), fan=fan, units=units, delta=self.delta,
                 wd_ratio=c(self.wd_ratio), one=c(1.0), epsilon=c(self.epsilon),
                 thresholds=(c(self.delta / math.sqrt(fan)),
                             c(self.delta / math.sqrt(fan * units))))
