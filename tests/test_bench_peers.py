@@ -1,0 +1,107 @@
+"""bench/_peers.py: the plain-PyTorch AdamP reference against the NumPy transcription of the
+paper's algorithm in tests/optimizers/test_projection.py (written independently of the PyTorch
+code), on each of its three branches; the PyTorch MLP and ResNet have the zoo's parameter counts.
+"""
+
+from __future__ import annotations
+
+import importlib.util
+
+import numpy as np
+import pytest
+
+from tests.helpers import load_bench
+from tests.optimizers.test_projection import DELTA, EPS, LAM, WD_RATIO, RefAdamP, make_grad
+
+pytestmark = pytest.mark.skipif(importlib.util.find_spec("torch") is None,
+                                reason="torch is not installed")
+STEPS = 5
+LR = 0.01
+
+
+@pytest.mark.parametrize("branch", ["channel", "layer", "none"])
+def test_torch_adamp_matches_the_numpy_reference(branch):
+    """A conv-shaped weight (4 output channels of 2x3) and a bias, 5 steps of given gradients.
+
+    PyTorch puts the output channel first and the NumPy reference last (Keras' layout): the
+    reference sees the weight as ``w.reshape(4, -1).T`` (6 x 4, one column per channel), the
+    same (fan, units) matrix as the channel view of the PyTorch code."""
+    import torch
+
+    peers = load_bench("_peers")
+    rng = np.random.default_rng(0)
+    kernel = rng.normal(size=(4, 2, 3))
+    bias = rng.normal(size=(4,))
+    params = [torch.nn.Parameter(torch.tensor(a, dtype=torch.float32)) for a in (kernel, bias)]
+    opt = peers.adamp_class()(params, lr=LR, weight_decay=LAM, delta=DELTA, wd_ratio=WD_RATIO,
+                              eps=EPS)
+    ref_kernel, ref_bias = RefAdamP(LR), RefAdamP(LR)
+    k = kernel.reshape(4, -1).T.copy()  # float64, Keras layout
+    b = bias.copy()
+    branches = []
+    for _ in range(STEPS):
+        g_k = make_grad(branch, k, rng)
+        g_b = rng.normal(size=(4,))
+        params[0].grad = torch.tensor(g_k.T.reshape(4, 2, 3), dtype=torch.float32)
+        params[1].grad = torch.tensor(g_b, dtype=torch.float32)
+        opt.step()
+        k, taken = ref_kernel.step(k, g_k)
+        b, rank1 = ref_bias.step(b, g_b)
+        branches.append(taken)
+        assert rank1 == "rank1"
+    assert branches == [branch] * STEPS  # the intended branch is the one exercised
+    # float32 (u = 2^-24 ~ 6e-8) against float64: each step rounds ~20 float32 ops (moments,
+    # bias corrections, square root, the four reductions of the projection, decay, update), each
+    # with relative error <= u of the terms it combines, so after 5 steps the error is <= ~100 u
+    # ~ 6e-6 relative to the weights' magnitude (entries ~N(0, 1)): rtol 2e-5. An entry near 0
+    # got there through terms of that size only in the update (lr-scaled Adam steps of <= ~0.05),
+    # so atol 2e-6 covers them. The three branches differ by far more: the channel and layer
+    # projections and the decay ratio 0.1 vs 1 change weights by ~1e-3 over 5 steps.
+    np.testing.assert_allclose(params[0].detach().numpy(), k.T.reshape(4, 2, 3), rtol=2e-5,
+                               atol=2e-6)
+    np.testing.assert_allclose(params[1].detach().numpy(), b, rtol=2e-5, atol=2e-6)
+
+
+def test_torch_adamp_branches_differ():
+    """The check above can fail: with the projection off (delta tiny: no weight passes the
+    cosine test) the channel case ends elsewhere than the reference's projected weights."""
+    import torch
+
+    peers = load_bench("_peers")
+    rng = np.random.default_rng(0)
+    kernel = rng.normal(size=(4, 6))
+    w = torch.nn.Parameter(torch.tensor(kernel, dtype=torch.float32))
+    opt = peers.adamp_class()([w], lr=LR, weight_decay=LAM, delta=1e-12)
+    ref = RefAdamP(LR)
+    k = kernel.T.copy()
+    for _ in range(STEPS):
+        g = make_grad("channel", k, rng)
+        w.grad = torch.tensor(g.T, dtype=torch.float32)
+        opt.step()
+        k, _ = ref.step(k, g)
+    assert np.abs(w.detach().numpy() - k.T).max() > 1e-4
+
+
+def test_torch_mlp_has_the_zoo_parameter_counts():
+    from keras_normreg import zoo
+
+    peers = load_bench("_peers")
+    for width, depth in ((8, 2), (1024, 4)):
+        keras_model = zoo.mlp(norm="batch", input_shape=(width,), units=(width,) * depth)
+        trainable = sum(int(np.prod(v.shape)) for v in keras_model.trainable_variables)
+        total = sum(int(np.prod(v.shape)) for v in keras_model.variables)
+        torch_model = peers.torch_mlp(width, (width,) * depth)
+        # by hand: per hidden layer width^2 (no bias: BN follows) + 2 width (gamma, beta) + 2
+        # width of moving statistics; the head width * 10 + 10
+        assert trainable == depth * (width * width + 2 * width) + 10 * width + 10
+        assert peers.torch_param_counts(torch_model) == (total, trainable)
+
+
+def test_torch_resnet_is_the_one_of_bench_gpu():
+    """bench_gpu.py imports its PyTorch ResNet from _peers (one copy)."""
+    gpu = load_bench("bench_gpu")
+    peers = load_bench("_peers")  # a second copy of the module (load_bench's own name)
+    for name in ("torch_resnet", "torch_param_counts"):
+        assert getattr(gpu, name).__code__.co_filename == getattr(peers, name).__code__.co_filename
+        assert getattr(gpu, name).__module__ == "_peers"
+    assert gpu.RESNET20_TRAINABLE == peers.RESNET20_TRAINABLE
