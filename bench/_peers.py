@@ -8,8 +8,9 @@ module needs nothing but the standard library.
   PyTorch, with the zoo's parameter count (:func:`torch_param_counts` counts like Keras).
 * :func:`torch_mlp`: ``zoo.mlp(norm="batch")`` in PyTorch (Linear without bias, BatchNorm1d,
   ReLU per hidden layer; a Linear head).
-* :func:`adamp_class`: AdamP (Heo et al., ICLR 2021, arXiv:2006.08217) as a plain per-parameter
-  ``torch.optim.Optimizer``, written from the paper's algorithm (channel view, then layer view).
+* :func:`adamp_class`, :func:`sgdp_class`: AdamP and SGDP (Heo et al., ICLR 2021,
+  arXiv:2006.08217) as plain per-parameter ``torch.optim.Optimizer`` classes, written from the
+  paper's algorithm (channel view, then layer view; decoupled decay times lr).
 * :class:`Peers`: the peer arms of a bench_backends.py group, their options, their throughput
   table and the errors of arms that could not be built.
 """
@@ -30,6 +31,7 @@ TORCH_SUFFIX = "(plain PyTorch)"
 WN_TORCH = f"torch weight_norm {TORCH_SUFFIX}"
 LINEAR_TORCH = f"torch Linear {TORCH_SUFFIX}"
 ADAMP_TORCH = f"AdamP reference {TORCH_SUFFIX}"
+SGDP_TORCH = f"SGDP reference {TORCH_SUFFIX}"
 RESNET_EAGER = "PyTorch ResNet-20 eager"
 
 
@@ -125,11 +127,20 @@ def torch_mlp(in_features: int, units, num_classes: int = 10):
     return nn.Sequential(*layers)
 
 
-# ---------------------------------------------------------------------- AdamP
-@functools.cache
+# ---------------------------------------------------------------------- AdamP and SGDP
 def adamp_class():
-    """The AdamP optimizer class (a ``torch.optim.Optimizer``); built on first use so that this
-    module imports without torch."""
+    """The AdamP optimizer class (a ``torch.optim.Optimizer``)."""
+    return _optimizer_classes()[0]
+
+
+def sgdp_class():
+    """The SGDP optimizer class (a ``torch.optim.Optimizer``)."""
+    return _optimizer_classes()[1]
+
+
+@functools.cache
+def _optimizer_classes():
+    """(AdamP, SGDP), built on first use so that this module imports without torch."""
     import torch
 
     def project(w, g, d, delta, wd_ratio, eps):
@@ -201,7 +212,49 @@ def adamp_class():
                     p.add_(d, alpha=-lr)
             return loss
 
-    return AdamP
+    class SGDP(torch.optim.Optimizer):
+        """SGD with momentum whose update loses its radial part on weights that look
+        scale-invariant (the same projection as :class:`AdamP`).
+
+        Per parameter: ``b ← μ·b + (1 − dampening)·g`` (``b₀ = 0``); ``d = g + μ·b`` (Nesterov)
+        or ``d = b``; the projection of ``d`` and the ratio ``r`` as in AdamP; then the
+        decoupled decay ``w ← w·(1 − lr·λ·r)`` and ``w ← w − lr·d``.
+        """
+
+        def __init__(self, params, lr=0.1, momentum=0.9, dampening=0.0, nesterov=False,
+                     weight_decay=0.0, delta=0.1, wd_ratio=0.1, eps=1e-8):
+            super().__init__(params, dict(lr=lr, momentum=momentum, dampening=dampening,
+                                          nesterov=nesterov, weight_decay=weight_decay,
+                                          delta=delta, wd_ratio=wd_ratio, eps=eps))
+
+        @torch.no_grad()
+        def step(self, closure=None):
+            loss = None
+            if closure is not None:
+                with torch.enable_grad():
+                    loss = closure()
+            for group in self.param_groups:
+                mu, lr, decay = group["momentum"], group["lr"], group["weight_decay"]
+                for p in group["params"]:
+                    if p.grad is None:
+                        continue
+                    g = p.grad
+                    state = self.state[p]
+                    if not state:
+                        state["buf"] = torch.zeros_like(p)
+                    buf = state["buf"]
+                    buf.mul_(mu).add_(g, alpha=1 - group["dampening"])
+                    d = g + mu * buf if group["nesterov"] else buf.clone()
+                    ratio = 1.0
+                    if p.dim() > 1:
+                        d, ratio = project(p, g, d, group["delta"], group["wd_ratio"],
+                                           group["eps"])
+                    if decay:
+                        p.mul_(1 - lr * decay * ratio)
+                    p.add_(d, alpha=-lr)
+            return loss
+
+    return AdamP, SGDP
 
 
 # ---------------------------------------------------------------------- train steps
@@ -366,17 +419,22 @@ class Peers:
 
             arms = self._build(group, {LINEAR_TORCH: dense(False), WN_TORCH: dense(True)})
             return arms, [("WeightNorm Dense", WN_TORCH), (WN_TORCH, LINEAR_TORCH)]
-        if group == "adam":
+        if group in ("adam", "sgd"):
             tx, ty = self._tensors(x, y)
             width = tx.shape[1]
             depth = 2 if self.args.quick else 4
 
             def make():
                 model = torch_mlp(width, (width,) * depth).to(self.device).train()
-                opt = adamp_class()(model.parameters(), lr=1e-3, weight_decay=4e-3)
+                if group == "adam":
+                    opt = adamp_class()(model.parameters(), lr=1e-3, weight_decay=4e-3)
+                else:
+                    opt = sgdp_class()(model.parameters(), lr=0.1, momentum=0.9,
+                                       weight_decay=5e-4)
                 return train_step(model, opt, f.cross_entropy, tx, ty)
 
-            return self._build(group, {ADAMP_TORCH: make}), [("AdamP", ADAMP_TORCH)]
+            name, ours = (ADAMP_TORCH, "AdamP") if group == "adam" else (SGDP_TORCH, "SGDP")
+            return self._build(group, {name: make}), [(ours, name)]
         return {}, []
 
     def pairs(self, names, baseline, extra):

@@ -33,8 +33,9 @@ group and timed in every XLA mode of the Keras arms:
 * ``wn_dense``: ``torch.nn.Linear`` alone and wrapped in
   ``torch.nn.utils.parametrizations.weight_norm``, ``torch.optim.SGD(0.01, momentum=0.9)``, MSE.
   Extra rows: ``WeightNorm Dense`` vs torch weight_norm, torch weight_norm vs torch Linear.
-* ``adam``: the MLP in PyTorch trained with a plain-PyTorch AdamP written from the paper
-  (same hyperparameters as ``AdamP`` above). Extra row: ``AdamP`` vs that reference.
+* ``adam``, ``sgd``: the MLP in PyTorch trained with a plain-PyTorch AdamP, resp. SGDP, written
+  from the paper (the hyperparameters of ``AdamP``, resp. ``SGDP``, above: every parameter
+  decayed). Extra row: ours vs that reference.
 
 An arm that cannot be built (e.g. ``torch.compile`` failing, or compiling for longer than
 ``--torch-compile-timeout``) is reported under ``errors`` and the run goes on; the exit status is

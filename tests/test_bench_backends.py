@@ -34,6 +34,7 @@ def _rows(stdout):
 WN_TORCH = "torch weight_norm (plain PyTorch)"
 LINEAR_TORCH = "torch Linear (plain PyTorch)"
 ADAMP_TORCH = "AdamP reference (plain PyTorch)"
+SGDP_TORCH = "SGDP reference (plain PyTorch)"
 #: the rows of a group, per XLA mode: (arm vs baseline, has the backend's target)
 ROWS = {
     "wn_dense": [("WeightNorm Dense vs plain Dense", True),
@@ -41,6 +42,10 @@ ROWS = {
                  (f"{WN_TORCH} vs plain Dense", False),
                  (f"WeightNorm Dense vs {WN_TORCH}", False),
                  (f"{WN_TORCH} vs {LINEAR_TORCH}", False)],
+    "sgd": [("DecoupledWeightDecay(SGD) vs keras SGD(wd)", True),
+            ("SGDP vs keras SGD(wd)", True),
+            (f"{SGDP_TORCH} vs keras SGD(wd)", False),
+            (f"SGDP vs {SGDP_TORCH}", False)],
     "adam": [("AdamP vs keras AdamW", True),
              (f"{ADAMP_TORCH} vs keras AdamW", False),
              (f"AdamP vs {ADAMP_TORCH}", False)],
@@ -72,9 +77,10 @@ def test_quick_one_group_per_backend(backend):
     _check_rows(stdout, backend, ("wn_dense", "adam"))
 
 
-def _check_resnet20(stdout, backend):
-    """zoo ResNet vs PyTorch eager and torch.compile(aot_eager), and the img/s of every arm."""
-    modes = _check_rows(stdout, backend, ("resnet20",))
+def _check_resnet20(stdout, backend, groups=("resnet20",)):
+    """The rows of ``groups`` (resnet20 among them): the zoo ResNet vs PyTorch eager and
+    torch.compile(aot_eager); and the img/s of every resnet20 arm."""
+    modes = _check_rows(stdout, backend, groups)
     assert "torch.compile(backend='aot_eager')" in stdout
     arms = ["zoo ResNet-20", "PyTorch ResNet-20 eager",
             "PyTorch ResNet-20 torch.compile(aot_eager)"]
@@ -87,10 +93,11 @@ def _check_resnet20(stdout, backend):
 
 
 @pytest.mark.skipif(not HAS_TORCH, reason="torch is not installed")
-def test_quick_resnet20_on_torch():
+def test_quick_resnet20_and_sgd_on_torch():
     """The resnet20 group on the backend without XLA (the TensorFlow and JAX runs compile the
-    ResNet with XLA: minutes on 2 cores, in the slow test below)."""
-    _check_resnet20(_run("torch", "--only", "resnet20", "--warmup", "1"), "torch")
+    ResNet with XLA: minutes on 2 cores, in the slow test below), and the sgd group's peer."""
+    stdout = _run("torch", "--only", "sgd,resnet20", "--warmup", "1")
+    _check_resnet20(stdout, "torch", ("sgd", "resnet20"))
 
 
 @pytest.mark.slow
@@ -101,8 +108,8 @@ def test_quick_all_groups(backend):
     rows = _rows(stdout)
     per_mode = 2 if backend == "tensorflow" else 1
     # wn_dense 1, wn_conv 1, sgd 2, adam 1, bn 2 arms vs their baselines, per XLA mode; the
-    # plain-PyTorch peers: wn_dense 4 rows, adam 2, resnet20 2
-    assert len(rows) == (7 + 8) * per_mode
+    # plain-PyTorch peers: wn_dense 4 rows, sgd 2, adam 2, resnet20 2
+    assert len(rows) == (7 + 10) * per_mode
 
 
 def test_rejects_unknown_backend_and_group():
