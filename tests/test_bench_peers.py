@@ -136,3 +136,46 @@ def test_torch_resnet_is_the_one_of_bench_gpu():
         assert getattr(gpu, name).__code__.co_filename == getattr(peers, name).__code__.co_filename
         assert getattr(gpu, name).__module__ == "_peers"
     assert gpu.RESNET20_TRAINABLE == peers.RESNET20_TRAINABLE
+
+
+def _peer_args(**kw):
+    import argparse
+
+    args = dict(quick=True, threads=0, no_peers=False, no_torch_compile=False,
+                torch_compile=None, torch_compile_timeout=900)
+    return argparse.Namespace(**{**args, **kw})
+
+
+def _images():
+    rng = np.random.default_rng(0)
+    return (rng.standard_normal((4, 8, 8, 3)).astype("float32"),
+            rng.integers(0, 10, 4).astype("int32"))
+
+
+def test_peers_options_and_a_failing_arm():
+    """--no-torch-compile leaves the compiled arm out; a torch.compile that fails is reported
+    under errors (the run goes on with the other arms); --no-peers builds nothing."""
+    peers_module = load_bench("_peers")
+    x, y = _images()
+    peers = peers_module.Peers(_peer_args(no_torch_compile=True))
+    arms, extra = peers.arms("resnet20", x, y)
+    assert list(arms) == [peers_module.RESNET_EAGER] and extra == [] and peers.errors == {}
+    assert isinstance(arms[peers_module.RESNET_EAGER](), float)  # the loss, synchronized
+    assert "no torch.compile arm" in peers.report()
+
+    peers = peers_module.Peers(_peer_args(torch_compile="no_such_backend"))
+    arms, _ = peers.arms("resnet20", x, y)
+    assert list(arms) == [peers_module.RESNET_EAGER]
+    (key,) = peers.errors
+    assert key == "resnet20/PyTorch ResNet-20 torch.compile(no_such_backend)"
+    assert "errors (arms left out):" in peers.report() and key in peers.report()
+
+    peers = peers_module.Peers(_peer_args(no_peers=True))
+    assert peers.arms("resnet20", x, y) == ({}, [])
+    assert "left out (--no-peers)" in peers.report()
+
+
+def test_peers_pairs_keep_the_arms_that_built():
+    peers = load_bench("_peers").Peers(_peer_args(no_peers=True))
+    assert peers.pairs(["a", "b", "c"], "a", [("b", "c"), ("b", "gone")]) == [
+        ("b", "a"), ("c", "a"), ("b", "c")]
