@@ -157,7 +157,7 @@ def run_group(group, args, rng, backend):
     label, baseline, makers, x, y, loss = _arms(group, args, rng)
     x = x.astype("float32")
     y = y if y.dtype.kind == "i" else y.astype("float32")
-    target = TARGETS[backend]
+    targets = {f"{a} vs {baseline}": TARGETS[backend] for a in makers if a != baseline}
     peers, extra_pairs = args.peers.arms(group, x, y)  # plain PyTorch, built once for all modes
     for mode, jit in _timing.xla_modes(backend):
         arms = {}
@@ -169,7 +169,7 @@ def run_group(group, args, rng, backend):
         times = {}
         rows += _timing.compare(
             f"{label}, jit {mode}", arms, baseline, rounds=args.rounds, steps=args.steps,
-            warmup=args.warmup, targets={f"{a} vs {baseline}": target for a in makers if a != baseline},
+            warmup=args.warmup, targets=targets,
             verbose=not args.quick, pairs=args.peers.pairs(list(arms), baseline, extra_pairs),
             times=times)
         if group == "resnet20":
