@@ -26,8 +26,9 @@ defaults to ``jax``. Sections (``--only``):
   GPT; ``keras.optimizers.AdamW(1e-3)``, batch 512 of random prompts ``[a, OP, b, EQ]``.
 * ``torch``: the same ResNet-20 (3 stages x 3 basic blocks, 16/32/64 channels, BN, option A
   shortcuts, the zoo's trainable parameter count: checked and printed) written in plain PyTorch
-  (:class:`TorchResNet`), trained with channels_last, bf16 autocast and ``torch.compile``, vs the
-  zoo's ResNet-20 (BN) on Keras/JAX: the reference a user would otherwise pick.
+  (``torch_resnet`` of bench/_peers.py), trained with channels_last, bf16 autocast and
+  ``torch.compile``, vs the zoo's ResNet-20 (BN) on Keras/JAX: the reference a user would
+  otherwise pick.
 
 Every arm is a full train step (forward, backward, optimizer update; SGD momentum 0.9 unless the
 section is about optimizers) on synthetic data already on the device. Keras models are compiled
@@ -69,13 +70,12 @@ sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
 sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 
 import _timing  # noqa: E402
+from _peers import RESNET20_TRAINABLE, torch_param_counts, torch_resnet  # noqa: E402, F401
 
 SECTIONS = ("norms", "optimizers", "weightnorm", "transformer", "torch")
 NORMS = ("batch", "none", "l1_batch", "topk_batch", "weight")
 BASELINE_NORM = "batch"
 TITLE = "GPU benchmark: keras_normreg on Keras/{backend} vs plain Keras, PyTorch reference"
-#: ResNet-20 at full size: trainable parameters, derived by hand in tests/test_bench_gpu.py.
-RESNET20_TRAINABLE = 269_722
 
 
 # ---------------------------------------------------------------------- the PyTorch reference
@@ -84,76 +84,6 @@ def _torch_nn():
     from torch import nn
 
     return torch, nn
-
-
-def torch_resnet(depth: int = 20, width: int = 16, num_classes: int = 10):
-    """The CIFAR ResNet of ``zoo.build_resnet`` (He et al. 2016 sec. 4.2, option A) in PyTorch.
-
-    ``conv3x3(width) -> BN -> ReLU``, three stages of ``(depth - 2) / 6`` basic blocks with
-    ``width, 2 width, 4 width`` channels (the first block of stages 2 and 3 has stride 2), global
-    average pooling, a Linear head. Convs have no bias (BN follows); the shortcut where the shape
-    changes subsamples with stride 2 and pads the new channels with zeros, ``(c_new - c_old) // 2``
-    before and the rest after, as the zoo's ``ZeroPadChannels``: no parameters.
-    """
-    torch, nn = _torch_nn()
-    f = torch.nn.functional
-    if isinstance(depth, bool) or not isinstance(depth, int) or depth < 8 or (depth - 2) % 6:
-        raise ValueError("Argument `depth` must be of the form 6n + 2 with n >= 1. "
-                         f"Received: depth={depth!r}")
-
-    class BasicBlock(nn.Module):
-        def __init__(self, cin, cout, stride):
-            super().__init__()
-            self.conv1 = nn.Conv2d(cin, cout, 3, stride, 1, bias=False)
-            self.bn1 = nn.BatchNorm2d(cout)
-            self.conv2 = nn.Conv2d(cout, cout, 3, 1, 1, bias=False)
-            self.bn2 = nn.BatchNorm2d(cout)
-            self.stride, self.pad = stride, cout - cin
-
-        def forward(self, x):
-            y = f.relu(self.bn1(self.conv1(x)))
-            y = self.bn2(self.conv2(y))
-            s = x
-            if self.stride != 1:
-                s = s[:, :, ::self.stride, ::self.stride]
-            if self.pad:
-                before = self.pad // 2
-                s = f.pad(s, (0, 0, 0, 0, before, self.pad - before))
-            return f.relu(y + s)
-
-    class ResNet(nn.Module):
-        def __init__(self):
-            super().__init__()
-            n = (depth - 2) // 6
-            self.stem = nn.Conv2d(3, width, 3, 1, 1, bias=False)
-            self.bn = nn.BatchNorm2d(width)
-            blocks, cin = [], width
-            for stage in range(3):
-                cout = width * 2**stage
-                for b in range(n):
-                    blocks.append(BasicBlock(cin, cout, 2 if stage > 0 and b == 0 else 1))
-                    cin = cout
-            self.blocks = nn.Sequential(*blocks)
-            self.head = nn.Linear(cin, num_classes)
-            for m in self.modules():
-                if isinstance(m, nn.Conv2d):
-                    nn.init.kaiming_normal_(m.weight, mode="fan_in", nonlinearity="relu")
-
-        def forward(self, x):
-            x = f.relu(self.bn(self.stem(x)))
-            x = self.blocks(x)
-            return self.head(x.mean(dim=(2, 3)))
-
-    return ResNet()
-
-
-def torch_param_counts(model) -> tuple[int, int]:
-    """(total, trainable) like Keras counts them: parameters plus BN's running mean/variance
-    (``num_batches_tracked`` is PyTorch bookkeeping that Keras has no counterpart for)."""
-    trainable = sum(p.numel() for p in model.parameters() if p.requires_grad)
-    running = sum(b.numel() for name, b in model.named_buffers()
-                  if name.endswith(("running_mean", "running_var")))
-    return sum(p.numel() for p in model.parameters()) + running, trainable
 
 
 def torch_step(batch, size, depth, width, compile_backend, seed=0):

@@ -3,6 +3,7 @@ backend at import, so each backend needs its own process). Checks the table, nev
 
 from __future__ import annotations
 
+import importlib.util
 import os
 import subprocess
 import sys
@@ -11,6 +12,7 @@ import pytest
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 SCRIPT = os.path.join(ROOT, "bench", "bench_backends.py")
+HAS_TORCH = importlib.util.find_spec("torch") is not None
 
 
 def _run(backend, *extra):
@@ -23,8 +25,50 @@ def _run(backend, *extra):
 
 
 def _rows(stdout):
+    """The rows of the step-time table (10 columns; the img/s table has 4)."""
     return [line for line in stdout.splitlines()
-            if line.startswith("| ") and not line.startswith("| benchmark")]
+            if line.startswith("| ") and not line.startswith("| benchmark")
+            and line.count("|") == 11]
+
+
+WN_TORCH = "torch weight_norm (plain PyTorch)"
+LINEAR_TORCH = "torch Linear (plain PyTorch)"
+ADAMP_TORCH = "AdamP reference (plain PyTorch)"
+SGDP_TORCH = "SGDP reference (plain PyTorch)"
+#: the rows of a group, per XLA mode: (arm vs baseline, has the backend's target)
+ROWS = {
+    "wn_dense": [("WeightNorm Dense vs plain Dense", True),
+                 (f"{LINEAR_TORCH} vs plain Dense", False),
+                 (f"{WN_TORCH} vs plain Dense", False),
+                 (f"WeightNorm Dense vs {WN_TORCH}", False),
+                 (f"{WN_TORCH} vs {LINEAR_TORCH}", False)],
+    "wn_conv": [("WeightNorm Conv2D vs plain Conv2D", True)],
+    "bn": [("L1 BN vs keras BN", True), ("TopK BN vs keras BN", True)],
+    "sgd": [("DecoupledWeightDecay(SGD) vs keras SGD(wd)", True),
+            ("SGDP vs keras SGD(wd)", True),
+            (f"{SGDP_TORCH} vs keras SGD(wd)", False),
+            (f"SGDP vs {SGDP_TORCH}", False)],
+    "adam": [("AdamP vs keras AdamW", True),
+             (f"{ADAMP_TORCH} vs keras AdamW", False),
+             (f"AdamP vs {ADAMP_TORCH}", False)],
+    "resnet20": [("PyTorch ResNet-20 eager vs zoo ResNet-20", False),
+                 ("PyTorch ResNet-20 torch.compile(aot_eager) vs zoo ResNet-20", False)],
+}
+
+
+def _check_rows(stdout, backend, groups):
+    """The rows of ``groups`` in order, per XLA mode, with the backend's target on the Keras
+    arms and none on the plain-PyTorch peers; no arm left out."""
+    modes = ["auto", "xla"] if backend == "tensorflow" else ["auto"]
+    target = "<= 1.10" if backend == "torch" else "<= 1.05"
+    expected = [(name, mode, target if targeted else "-")
+                for group in groups for mode in modes for name, targeted in ROWS[group]
+                if targeted or HAS_TORCH]  # without torch: no peer arms
+    got = [(row.split(" | ")[1], row.split(" | ")[0].rsplit("jit ", 1)[1], row.split(" | ")[-2])
+           for row in _rows(stdout)]
+    assert got == expected
+    assert ("torch.set_num_threads(" in stdout) == HAS_TORCH and "errors" not in stdout
+    return modes
 
 
 @pytest.mark.parametrize("backend", ["tensorflow", "jax", "torch"])
@@ -32,23 +76,44 @@ def test_quick_one_group_per_backend(backend):
     stdout = _run(backend, "--only", "wn_dense,adam", "--warmup", "1")
     assert f"## {backend}: step time vs plain Keras" in stdout
     assert f"--backend {backend} --quick" in stdout  # the command that reproduces the table
-    modes = ["auto", "xla"] if backend == "tensorflow" else ["auto"]
-    expected = [(group, mode) for group in ("WeightNorm Dense vs plain Dense",
-                                            "AdamP vs keras AdamW") for mode in modes]
-    got = [(row.split(" | ")[1], row.split(" | ")[0].rsplit("jit ", 1)[1])
-           for row in _rows(stdout)]
-    assert got == expected
-    target = "<= 1.10" if backend == "torch" else "<= 1.05"
-    assert all(f"| {target} |" in row for row in _rows(stdout))
+    _check_rows(stdout, backend, ("wn_dense", "adam"))
+
+
+def _check_resnet20(stdout, backend, groups=("resnet20",)):
+    """The rows of ``groups`` (resnet20 among them): the zoo ResNet vs PyTorch eager and
+    torch.compile(aot_eager); and the img/s of every resnet20 arm."""
+    modes = _check_rows(stdout, backend, groups)
+    assert "torch.compile(backend='aot_eager')" in stdout
+    arms = ["zoo ResNet-20", "PyTorch ResNet-20 eager",
+            "PyTorch ResNet-20 torch.compile(aot_eager)"]
+    throughput = [line.strip("| ").split(" | ") for line in stdout.splitlines()
+                  if line.startswith("| ResNet-8 8x8x3, batch 4") and line.count("|") == 5]
+    assert [(group.rsplit("jit ", 1)[1], arm) for group, arm, _, _ in throughput] == [
+        (mode, arm) for mode in modes for arm in arms]
+    for _, _, ms, per_s in throughput:
+        # img/s = batch / step time = 4e3 / ms; ms is printed to +-0.05, img/s to +-0.5
+        ms, per_s = float(ms), float(per_s)
+        assert ms > 0.05 and 4e3 / (ms + 0.05) - 0.5 <= per_s <= 4e3 / (ms - 0.05) + 0.5
+
+
+@pytest.mark.skipif(not HAS_TORCH, reason="torch is not installed")
+def test_quick_resnet20_and_sgd_on_torch():
+    """The resnet20 group on the backend without XLA (the TensorFlow and JAX runs compile the
+    ResNet with XLA: minutes on 2 cores, in the slow test below), and the sgd group's peer."""
+    stdout = _run("torch", "--only", "sgd,resnet20", "--warmup", "1")
+    _check_resnet20(stdout, "torch", ("sgd", "resnet20"))
 
 
 @pytest.mark.slow
 @pytest.mark.parametrize("backend", ["tensorflow", "jax", "torch"])
 def test_quick_all_groups(backend):
-    rows = _rows(_run(backend))
+    stdout = _run(backend)
+    _check_resnet20(stdout, backend, ("wn_dense", "wn_conv", "sgd", "adam", "bn", "resnet20"))
+    rows = _rows(stdout)
     per_mode = 2 if backend == "tensorflow" else 1
-    # wn_dense 1, wn_conv 1, sgd 2, adam 1, bn 2 arms vs their baselines, per XLA mode
-    assert len(rows) == 7 * per_mode
+    # wn_dense 1, wn_conv 1, sgd 2, adam 1, bn 2 arms vs their baselines, per XLA mode; the
+    # plain-PyTorch peers: wn_dense 4 rows, sgd 2, adam 2, resnet20 2
+    assert len(rows) == (7 + 10) * per_mode
 
 
 def test_rejects_unknown_backend_and_group():
