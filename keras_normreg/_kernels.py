@@ -179,3 +179,28 @@ def scaled_matmul(x, v, g, floor):
         floor_t = torch.as_tensor(floor, dtype=v.dtype, device=v.device)
         return _torch_scaled_matmul_function().apply(x, v, g, floor_t)
     return ops.matmul(x, v) * (g / column_norms(v, floor))
+
+
+def max_min_over_axis1(blocks):
+    """``(max(blocks, axis=1), min(blocks, axis=1))`` of a rank-3 tensor, without gradient
+    (for selections: the callers stop the gradient).
+
+    On PyTorch (CPU) a reduction over a middle axis is slow (``amax`` over the 64 rows of
+    ``(2048, 64, 16)`` blocks: 3.9 ms, a quarter of the memory bandwidth); halving the axis
+    with elementwise ``maximum`` / ``minimum`` of its two halves (``ceil(n / 2)`` rows each,
+    overlapping by one row when ``n`` is odd, which max and min do not mind) reads the same
+    data in ``log2(n)`` passes of shrinking size: 0.7 ms. Elsewhere Keras' reductions.
+    """
+    if keras.backend.backend() != "torch":
+        blocks = ops.convert_to_tensor(blocks)
+        return ops.max(blocks, axis=1), ops.min(blocks, axis=1)
+    import torch
+
+    with torch.no_grad():
+        hi = lo = ops.convert_to_tensor(blocks).detach()
+        while hi.shape[1] > 1:
+            n = hi.shape[1]
+            half = (n + 1) // 2
+            hi = torch.maximum(hi[:, :half], hi[:, n - half:])
+            lo = torch.minimum(lo[:, :half], lo[:, n - half:])
+        return hi[:, 0], lo[:, 0]

@@ -6,7 +6,7 @@ import keras
 import numpy as np
 import pytest
 
-from keras_normreg._kernels import column_norms, column_sums, scaled_matmul
+from keras_normreg._kernels import column_norms, column_sums, max_min_over_axis1, scaled_matmul
 from tests.helpers import gradients, requires_float64
 
 pytestmark = pytest.mark.backends  # a block's tests: run on every backend (backend_marks.py)
@@ -106,3 +106,12 @@ def test_scaled_matmul_value_and_gradients_match_numpy():
     np.testing.assert_allclose(gv, x64.T @ (u64 * s) + v64 * c, rtol=1e-5, atol=1e-5)
     y = keras.ops.convert_to_numpy(scaled_matmul(x, v, g, floor))
     np.testing.assert_allclose(y, z * s, rtol=1e-5, atol=1e-5)
+
+
+@pytest.mark.parametrize("rows", [1, 2, 7, 49, 64])
+def test_max_min_over_axis1_match_numpy(rows):
+    """Exact (max and min only select values): any row count, odd ones included."""
+    x = np.random.default_rng(rows).normal(size=(5, rows, 3)).astype("float32")
+    hi, lo = max_min_over_axis1(keras.ops.convert_to_tensor(x))
+    np.testing.assert_array_equal(_np(hi), x.max(1))
+    np.testing.assert_array_equal(_np(lo), x.min(1))

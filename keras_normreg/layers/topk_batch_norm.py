@@ -6,6 +6,7 @@ import math
 
 from keras import ops
 
+from keras_normreg._kernels import max_min_over_axis1
 from keras_normreg._utils import check_number, register
 from keras_normreg.layers._base import (
     DispersionBatchNormalization,
@@ -154,7 +155,8 @@ class TopKBatchNormalization(DispersionBatchNormalization):
         """
         channels = x.shape[-1]
         blocks = ops.reshape(x, (-1, chunk, channels))
-        score = maximum(ops.max(blocks, axis=1) - mean, mean - ops.min(blocks, axis=1))
+        top, bottom = max_min_over_axis1(blocks)
+        score = maximum(top - mean, mean - bottom)
         score = ops.stop_gradient(ops.transpose(score))  # (channels, chunks): selection only
         n_chunks = score.shape[1]
         if n_chunks is not None:
