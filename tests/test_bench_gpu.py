@@ -316,7 +316,8 @@ def _check_saved(saved, backend):
         _check_section(section)
     norms = saved["sections"]["norms"]
     assert norms["baseline"] == "batch"
-    assert norms["baseline_layer"] == "keras.layers.BatchNormalization"
+    assert norms["baseline_layer"] == ("keras_normreg.layers.FusedBatchNormalization "
+                                      "(keras.layers.BatchNormalization on JAX)")
     assert {r["name"] for r in norms["rows"]} == {"none", "l1_batch", "topk_batch", "weight"}
     assert {r["baseline"] for r in norms["rows"]} == {"batch"}
     optim = saved["sections"]["optimizers"]

@@ -2,6 +2,8 @@
 
 * :class:`L1BatchNormalization`, :class:`TopKBatchNormalization`: batch normalization with the
   L1 / top-k dispersion of Hoffer et al. 2018 (drop-in for ``keras.layers.BatchNormalization``).
+* :class:`FusedBatchNormalization`: ``keras.layers.BatchNormalization`` running TensorFlow's
+  fused kernel in training (the table's ``"batch"``; the same layer elsewhere).
 * :class:`WeightNormalization`: weight-normalization wrapper for Dense / Conv / DepthwiseConv
   (trainable gain, or fixed gain = "bounded weight norm").
 * :class:`AutoGroupNormalization`: ``keras.layers.GroupNormalization`` whose number of groups
@@ -23,6 +25,7 @@ import keras
 from keras_normreg._registry import UNKNOWN_SHORT, Registry
 from keras_normreg._utils import check_number, received, register
 from keras_normreg.layers._base import DispersionBatchNormalization
+from keras_normreg.layers.fused_batch_norm import FusedBatchNormalization
 from keras_normreg.layers.l1_batch_norm import L1BatchNormalization
 from keras_normreg.layers.topk_batch_norm import TopKBatchNormalization, topk_scale
 from keras_normreg.layers.weight_normalization import WeightNormalization
@@ -83,7 +86,8 @@ NORMALIZATIONS = Registry(
     "normalization",
     {
         "none": None,
-        "batch": keras.layers.BatchNormalization,
+        # keras.layers.BatchNormalization, with TensorFlow's fused kernel in training
+        "batch": FusedBatchNormalization,
         "l1_batch": L1BatchNormalization,
         "topk_batch": TopKBatchNormalization,
         "layer": keras.layers.LayerNormalization,
@@ -200,6 +204,7 @@ def get_normalization(identifier, **kwargs):
 __all__ = [
     "AutoGroupNormalization",
     "DispersionBatchNormalization",
+    "FusedBatchNormalization",
     "L1BatchNormalization",
     "NORMALIZATIONS",
     "TopKBatchNormalization",

@@ -22,7 +22,7 @@ def test_table_contents():
 
 
 @pytest.mark.parametrize("name,cls", [
-    ("batch", keras.layers.BatchNormalization),
+    ("batch", layers.FusedBatchNormalization),  # keras BN + TensorFlow's fused kernel
     ("l1_batch", layers.L1BatchNormalization),
     ("topk_batch", layers.TopKBatchNormalization),
     ("layer", keras.layers.LayerNormalization),
