@@ -36,8 +36,10 @@ sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
 sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 
 BACKENDS = ("tensorflow", "jax", "torch")
-GROUPS = ("wn_dense", "wn_conv", "sgd", "adam", "bn")
+GROUPS = ("wn_dense", "wn_conv", "sgd", "adam", "bn", "sphere", "monitor")
 TARGETS = {"tensorflow": "<= 1.05", "jax": "<= 1.05", "torch": "<= 1.10"}
+MEMORY_STEPS = 10  # steps per memory measurement: one NormMonitor cycle (every_n_steps=10)
+MONITOR_EPOCH = 50  # steps per "epoch" of the monitor arm (its CSV-less flush at the end)
 
 
 def _pre_parse(argv):
@@ -54,8 +56,39 @@ def _single(layer, shape):
     return keras.Model(inputs, layer(inputs))
 
 
+def _monitored(model, step):
+    """``step`` followed by NormMonitor's hooks as ``fit`` calls them (``every_n_steps=10``,
+    default tracking, no CSV): ``on_train_begin`` before the first step, ``on_epoch_begin`` /
+    ``on_epoch_end`` around every ``MONITOR_EPOCH`` steps, ``on_train_batch_end`` after each."""
+    from keras_normreg.diagnostics import NormMonitor
+
+    monitor = NormMonitor(every_n_steps=10)
+    monitor.set_model(model)
+    count = [0]
+
+    def monitored():
+        i = count[0]
+        epoch, batch = divmod(i, MONITOR_EPOCH)
+        if i == 0:
+            monitor.on_train_begin()
+        if batch == 0:
+            monitor.on_epoch_begin(epoch)
+        logs = step()
+        monitor.on_train_batch_end(batch)
+        if batch == MONITOR_EPOCH - 1:
+            monitor.on_epoch_end(epoch)
+        count[0] = i + 1
+        return logs
+
+    monitored.monitor = monitor
+    return monitored
+
+
 def _arms(group, args, rng):
-    """(label, baseline, {arm: (model builder, optimizer maker)}, x, y, loss)."""
+    """(label, baseline, {arm: (model builder, optimizer maker[, step wrapper])}, x, y, loss).
+
+    An optimizer maker taking one argument gets the built model (sphere mode binds to it); a
+    step wrapper ``(model, step) -> step`` adds work around every train step."""
     import keras
 
     from keras_normreg import layers, optimizers, zoo
@@ -102,6 +135,21 @@ def _arms(group, args, rng):
 
     loss = keras.losses.SparseCategoricalCrossentropy(from_logits=True)
     label = f"MLP {depth}x{width} + BN, batch {b}"
+    def sgd_wd():
+        return keras.optimizers.SGD(0.1, momentum=0.9, weight_decay=5e-4)
+
+    if group == "sphere":
+        return (label, "keras SGD(wd)", {
+            "keras SGD(wd)": (mlp, sgd_wd),
+            "DecoupledWeightDecay(SGD) sphere": (mlp, lambda model: optimizers.DecoupledWeightDecay(
+                keras.optimizers.SGD(0.1, momentum=0.9), 5e-4, exclude=(),
+                scale_invariant="sphere").bind(model)),
+        }, x, y, loss)
+    if group == "monitor":
+        return (label, "keras SGD(wd)", {
+            "keras SGD(wd)": (mlp, sgd_wd),
+            "+ NormMonitor(every 10)": (mlp, sgd_wd, _monitored),
+        }, x, y, loss)
     if group == "sgd":
         return (label, "keras SGD(wd)", {
             "keras SGD(wd)": (mlp, lambda: keras.optimizers.SGD(0.1, momentum=0.9,
@@ -117,27 +165,69 @@ def _arms(group, args, rng):
     }, x, y, loss)
 
 
-def run_group(group, args, rng, backend):
+def _build(maker, loss, jit, x, y):
+    """(compiled model, step callable) of one arm."""
+    import inspect
+
+    import _timing
+
+    build, make_opt, *wrap = maker
+    model = build()
+    opt = make_opt(model) if inspect.signature(make_opt).parameters else make_opt()
+    model.compile(optimizer=opt, loss=loss, jit_compile=jit)
+    step = _timing.train_step(model, x, y)
+    return model, (wrap[0](model, step) if wrap else step)
+
+
+def _data(group, args, rng):
+    label, baseline, makers, x, y, loss = _arms(group, args, rng)
+    x = x.astype("float32")
+    y = y if y.dtype.kind == "i" else y.astype("float32")
+    return label, baseline, makers, x, y, loss
+
+
+def run_group(group, args, rng, backend, memory=None):
+    """Timing rows of ``group``; with ``memory`` (a list) also its _memory.MemoryRow rows."""
+    import _memory
     import _timing
     import keras
 
     rows = []
-    label, baseline, makers, x, y, loss = _arms(group, args, rng)
-    x = x.astype("float32")
-    y = y if y.dtype.kind == "i" else y.astype("float32")
+    label, baseline, makers, x, y, loss = _data(group, args, rng)
     target = TARGETS[backend]
     for mode, jit in _timing.xla_modes(backend):
-        arms = {}
-        for arm, (build, make_opt) in makers.items():
-            model = build()
-            model.compile(optimizer=make_opt(), loss=loss, jit_compile=jit)
-            arms[arm] = _timing.train_step(model, x, y)
+        arms, models = {}, {}
+        for arm, maker in makers.items():
+            models[arm], arms[arm] = _build(maker, loss, jit, x, y)
         rows += _timing.compare(
             f"{label}, jit {mode}", arms, baseline, rounds=args.rounds, steps=args.steps,
             warmup=args.warmup, targets={a: target for a in makers if a != baseline},
             verbose=not args.quick)
+        if memory is not None:  # after the timing, so that it cannot disturb it
+            child = [__file__, "--backend", backend, "--only", group, "--threads",
+                     str(args.threads)] + (["--quick"] if args.quick else [])
+            per_arm = {arm: _memory.measure_arm(
+                backend, models[arm], arms[arm], x, y, MEMORY_STEPS,
+                child + ["--memory-child", f"{mode}/{arm}"]) for arm in makers}
+            memory += _memory.rows(f"{label}, jit {mode}", baseline, per_arm)
         keras.backend.clear_session()
     return rows
+
+
+def _memory_child(args, rng, backend, group):
+    """One arm in this fresh process: build, 2 warm-up steps, the torch memory peak."""
+    import _memory
+    import _timing
+
+    mode, arm = args.memory_child.split("/", 1)
+    label, baseline, makers, x, y, loss = _data(group, args, rng)
+    model, step = _build(makers[arm], loss, dict(_timing.xla_modes(backend))[mode], x, y)
+    for _ in range(2):
+        step()
+    try:
+        _memory.report_child(*_memory.torch_step_peak(model, step, MEMORY_STEPS))
+    except _memory.Unavailable as e:
+        _memory.report_child(None, "RSS peak growth", str(e))
 
 
 def main(argv=None):
@@ -150,6 +240,9 @@ def main(argv=None):
     p.add_argument("--backend", choices=BACKENDS, default=backend,
                    help="Keras backend of this process (default: $KERAS_BACKEND)")
     _timing.add_only(p, GROUPS, "groups")
+    p.add_argument("--memory", action="store_true",
+                   help="also measure the peak memory of a training step (bench/_memory.py)")
+    p.add_argument("--memory-child", default=None, help=argparse.SUPPRESS)  # "mode/arm"
     args = p.parse_args(argv)
     args._argv = argv
     _timing.finish_args(args, rounds=15, steps=5)
@@ -166,9 +259,11 @@ def main(argv=None):
 
     keras.utils.set_random_seed(0)
     rng = np.random.default_rng(0)
-    rows = []
+    if args.memory_child:
+        return _memory_child(args, rng, backend, groups[0])
+    rows, memory = [], [] if args.memory else None
     for group in groups:
-        rows += run_group(group, args, rng, backend)
+        rows += run_group(group, args, rng, backend, memory)
     info = _timing.device_info()
     load = " ".join(f"{v:.2f}" for v in os.getloadavg()) if hasattr(os, "getloadavg") else "?"
     print(f"\n## {backend}: step time vs plain Keras ({info['device']})\n")
@@ -179,6 +274,15 @@ def main(argv=None):
           + ("; torch: no XLA in Keras, jit auto only" if backend == "torch" else "")
           + ("; JAX: always XLA, auto == xla" if backend == "jax" else "") + "\n")
     print(_timing.format_table(rows))
+    if memory is not None:
+        import _memory
+
+        print(f"\n## {backend}: peak memory of a training step vs plain Keras "
+              f"({info['device']})\n")
+        steps = "" if backend == "jax" else f"{MEMORY_STEPS} steps after warm-up per arm; "
+        print(f"{steps}{_memory.METHODS[backend]}; MiB = 2^20 bytes (bench/_memory.py: method "
+              "and limits)\n")
+        print(_memory.format_table(memory))
     return rows
 
 

@@ -29,12 +29,14 @@ def _rows(stdout):
 
 @pytest.mark.parametrize("backend", ["tensorflow", "jax", "torch"])
 def test_quick_one_group_per_backend(backend):
-    stdout = _run(backend, "--only", "wn_dense,adam", "--warmup", "1")
+    stdout = _run(backend, "--only", "wn_dense,adam,sphere,monitor", "--warmup", "1")
     assert f"## {backend}: step time vs plain Keras" in stdout
     assert f"--backend {backend} --quick" in stdout  # the command that reproduces the table
     modes = ["auto", "xla"] if backend == "tensorflow" else ["auto"]
-    expected = [(group, mode) for group in ("WeightNorm Dense vs plain Dense",
-                                            "AdamP vs keras AdamW") for mode in modes]
+    expected = [(group, mode) for group in (
+        "WeightNorm Dense vs plain Dense", "AdamP vs keras AdamW",
+        "DecoupledWeightDecay(SGD) sphere vs keras SGD(wd)",
+        "+ NormMonitor(every 10) vs keras SGD(wd)") for mode in modes]
     got = [(row.split(" | ")[1], row.split(" | ")[0].rsplit("jit ", 1)[1])
            for row in _rows(stdout)]
     assert got == expected
@@ -47,8 +49,42 @@ def test_quick_one_group_per_backend(backend):
 def test_quick_all_groups(backend):
     rows = _rows(_run(backend))
     per_mode = 2 if backend == "tensorflow" else 1
-    # wn_dense 1, wn_conv 1, sgd 2, adam 1, bn 2 arms vs their baselines, per XLA mode
-    assert len(rows) == 7 * per_mode
+    # wn_dense 1, wn_conv 1, sgd 2, adam 1, bn 2, sphere 1, monitor 1 arms vs their baselines,
+    # per XLA mode
+    assert len(rows) == 9 * per_mode
+
+
+def _memory_rows(stdout):
+    table = stdout.split("peak memory of a training step", 1)[1]
+    return [line.split(" | ") for line in table.splitlines()
+            if line.startswith("| ") and not line.startswith("| benchmark")]
+
+
+def test_memory_quick_jax():
+    """--memory adds a table with XLA's temp and total per arm; the NormMonitor arm runs the
+    same compiled step as its baseline (the monitor is outside it), so its ratio is exactly 1."""
+    stdout = _run("jax", "--only", "sphere,monitor", "--memory")
+    rows = _memory_rows(stdout)
+    assert [(r[1], r[2]) for r in rows] == [
+        (arm, measure) for arm in ("DecoupledWeightDecay(SGD) sphere vs keras SGD(wd)",
+                                   "+ NormMonitor(every 10) vs keras SGD(wd)")
+        for measure in ("XLA temp", "XLA total")]
+    assert all(r[3] != "n/a" and r[4] != "n/a" and r[5] != "n/a" for r in rows)
+    assert [r[5] for r in rows[2:]] == ["1.000", "1.000"]
+    assert "tracked weights" in rows[2][6]
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("backend", ["tensorflow", "torch"])
+def test_memory_quick_tensorflow_torch(backend):
+    """TensorFlow: the allocator counter (in-process); torch: one child process per arm.
+    Quick shapes are below the counters' resolution, so only the table's shape is checked."""
+    rows = _memory_rows(_run(backend, "--only", "monitor", "--memory"))
+    measure = "TF allocator peak" if backend == "tensorflow" else "RSS peak growth"
+    assert [(r[1], r[2]) for r in rows] == [
+        ("+ NormMonitor(every 10) vs keras SGD(wd)", measure)] * (
+            2 if backend == "tensorflow" else 1)
+    assert all(r[3] != "n/a" and r[4] != "n/a" for r in rows)
 
 
 def test_rejects_unknown_backend_and_group():
