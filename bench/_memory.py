@@ -16,9 +16,15 @@ slots, the fixed batch). Each backend gets the most exact counter it has:
   XLA's buffer assignment, not a measurement, so allocator fragmentation is not in it. Checked
   on ``Dense(1024)`` at batch 256 with SGD(momentum): temp 5.0 MiB = the 4 MiB kernel gradient
   + one 1 MiB activation-sized buffer; argument 10.0 MiB = kernel + momentum + x + y.
-* **TensorFlow** (:func:`tf_step_peak`): TensorFlow's own allocator counter,
-  ``tf.config.experimental.reset_memory_stats`` / ``get_memory_info("CPU:0")`` (``GPU:0`` on a
-  GPU): peak bytes allocated during ``steps`` steps minus the bytes allocated before them. On
+* **TensorFlow** (:func:`tf_step_peak`, in a fresh process per arm, :func:`run_child`):
+  TensorFlow's own allocator counter, ``tf.config.experimental.reset_memory_stats`` /
+  ``get_memory_info("CPU:0")`` (``GPU:0`` on a GPU): peak bytes allocated during ``steps``
+  steps minus the bytes allocated before them. The counter counts the allocator's chunks,
+  which can be larger than the tensors (a free chunk less than twice a request is handed out
+  whole), so it depends on the allocator's history: two identical models measured one after
+  the other in one process read 36 and 40 MiB (the ``sgd`` baseline, graph mode), hence one
+  fresh process per arm, where three runs of it read 36.0-37.0 MiB; with XLA the reading is
+  the same in every run. Read graph-mode ratios within about 0.95-1.05 as equal. On
   CPU it needs the oneDNN allocator (TensorFlow's default on x86 Linux); with
   ``TF_ENABLE_ONEDNN_OPTS=0`` the CPU allocator keeps no statistics and the row says "n/a".
   It counts the tensors TensorFlow allocates (graph mode and XLA clusters alike) of 256 KiB
@@ -217,7 +223,8 @@ METHODS = {
            "output - donated alias + temp (jax.jit(model.train_step).lower(...).compile()"
            ".memory_analysis())",
     "tensorflow": "TF allocator peak = peak bytes of TensorFlow's allocator during the steps "
-                  "minus the bytes held before them (tf.config.experimental.get_memory_info)",
+                  "minus the bytes held before them (tf.config.experimental.get_memory_info), "
+                  "one fresh process per arm",
     "torch": "RSS peak growth = VmHWM - VmRSS over the steps, one fresh process per arm with "
              "MALLOC_MMAP_THRESHOLD_=65536, gradients dropped before (CUDA: allocator peak)",
 }
@@ -232,9 +239,10 @@ def _monitor_note(model, step) -> str:
             f"tracked weights: {copies / MIB:.2f} MiB")
 
 
-def measure_arm(backend, model, step, x, y, steps, child_argv):
-    """``[(measure, bytes or None, note), ...]`` for one arm (built, warmed up) on ``backend``;
-    torch runs ``child_argv`` in a fresh process (:func:`run_child`)."""
+def measure_arm(backend, model, step, x, y, child_argv):
+    """``[(measure, bytes or None, note), ...]`` for one arm (built, warmed up) on ``backend``:
+    JAX in this process, TensorFlow and torch by ``child_argv`` in a fresh process
+    (:func:`run_child`, which runs :func:`measure_child` there)."""
     if backend == "jax":
         try:
             found = jax_train_step(model, x, y)
@@ -242,13 +250,20 @@ def measure_arm(backend, model, step, x, y, steps, child_argv):
             return [("XLA temp", None, str(e)), ("XLA total", None, str(e))]
         note = _monitor_note(model, step)
         return [("XLA temp", found["temp"], note), ("XLA total", found["total"], note)]
-    if backend == "tensorflow":
-        try:
-            return [("TF allocator peak", tf_step_peak(step, steps), "")]
-        except Unavailable as e:
-            return [("TF allocator peak", None, str(e))]
     found = run_child(child_argv)
     return [(found["measure"], found["bytes"], found["note"])]
+
+
+def measure_child(backend, model, step, steps) -> None:
+    """In a child process: measure one arm (built, warmed up) and print the result line."""
+    measure = "TF allocator peak" if backend == "tensorflow" else "RSS peak growth"
+    try:
+        if backend == "tensorflow":
+            report_child(tf_step_peak(step, steps), measure)
+        else:
+            report_child(*torch_step_peak(model, step, steps))
+    except Unavailable as e:
+        report_child(None, measure, str(e))
 
 
 def rows(group, baseline, per_arm) -> list[MemoryRow]:

@@ -207,7 +207,7 @@ def run_group(group, args, rng, backend, memory=None):
             child = [__file__, "--backend", backend, "--only", group, "--threads",
                      str(args.threads)] + (["--quick"] if args.quick else [])
             per_arm = {arm: _memory.measure_arm(
-                backend, models[arm], arms[arm], x, y, MEMORY_STEPS,
+                backend, models[arm], arms[arm], x, y,
                 child + ["--memory-child", f"{mode}/{arm}"]) for arm in makers}
             memory += _memory.rows(f"{label}, jit {mode}", baseline, per_arm)
         keras.backend.clear_session()
@@ -215,7 +215,7 @@ def run_group(group, args, rng, backend, memory=None):
 
 
 def _memory_child(args, rng, backend, group):
-    """One arm in this fresh process: build, 2 warm-up steps, the torch memory peak."""
+    """One arm in this fresh process: build, 2 warm-up steps, its peak step memory."""
     import _memory
     import _timing
 
@@ -224,10 +224,7 @@ def _memory_child(args, rng, backend, group):
     model, step = _build(makers[arm], loss, dict(_timing.xla_modes(backend))[mode], x, y)
     for _ in range(2):
         step()
-    try:
-        _memory.report_child(*_memory.torch_step_peak(model, step, MEMORY_STEPS))
-    except _memory.Unavailable as e:
-        _memory.report_child(None, "RSS peak growth", str(e))
+    _memory.measure_child(backend, model, step, MEMORY_STEPS)
 
 
 def main(argv=None):
