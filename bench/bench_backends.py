@@ -7,6 +7,7 @@ Commands (one backend per process: Keras picks its backend at import)::
     .venv/bin/python bench/bench_backends.py --backend jax
     .venv/bin/python bench/bench_backends.py --backend torch
     .venv/bin/python bench/bench_backends.py --backend jax --quick    # smoke test, tiny shapes
+    .venv/bin/python bench/bench_backends.py --backend torch --memory # + peak step memory
 
 Groups (each interleaved on its own, bench/_timing.py: rotating arm order, per-round ratios,
 median over rounds); every arm is a full ``train_on_batch`` step (forward, backward, update):
@@ -19,6 +20,26 @@ median over rounds); every arm is a full ``train_on_batch`` step (forward, backw
 * ``adam``: the same MLP: ``keras.optimizers.AdamW(1e-3, weight_decay=4e-3)`` vs ``AdamP``.
 * ``bn``: the norm layer alone on 32x32x16 maps, batch 128: Keras BatchNormalization vs
   ``L1BatchNormalization`` vs ``TopKBatchNormalization``.
+* ``sphere``: the ``sgd`` MLP: ``keras.optimizers.SGD(0.1, momentum=0.9, weight_decay=5e-4)``
+  vs ``DecoupledWeightDecay(SGD(0.1, momentum=0.9), 5e-4, exclude=(),
+  scale_invariant="sphere").bind(model)`` (the four BatchNorm'd kernels retracted to the unit
+  sphere per unit after every step, the other weights decayed).
+* ``monitor``: the ``sgd`` MLP and its Keras SGD; every call of an arm (the "step" of the
+  table: its ms are per 10 train steps) is 10 train steps, plain vs each followed by
+  ``NormMonitor``'s hooks as ``fit`` calls them (``every_n_steps=10``, default tracking: the
+  four kernels, no CSV): ``on_train_begin`` before the first step, ``on_train_batch_end``
+  after every step, ``on_epoch_end`` (the flush of the results to NumPy) every 50 steps. So
+  every call holds exactly one measured step (‖w‖, angle) and one snapshot of the weights
+  (the step before it), and every fifth call a flush, as in a ``fit`` of 50-step epochs. Not
+  counted: on JAX, ``fit`` keeps the state in its loop and the monitor's access to the weights
+  syncs it into the variables at 2 of 10 steps, while ``train_on_batch`` syncs at every step
+  in both arms, so the arm misses that (small, Python-side) cost there.
+
+``--memory`` adds a second table, the peak memory of one training step of every arm against
+its baseline (bench/_memory.py: method and limits): on JAX XLA's memory analysis of the
+compiled train step (``temp`` and ``total``), on TensorFlow its allocator's peak counter, on
+PyTorch (CPU) the growth of the resident set; TensorFlow and PyTorch measure each arm in a
+fresh process, after the group's timing so that they cannot disturb it. Off by default.
 
 XLA: ``auto`` is ``model.compile(jit_compile="auto")`` (TensorFlow: XLA off for these models on
 CPU; JAX: always XLA). ``xla`` forces ``jit_compile=True`` (TensorFlow); on JAX it is the same
@@ -39,6 +60,7 @@ BACKENDS = ("tensorflow", "jax", "torch")
 GROUPS = ("wn_dense", "wn_conv", "sgd", "adam", "bn", "sphere", "monitor")
 TARGETS = {"tensorflow": "<= 1.05", "jax": "<= 1.05", "torch": "<= 1.10"}
 MEMORY_STEPS = 10  # steps per memory measurement: one NormMonitor cycle (every_n_steps=10)
+MONITOR_EVERY = 10  # NormMonitor(every_n_steps): also the train steps per call in "monitor"
 MONITOR_EPOCH = 50  # steps per "epoch" of the monitor arm (its CSV-less flush at the end)
 
 
@@ -56,28 +78,40 @@ def _single(layer, shape):
     return keras.Model(inputs, layer(inputs))
 
 
+def _ten_steps(model, step):
+    """``MONITOR_EVERY`` train steps per call (the ``monitor`` group's unit)."""
+    def steps():
+        for _ in range(MONITOR_EVERY):
+            logs = step()
+        return logs
+
+    return steps
+
+
 def _monitored(model, step):
-    """``step`` followed by NormMonitor's hooks as ``fit`` calls them (``every_n_steps=10``,
-    default tracking, no CSV): ``on_train_begin`` before the first step, ``on_epoch_begin`` /
-    ``on_epoch_end`` around every ``MONITOR_EPOCH`` steps, ``on_train_batch_end`` after each."""
+    """``MONITOR_EVERY`` train steps per call, each followed by NormMonitor's hooks as ``fit``
+    calls them (``every_n_steps=MONITOR_EVERY``, default tracking, no CSV): ``on_train_begin``
+    before the first step, ``on_epoch_begin`` / ``on_epoch_end`` around every ``MONITOR_EPOCH``
+    steps, ``on_train_batch_end`` after each."""
     from keras_normreg.diagnostics import NormMonitor
 
-    monitor = NormMonitor(every_n_steps=10)
+    monitor = NormMonitor(every_n_steps=MONITOR_EVERY)
     monitor.set_model(model)
     count = [0]
 
     def monitored():
-        i = count[0]
-        epoch, batch = divmod(i, MONITOR_EPOCH)
-        if i == 0:
-            monitor.on_train_begin()
-        if batch == 0:
-            monitor.on_epoch_begin(epoch)
-        logs = step()
-        monitor.on_train_batch_end(batch)
-        if batch == MONITOR_EPOCH - 1:
-            monitor.on_epoch_end(epoch)
-        count[0] = i + 1
+        for _ in range(MONITOR_EVERY):
+            i = count[0]
+            epoch, batch = divmod(i, MONITOR_EPOCH)
+            if i == 0:
+                monitor.on_train_begin()
+            if batch == 0:
+                monitor.on_epoch_begin(epoch)
+            logs = step()
+            monitor.on_train_batch_end(batch)
+            if batch == MONITOR_EPOCH - 1:
+                monitor.on_epoch_end(epoch)
+            count[0] = i + 1
         return logs
 
     monitored.monitor = monitor
@@ -146,8 +180,8 @@ def _arms(group, args, rng):
                 scale_invariant="sphere").bind(model)),
         }, x, y, loss)
     if group == "monitor":
-        return (label, "keras SGD(wd)", {
-            "keras SGD(wd)": (mlp, sgd_wd),
+        return (f"{label}, {MONITOR_EVERY} steps per call", "keras SGD(wd)", {
+            "keras SGD(wd)": (mlp, sgd_wd, _ten_steps),
             "+ NormMonitor(every 10)": (mlp, sgd_wd, _monitored),
         }, x, y, loss)
     if group == "sgd":
