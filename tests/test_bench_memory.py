@@ -13,10 +13,10 @@ import sys
 import numpy as np
 import pytest
 
-ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
-sys.path.insert(0, os.path.join(ROOT, "bench"))
+from tests.helpers import load_bench
 
-import _memory  # noqa: E402
+ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+_memory = load_bench("_memory")
 
 MIB = 2**20
 # Linux keeps a process' RSS in per-CPU counters folded in batches of max(32, 2·CPUs) pages, and
