@@ -122,7 +122,7 @@ def _arms(group, args, rng):
     """(label, baseline, {arm: (model builder, optimizer maker[, step wrapper])}, x, y, loss).
 
     An optimizer maker taking one argument gets the built model (sphere mode binds to it); a
-    step wrapper ``(model, step) -> step`` adds work around every train step."""
+    step wrapper ``(model, step) -> call`` makes the arm's timed call from its train step."""
     import keras
 
     from keras_normreg import layers, optimizers, zoo
@@ -310,7 +310,7 @@ def main(argv=None):
 
         print(f"\n## {backend}: peak memory of a training step vs plain Keras "
               f"({info['device']})\n")
-        steps = "" if backend == "jax" else f"{MEMORY_STEPS} steps after warm-up per arm; "
+        steps = "" if backend == "jax" else f"{MEMORY_STEPS} calls per arm after 2 warm-up; "
         print(f"{steps}{_memory.METHODS[backend]}; MiB = 2^20 bytes (bench/_memory.py: method "
               "and limits)\n")
         print(_memory.format_table(memory))
