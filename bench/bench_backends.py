@@ -40,6 +40,7 @@ its baseline (bench/_memory.py: method and limits): on JAX XLA's memory analysis
 compiled train step (``temp`` and ``total``), on TensorFlow its allocator's peak counter, on
 PyTorch (CPU) the growth of the resident set; TensorFlow and PyTorch measure each arm in a
 fresh process, after the group's timing so that they cannot disturb it. Off by default.
+``--json PATH`` writes the timing rows and, with ``--memory``, the memory rows (bytes).
 
 XLA: ``auto`` is ``model.compile(jit_compile="auto")`` (TensorFlow: XLA off for these models on
 CPU; JAX: always XLA). ``xla`` forces ``jit_compile=True`` (TensorFlow); on JAX it is the same
@@ -314,7 +315,25 @@ def main(argv=None):
         print(f"{steps}{_memory.METHODS[backend]}; MiB = 2^20 bytes (bench/_memory.py: method "
               "and limits)\n")
         print(_memory.format_table(memory))
+    if args.json:
+        _write_json(args.json, backend, argv, info, rows, memory)
     return rows
+
+
+def _write_json(path, backend, argv, info, rows, memory):
+    """--json: the timing rows (with "met") and, with --memory, the memory rows (with "ratio",
+    bytes; None = n/a)."""
+    import dataclasses
+    import json
+
+    import _timing
+
+    with open(path, "w") as f:
+        json.dump({"backend": backend, "command": _timing.command([__file__, *argv]), **info,
+                   "rows": [{**dataclasses.asdict(r), "met": r.met} for r in rows],
+                   "memory": None if memory is None else [
+                       {**dataclasses.asdict(r), "ratio": r.ratio} for r in memory]},
+                  f, indent=2)
 
 
 if __name__ == "__main__":

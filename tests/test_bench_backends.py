@@ -3,6 +3,7 @@ backend at import, so each backend needs its own process). Checks the table, nev
 
 from __future__ import annotations
 
+import json
 import os
 import subprocess
 import sys
@@ -60,10 +61,12 @@ def _memory_rows(stdout):
             if line.startswith("| ") and not line.startswith("| benchmark")]
 
 
-def test_memory_quick_jax():
+def test_memory_quick_jax(tmp_path):
     """--memory adds a table with XLA's temp and total per arm; the NormMonitor arm runs the
-    same compiled step as its baseline (the monitor is outside it), so its ratio is exactly 1."""
-    stdout = _run("jax", "--only", "sphere,monitor", "--memory")
+    same compiled step as its baseline (the monitor is outside it), so its ratio is exactly 1.
+    --json writes the same rows, in bytes."""
+    path = tmp_path / "jax.json"
+    stdout = _run("jax", "--only", "sphere,monitor", "--memory", "--json", str(path))
     rows = _memory_rows(stdout)
     assert [(r[1], r[2]) for r in rows] == [
         (arm, measure) for arm in ("DecoupledWeightDecay(SGD) sphere vs keras SGD(wd)",
@@ -72,6 +75,11 @@ def test_memory_quick_jax():
     assert all(r[3] != "n/a" and r[4] != "n/a" and r[5] != "n/a" for r in rows)
     assert [r[5] for r in rows[2:]] == ["1.000", "1.000"]
     assert "tracked weights" in rows[2][6]
+    saved = json.loads(path.read_text())
+    assert saved["backend"] == "jax" and len(saved["rows"]) == 2
+    assert [(m["name"], m["measure"], f"{m['arm_bytes'] / 2**20:.3f}") for m in saved["memory"]] \
+        == [(r[1].split(" vs ")[0], r[2], r[4]) for r in rows]
+    assert saved["memory"][2]["arm_bytes"] == saved["memory"][2]["base_bytes"]
 
 
 @pytest.mark.slow
