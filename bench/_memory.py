@@ -30,10 +30,9 @@ slots, the fixed batch). Each backend gets the most exact counter it has:
   It counts the tensors TensorFlow allocates (graph mode and XLA clusters alike) of 256 KiB
   and more: smaller ones come from the oneDNN allocator's small-block pool, which keeps no
   statistics (so the ``--quick`` shapes read 0); not oneDNN's internal scratch pads nor Python
-  objects. Checked on ``Dense(1024)``, batch 256,
-  SGD(momentum): 6.0 MiB with XLA (kernel gradient 4 + activation and its gradient 1 + 1),
-  9.0 MiB without (the momentum update makes a 4 MiB temporary too); on ``Dense(4096)``:
-  72 MiB with XLA, 136 without (64 MiB gradient).
+  objects. Checked on ``Dense(1024)``, batch 256, SGD(momentum): 6.0 MiB with XLA (kernel
+  gradient 4 + activation and its gradient 1 + 1), 9.0 MiB without (one more kernel-sized
+  temporary); on ``Dense(4096)``: 72 MiB with XLA, 136 without (64 MiB gradient).
 * **PyTorch on CPU** (:func:`rss_step_peak`, run in a fresh process per arm by
   :func:`run_child`): torch keeps no allocator statistics on CPU, so the growth of the
   process' resident set is measured: after two warm-up steps the gradients kept between steps
@@ -49,18 +48,22 @@ slots, the fixed batch). Each backend gets the most exact counter it has:
   appear in the high-water mark. Checked on ``Dense(1024)`` / ``Dense(4096)`` at batch 256:
   5.9 / 72.0 MiB, the same buffers as XLA's count above. Limits: blocks under 64 KiB and
   larger requests that glibc serves from free chunks already in its heap are not seen (an
-  underestimate of at most the heap's free space); the number has page (4 KiB) granularity,
-  Linux folds its per-CPU RSS counters in batches of max(32, 2·CPUs) pages (each read may
-  miss that many pages per CPU: 0.5 MiB on 2 CPUs), and other allocations meanwhile (Python
-  objects, thread stacks) add a few hundred KiB; Linux only. On a CUDA device torch's own counter (``torch.cuda.max_memory_allocated``) is used
-  instead.
+  underestimate of at most the heap's free space); the number has page (4 KiB) granularity;
+  Linux folds its per-CPU RSS counters in batches of max(32, 2·CPUs) pages, so each of the
+  two reads may be off by up to a batch per CPU (0.5 MiB in all on 2 CPUs); other allocations
+  meanwhile (Python objects, thread stacks) add a few hundred KiB; Linux only. On a CUDA
+  device torch's own counter (``torch.cuda.max_memory_allocated``) is used instead.
 
-NormMonitor arms: the monitor runs outside the compiled step. On JAX the compiled step is the
-plain one (ratio 1) and the note gives the float32 copies of the tracked weights that the
-monitor keeps between a snapshot and the measured step; on TensorFlow those copies are
-``tf.Variable``s made once at ``on_train_begin`` (state, not step memory) and the counter sees
-the measurement's temporaries; on torch the copies are made at the step before each measured
-one and are in the resident-set peak (``steps`` >= ``every_n_steps`` covers one cycle).
+The GPU paths (TensorFlow's ``GPU:0`` counter, torch's CUDA counter, XLA on a GPU) follow the
+same definitions but have not been checked against hand counts like the CPU ones above.
+
+NormMonitor arms (every call is 10 train steps, one monitored): the monitor runs outside the
+compiled step. On JAX the compiled step is the plain one (ratio 1) and the note gives the
+float32 copies of the tracked weights that the monitor keeps between a snapshot and the
+measured step; on TensorFlow those copies are ``tf.Variable``s made once at
+``on_train_begin`` (state, not step memory) and the counter sees the measurement's
+temporaries; on torch the copies are made at the step before each measured one and are in the
+resident-set peak, like anything the monitor keeps until its epoch-end flush.
 """
 
 from __future__ import annotations
