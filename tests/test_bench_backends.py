@@ -4,6 +4,7 @@ backend at import, so each backend needs its own process). Checks the table, nev
 from __future__ import annotations
 
 import importlib.util
+import json
 import os
 import subprocess
 import sys
@@ -43,7 +44,10 @@ ROWS = {
                  (f"WeightNorm Dense vs {WN_TORCH}", False),
                  (f"{WN_TORCH} vs {LINEAR_TORCH}", False)],
     "wn_conv": [("WeightNorm Conv2D vs plain Conv2D", True)],
-    "bn": [("L1 BN vs keras BN", True), ("TopK BN vs keras BN", True)],
+    "bn": [("Fused BN vs keras BN", True), ("L1 BN vs keras BN", True),
+           ("TopK BN vs keras BN", True)],
+    "sphere": [("DecoupledWeightDecay(SGD) sphere vs keras SGD(wd)", True)],
+    "monitor": [("+ NormMonitor(every 10) vs keras SGD(wd)", True)],
     "sgd": [("DecoupledWeightDecay(SGD) vs keras SGD(wd)", True),
             ("SGDP vs keras SGD(wd)", True),
             (f"{SGDP_TORCH} vs keras SGD(wd)", False),
@@ -51,7 +55,8 @@ ROWS = {
     "adam": [("AdamP vs keras AdamW", True),
              (f"{ADAMP_TORCH} vs keras AdamW", False),
              (f"AdamP vs {ADAMP_TORCH}", False)],
-    "resnet20": [("PyTorch ResNet-20 eager vs zoo ResNet-20", False),
+    "resnet20": [("zoo ResNet-20, keras BN vs zoo ResNet-20", False),
+                 ("PyTorch ResNet-20 eager vs zoo ResNet-20", False),
                  ("PyTorch ResNet-20 torch.compile(aot_eager) vs zoo ResNet-20", False)],
 }
 
@@ -73,10 +78,10 @@ def _check_rows(stdout, backend, groups):
 
 @pytest.mark.parametrize("backend", ["tensorflow", "jax", "torch"])
 def test_quick_one_group_per_backend(backend):
-    stdout = _run(backend, "--only", "wn_dense,adam", "--warmup", "1")
+    stdout = _run(backend, "--only", "wn_dense,adam,sphere,monitor", "--warmup", "1")
     assert f"## {backend}: step time vs plain Keras" in stdout
     assert f"--backend {backend} --quick" in stdout  # the command that reproduces the table
-    _check_rows(stdout, backend, ("wn_dense", "adam"))
+    _check_rows(stdout, backend, ("wn_dense", "adam", "sphere", "monitor"))
 
 
 def _check_resnet20(stdout, backend, groups=("resnet20",)):
@@ -84,7 +89,7 @@ def _check_resnet20(stdout, backend, groups=("resnet20",)):
     torch.compile(aot_eager); and the img/s of every resnet20 arm."""
     modes = _check_rows(stdout, backend, groups)
     assert "torch.compile(backend='aot_eager')" in stdout
-    arms = ["zoo ResNet-20", "PyTorch ResNet-20 eager",
+    arms = ["zoo ResNet-20", "zoo ResNet-20, keras BN", "PyTorch ResNet-20 eager",
             "PyTorch ResNet-20 torch.compile(aot_eager)"]
     throughput = [line.strip("| ").split(" | ") for line in stdout.splitlines()
                   if line.startswith("| ResNet-8 8x8x3, batch 4") and line.count("|") == 5]
@@ -108,12 +113,54 @@ def test_quick_resnet20_and_sgd_on_torch():
 @pytest.mark.parametrize("backend", ["tensorflow", "jax", "torch"])
 def test_quick_all_groups(backend):
     stdout = _run(backend)
-    _check_resnet20(stdout, backend, ("wn_dense", "wn_conv", "sgd", "adam", "bn", "resnet20"))
+    _check_resnet20(stdout, backend, ("wn_dense", "wn_conv", "sgd", "adam", "bn", "sphere",
+                                      "monitor", "resnet20"))
     rows = _rows(stdout)
     per_mode = 2 if backend == "tensorflow" else 1
-    # wn_dense 1, wn_conv 1, sgd 2, adam 1, bn 2 arms vs their baselines, per XLA mode; the
-    # plain-PyTorch peers: wn_dense 4 rows, sgd 2, adam 2, resnet20 2
-    assert len(rows) == (7 + 10) * per_mode
+    # wn_dense 1, wn_conv 1, sgd 2, adam 1, bn 3, sphere 1, monitor 1, resnet20 1 arms vs
+    # their baselines, per XLA mode; the plain-PyTorch peers: wn_dense 4 rows, sgd 2, adam 2,
+    # resnet20 2
+    assert len(rows) == (11 + 10) * per_mode
+
+
+def _memory_rows(stdout):
+    table = stdout.split("peak memory of a training step", 1)[1]
+    return [line.split(" | ") for line in table.splitlines()
+            if line.startswith("| ") and not line.startswith("| benchmark")]
+
+
+def test_memory_quick_jax(tmp_path):
+    """--memory adds a table with XLA's temp and total per arm; the NormMonitor arm runs the
+    same compiled step as its baseline (the monitor is outside it), so its ratio is exactly 1.
+    --json writes the same rows, in bytes."""
+    path = tmp_path / "jax.json"
+    stdout = _run("jax", "--only", "sphere,monitor", "--memory", "--json", str(path))
+    rows = _memory_rows(stdout)
+    assert [(r[1], r[2]) for r in rows] == [
+        (arm, measure) for arm in ("DecoupledWeightDecay(SGD) sphere vs keras SGD(wd)",
+                                   "+ NormMonitor(every 10) vs keras SGD(wd)")
+        for measure in ("XLA temp", "XLA total")]
+    assert all(r[3] != "n/a" and r[4] != "n/a" and r[5] != "n/a" for r in rows)
+    assert [r[5] for r in rows[2:]] == ["1.000", "1.000"]
+    assert "tracked weights" in rows[2][6]
+    saved = json.loads(path.read_text())
+    assert saved["backend"] == "jax" and len(saved["rows"]) == 2
+    assert [(m["name"], m["measure"], f"{m['arm_bytes'] / 2**20:.3f}") for m in saved["memory"]] \
+        == [(r[1].split(" vs ")[0], r[2], r[4]) for r in rows]
+    assert saved["memory"][2]["arm_bytes"] == saved["memory"][2]["base_bytes"]
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("backend", ["tensorflow", "torch"])
+def test_memory_quick_tensorflow_torch(backend):
+    """TensorFlow: the allocator counter (in-process); torch: one child process per arm.
+    Quick shapes are below the counters' resolution, so only the table's shape is checked."""
+    rows = _memory_rows(_run(backend, "--only", "monitor", "--memory"))
+    measure = "TF allocator peak" if backend == "tensorflow" else "RSS peak growth"
+    assert [(r[1], r[2]) for r in rows] == [
+        ("+ NormMonitor(every 10) vs keras SGD(wd)", measure)] * (
+            2 if backend == "tensorflow" else 1)
+    assert all(r[3] != "n/a" and r[4] != "n/a" for r in rows)
 
 
 def test_rejects_unknown_backend_and_group():
