@@ -524,7 +524,10 @@ class NormMonitor(keras.callbacks.Callback):
             alone: a TensorFlow read is a value already; JAX's trainer donates the state buffers
             to the next step and torch updates in place, so both need a copy), the learning
             rate and the decoupled decay of the coming step."""
-            values = [ops.cast(ops.convert_to_tensor(v), "float32") for v in variables]
+            # stop_gradient: on torch the weights require grad, and a measurement built from
+            # them would keep its autograd graph (and the weight copies) until the flush
+            values = [ops.stop_gradient(ops.cast(ops.convert_to_tensor(v), "float32"))
+                      for v in variables]
             lr = ops.cast(base.learning_rate, "float32")
             d = ops.cast(decay_rate(), "float32")
             if copy:

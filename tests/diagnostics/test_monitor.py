@@ -192,6 +192,26 @@ def test_default_every_n_steps_is_10():
     np.testing.assert_allclose(h["angular_update"][1], ref, rtol=2e-3)
 
 
+@pytest.mark.skipif(keras.backend.backend() != "torch", reason="autograd state: torch only")
+def test_pending_measurements_hold_no_autograd_graph():
+    """The measurements waiting for the epoch-end flush are plain values: built from weights
+    that require grad, they would otherwise keep their autograd graph (and the weight copies
+    it references) alive until the flush."""
+    model = _bn_mlp()
+    mon = NormMonitor(every_n_steps=1)
+    seen = []
+
+    class Inspect(keras.callbacks.Callback):
+        def on_train_batch_end(self, batch, logs=None):
+            seen.extend(t.requires_grad for p in mon._pending for t in p[2:])
+
+    model.compile(optimizer=keras.optimizers.SGD(0.1),
+                  loss=keras.losses.SparseCategoricalCrossentropy(from_logits=True))
+    x, y = _data(48)
+    model.fit(x, y, batch_size=16, epochs=1, verbose=0, callbacks=[mon, Inspect()])
+    assert seen and not any(seen)
+
+
 def test_every_n_steps_measures_single_steps():
     model = _bn_mlp()
     mon = NormMonitor(every_n_steps=3, layers=["d2"])
