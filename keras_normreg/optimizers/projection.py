@@ -75,7 +75,9 @@ def projection_coefficients(w, g, p, delta, wd_ratio, epsilon):
     P = ops.reshape(p, (fan, units))
     # One reduction pass over (w, g, p) for all four column sums (see keras_normreg._kernels).
     sums = column_dots([(W, W), (G, G), (W, G), (W, P)])
-    totals = ops.sum(sums, axis=1)
+    # one total per row: TensorFlow's XLA compiled ops.sum(sums, axis=1) into a slower step
+    # (SGDP / AdamP on the 4x1024 MLP: 1.64x / 1.65x Keras' SGD / AdamW against 1.3x / 1.37x)
+    totals = [ops.sum(sums[i]) for i in range(4)]
     return coefficients_from_sums(
         ops, sums, totals, fan=fan, units=units, delta=delta,
         wd_ratio=constant(wd_ratio, dtype), one=constant(1.0, dtype), epsilon=eps,
