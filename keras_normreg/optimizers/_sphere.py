@@ -70,6 +70,7 @@ import numbers
 
 from keras import ops
 
+from keras_normreg._kernels import column_sums
 from keras_normreg._utils import received
 
 GRANULARITIES = ("unit", "tensor")
@@ -109,6 +110,24 @@ def norms(x, granularity="unit", epsilon=0.0):
     # epsilon straight in x's dtype (ops.cast of a Python float goes through float32); max via
     # where: Keras' torch ops.maximum returns float32 for two float64 tensors (its type
     # promotion maps float64 to float32 off TensorFlow), where keeps the dtype; NaN stays NaN
+    floor = ops.convert_to_tensor(epsilon, dtype=norm.dtype)
+    return ops.where(norm < floor, floor, norm)
+
+
+def retraction_norms(x, granularity="unit", epsilon=0.0):
+    """:func:`norms` computed the fastest way per backend, for the retraction after each step:
+    for ``"unit"`` on a kernel of rank >= 2 the column sums of squares of the ``(fan,
+    units)`` view go through :func:`keras_normreg._kernels.column_sums` (a matrix-vector
+    product with ones on TensorFlow without XLA, 2x faster there than ``reduce_sum`` over
+    axis 0); otherwise :func:`norms`. Same values to float rounding (the order of the sum)."""
+    rank = len(x.shape)
+    if granularity != "unit" or rank < 2:
+        return norms(x, granularity, epsilon)
+    units = x.shape[-1]
+    squares = column_sums(ops.square(ops.reshape(x, (-1, units))))
+    norm = ops.reshape(ops.sqrt(squares), (1,) * (rank - 1) + (units,))
+    if not epsilon:
+        return norm
     floor = ops.convert_to_tensor(epsilon, dtype=norm.dtype)
     return ops.where(norm < floor, floor, norm)
 

@@ -663,7 +663,18 @@ class DecoupledWeightDecay(keras.optimizers.Optimizer):
                 # in the variable's own dtype (float32 under a mixed-precision policy: the
                 # variables are float32 there; only the layers compute in float16)
                 value = ops.cast(ops.convert_to_tensor(var), var.dtype)
-                unit = value / _sphere.norms(value, granularity, SPHERE_EPSILON)
+                norm = _sphere.retraction_norms(value, granularity, SPHERE_EPSILON)
+                if keras.backend.backend() == "torch":
+                    # in place, as Keras' torch optimizers update (the same division and
+                    # multiply as below: no new tensor, no copy back into the variable)
+                    import torch
+
+                    with torch.no_grad():
+                        var.value.div_(norm)
+                        if r != 1.0:
+                            var.value.mul_(constant(r, var.dtype))
+                    return
+                unit = value / norm
                 # r = 1: no multiply, so the unit-radius update stays bit for bit as before
                 var.assign(unit if r == 1.0 else unit * constant(r, var.dtype))
 
