@@ -22,7 +22,8 @@ class FusedBatchNormalization(keras.layers.BatchNormalization):
     pass (``FusedBatchNormV3``: mean, variance and output) with a fused gradient; oneDNN runs
     both on CPU and cuDNN on GPU. In a ResNet-20 train step on a 2-core CPU (TensorFlow,
     batch 128) Keras' BatchNormalization took ~45% of the step; the fused kernel made the
-    step ~1.3x faster (bench/bench_backends.py, group ``resnet20``; docs/benchmarks.md).
+    step ~1.5x faster (bench/bench_backends.py, group ``resnet20``: 126 vs 197 ms;
+    docs/benchmarks.md).
 
     The fused path is taken on TensorFlow in training (``training=True`` and
     ``trainable``) for rank-4 inputs normalized over the last axis (channels-last images),
