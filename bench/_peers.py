@@ -162,7 +162,37 @@ def _optimizer_classes():
             return d - unit * (unit * d).sum(), wd_ratio
         return d, 1.0
 
-    class AdamP(torch.optim.Optimizer):
+    class _Projected(torch.optim.Optimizer):
+        """The step shared by both: per parameter, the direction ``d`` of the subclass, its
+        projection and ratio ``r`` (rank >= 2), the decoupled decay ``w ← w·(1 − lr·λ·r)``
+        and ``w ← w − lr·d``."""
+
+        def direction(self, p, g, state, group):
+            raise NotImplementedError
+
+        @torch.no_grad()
+        def step(self, closure=None):
+            loss = None
+            if closure is not None:
+                with torch.enable_grad():
+                    loss = closure()
+            for group in self.param_groups:
+                lr, decay = group["lr"], group["weight_decay"]
+                for p in group["params"]:
+                    if p.grad is None:
+                        continue
+                    g = p.grad
+                    d = self.direction(p, g, self.state[p], group)
+                    ratio = 1.0
+                    if p.dim() > 1:
+                        d, ratio = project(p, g, d, group["delta"], group["wd_ratio"],
+                                           group["eps"])
+                    if decay:
+                        p.mul_(1 - lr * decay * ratio)
+                    p.add_(d, alpha=-lr)
+            return loss
+
+    class AdamP(_Projected):
         """Adam whose update loses its radial part on weights that look scale-invariant.
 
         Per parameter and step ``t = 1, 2, ...``: ``m, v`` Adam's moments; ``d = m̂ / (√v̂ + ε)``
@@ -180,39 +210,20 @@ def _optimizer_classes():
                                           weight_decay=weight_decay, delta=delta,
                                           wd_ratio=wd_ratio))
 
-        @torch.no_grad()
-        def step(self, closure=None):
-            loss = None
-            if closure is not None:
-                with torch.enable_grad():
-                    loss = closure()
-            for group in self.param_groups:
-                beta1, beta2 = group["betas"]
-                lr, eps, decay = group["lr"], group["eps"], group["weight_decay"]
-                for p in group["params"]:
-                    if p.grad is None:
-                        continue
-                    g = p.grad
-                    state = self.state[p]
-                    if not state:
-                        state["step"] = 0
-                        state["m"] = torch.zeros_like(p)
-                        state["v"] = torch.zeros_like(p)
-                    state["step"] += 1
-                    t = state["step"]
-                    m, v = state["m"], state["v"]
-                    m.mul_(beta1).add_(g, alpha=1 - beta1)
-                    v.mul_(beta2).addcmul_(g, g, value=1 - beta2)
-                    d = m / (1 - beta1**t) / (v.sqrt() / math.sqrt(1 - beta2**t) + eps)
-                    ratio = 1.0
-                    if p.dim() > 1:
-                        d, ratio = project(p, g, d, group["delta"], group["wd_ratio"], eps)
-                    if decay:
-                        p.mul_(1 - lr * decay * ratio)
-                    p.add_(d, alpha=-lr)
-            return loss
+        def direction(self, p, g, state, group):
+            beta1, beta2 = group["betas"]
+            if not state:
+                state["step"] = 0
+                state["m"] = torch.zeros_like(p)
+                state["v"] = torch.zeros_like(p)
+            state["step"] += 1
+            t = state["step"]
+            m, v = state["m"], state["v"]
+            m.mul_(beta1).add_(g, alpha=1 - beta1)
+            v.mul_(beta2).addcmul_(g, g, value=1 - beta2)
+            return m / (1 - beta1**t) / (v.sqrt() / math.sqrt(1 - beta2**t) + group["eps"])
 
-    class SGDP(torch.optim.Optimizer):
+    class SGDP(_Projected):
         """SGD with momentum whose update loses its radial part on weights that look
         scale-invariant (the same projection as :class:`AdamP`).
 
@@ -227,32 +238,13 @@ def _optimizer_classes():
                                           nesterov=nesterov, weight_decay=weight_decay,
                                           delta=delta, wd_ratio=wd_ratio, eps=eps))
 
-        @torch.no_grad()
-        def step(self, closure=None):
-            loss = None
-            if closure is not None:
-                with torch.enable_grad():
-                    loss = closure()
-            for group in self.param_groups:
-                mu, lr, decay = group["momentum"], group["lr"], group["weight_decay"]
-                for p in group["params"]:
-                    if p.grad is None:
-                        continue
-                    g = p.grad
-                    state = self.state[p]
-                    if not state:
-                        state["buf"] = torch.zeros_like(p)
-                    buf = state["buf"]
-                    buf.mul_(mu).add_(g, alpha=1 - group["dampening"])
-                    d = g + mu * buf if group["nesterov"] else buf.clone()
-                    ratio = 1.0
-                    if p.dim() > 1:
-                        d, ratio = project(p, g, d, group["delta"], group["wd_ratio"],
-                                           group["eps"])
-                    if decay:
-                        p.mul_(1 - lr * decay * ratio)
-                    p.add_(d, alpha=-lr)
-            return loss
+        def direction(self, p, g, state, group):
+            mu = group["momentum"]
+            if not state:
+                state["buf"] = torch.zeros_like(p)
+            buf = state["buf"]
+            buf.mul_(mu).add_(g, alpha=1 - group["dampening"])
+            return g + mu * buf if group["nesterov"] else buf.clone()
 
     return AdamP, SGDP
 
