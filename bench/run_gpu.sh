@@ -8,6 +8,7 @@
 #   bash bench/run_gpu.sh run           # on the device, from the repository root: installs the
 #                                       # wheels into /tmp/site, runs the benchmark, JSON in $OUT
 #   bash bench/run_gpu.sh run --quick --only torch    # extra arguments go to bench_gpu.py
+#   bash bench/run_gpu.sh backends --rounds 9 --steps 3   # bench_backends.py on jax, then torch
 #
 # With the project's device tool: run(command="bash bench/run_gpu.sh run", timeout_s=600);
 # .whl/ travels with the working tree as an untracked file (or name it in `carry`).
@@ -54,7 +55,7 @@ download() {
   ls -l "$WHEELS"
 }
 
-run() {
+install() {
   local have
   have=$("$PY" -c 'import sys; print("%d.%d" % sys.version_info[:2])')
   if [ "$have" != "$PY_VERSION" ]; then
@@ -85,12 +86,30 @@ run() {
   if command -v nvidia-smi >/dev/null; then
     nvidia-smi --query-gpu=name,memory.total,driver_version --format=csv,noheader || true
   fi
+}
+
+run() {
+  install
   KERAS_BACKEND=jax PYTHONPATH="$SITE:." "$PY" bench/bench_gpu.py \
     --json "${OUT:-/tmp}/gpu.json" "$@"
+}
+
+# bench/bench_backends.py (the CPU tables' driver: every block vs its plain Keras twin, the
+# plain-PyTorch peers, --memory) on the device's JAX and PyTorch, one process each; runs
+# without TensorFlow (checked on a CPU with tensorflow hidden).
+backends() {
+  install
+  local backend
+  for backend in jax torch; do
+    KERAS_BACKEND=$backend PYTHONPATH="$SITE:." "$PY" bench/bench_backends.py \
+      --backend "$backend" --memory --json "${OUT:-/tmp}/backends_$backend.json" "$@"
+  done
 }
 
 case "${1:-}" in
   download) download ;;
   run) shift; run "$@" ;;
-  *) echo "usage: bash bench/run_gpu.sh download | run [bench_gpu.py options]" >&2; exit 2 ;;
+  backends) shift; backends "$@" ;;
+  *) echo "usage: bash bench/run_gpu.sh download | run [bench_gpu.py options]" \
+          "| backends [bench_backends.py options]" >&2; exit 2 ;;
 esac
