@@ -7,6 +7,10 @@ from keras import ops
 
 from keras_normreg._utils import register
 
+#: Input dtypes the fused path takes (Keras computes BN in float32 for these; float64 stays
+#: float64 on Keras' path).
+FUSED_DTYPES = ("float16", "bfloat16", "float32")
+
 #: TensorFlow's fused kernel raises any epsilon below this to it: smaller ones take Keras' path.
 FUSED_MIN_EPSILON = 1.001e-5
 
@@ -28,8 +32,9 @@ class FusedBatchNormalization(keras.layers.BatchNormalization):
     The fused path is taken on TensorFlow in training (``training=True`` and
     ``trainable``) for rank-4 inputs normalized over the last axis (channels-last images),
     without mask, ``renorm`` or ``synchronized``, with ``epsilon >= 1.001e-5`` (the kernel
-    raises smaller ones); inputs are computed in float32 as Keras does (float16/bfloat16
-    inputs are cast up, the output cast back). Everything else, inference included, is
+    raises smaller ones) and float16/bfloat16/float32 inputs, computed in float32 as Keras
+    does (float16/bfloat16 inputs are cast up, the output cast back; float64 inputs take
+    Keras' path, which computes in float64). Everything else, inference included, is
     Keras' own ``call``. Same results: per channel, over the ``n`` batch x spatial entries,
     ``mu`` and the biased variance ``s^2``, ``y = gamma (x - mu) / sqrt(s^2 + eps) + beta``,
     and the moving statistics ``m <- momentum m + (1 - momentum) mu``,
@@ -47,6 +52,8 @@ class FusedBatchNormalization(keras.layers.BatchNormalization):
             return False
         if self.renorm or self.synchronized or self.epsilon < FUSED_MIN_EPSILON:
             return False
+        if keras.backend.standardize_dtype(inputs.dtype) not in FUSED_DTYPES:
+            return False  # float64: Keras computes in float64, the kernel in float32
         ndim = len(inputs.shape)
         return ndim == 4 and self.axis in (-1, ndim - 1)
 

@@ -13,6 +13,7 @@ import pytest
 
 from keras_normreg import layers
 from keras_normreg.layers.fused_batch_norm import FUSED_MIN_EPSILON
+from tests.backend_marks import FLOAT64
 from tests.helpers import BACKEND, assert_config_roundtrip, assert_saved_model_equal, gradients
 
 pytestmark = pytest.mark.backends  # a block's tests: run on every backend (backend_marks.py)
@@ -114,6 +115,8 @@ def test_fused_path_is_taken_exactly_where_documented():
         assert not synced._fused_applies(x4, True, None)
     assert not layers.FusedBatchNormalization(renorm=True)._fused_applies(x4, True, None)
     assert not layers.FusedBatchNormalization(epsilon=1e-6)._fused_applies(x4, True, None)
+    if BACKEND != "jax" or FLOAT64:  # float64 inputs: Keras' float64 path, not the kernel's
+        assert not layer._fused_applies(keras.ops.zeros((2, 3, 3, 4), "float64"), True, None)
     frozen = layers.FusedBatchNormalization()
     frozen.trainable = False
     assert not frozen._fused_applies(x4, True, None)
