@@ -13,6 +13,7 @@ import ast
 import json
 import os
 import re
+import shlex
 import string
 
 from keras_normreg._utils import received
@@ -62,3 +63,21 @@ def parse_sets(parser, items) -> dict:
         except (ValueError, SyntaxError):
             extra[name.strip()] = value.strip()
     return extra
+
+
+def study_command(module, args, default_out, options=()) -> str:
+    """The command line that reproduces a study run, for its results.json and report:
+    ``python -m <module>`` with ``--quick``, each option of ``options`` (argument names, e.g.
+    ``("epochs", "workers")``) that was given, ``--out`` when not ``default_out``, and the
+    ``--set`` items, shell-quoted."""
+    parts = [f"python -m {module}"]
+    if args.quick:
+        parts.append("--quick")
+    for name in options:
+        value = getattr(args, name)
+        if value is not None:
+            parts.append(f"--{name.replace('_', '-')} {value}")
+    if args.out != default_out:
+        parts.append(f"--out {args.out}")
+    parts += [f"--set {shlex.quote(item)}" for item in args.set]
+    return " ".join(parts)

@@ -14,7 +14,6 @@ import math
 import multiprocessing
 import os
 import platform
-import shlex
 import sys
 import time
 
@@ -23,7 +22,7 @@ import numpy as np
 
 from keras_normreg._utils import environ, received
 
-from .._report import parse_sets
+from .._report import parse_sets, study_command
 from .report import render, short
 from .runs import (
     ALL_ARMS,
@@ -317,16 +316,7 @@ def main(argv=None) -> int:
                    help="only re-render the report and figures from <out>/results.json")
     args = p.parse_args(argv)
     extra = parse_sets(p, args.set)
-    parts = ["python -m experiments.eta_only"]
-    if args.quick:
-        parts.append("--quick")
-    if args.epochs is not None:
-        parts.append(f"--epochs {args.epochs}")
-    if args.workers is not None:
-        parts.append(f"--workers {args.workers}")
-    if args.out != DEFAULT_OUT:
-        parts.append(f"--out {args.out}")
-    parts += [f"--set {shlex.quote(item)}" for item in args.set]
+    command = study_command("experiments.eta_only", args, DEFAULT_OUT, ("epochs", "workers"))
     return cli(epochs=args.epochs, out=args.out, which="eta_only", quick=args.quick,
                workers=args.workers, dry_run=args.dry_run, render_only=args.render,
-               calibrate_only=args.calibrate, settings=extra, command=" ".join(parts))
+               calibrate_only=args.calibrate, settings=extra, command=command)

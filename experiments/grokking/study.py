@@ -9,14 +9,13 @@ import dataclasses
 import datetime
 import json
 import os
-import shlex
 import sys
 import time
 
 from keras_normreg import data as nr_data
 
 from .. import eta_only
-from .._report import parse_sets
+from .._report import parse_sets, study_command
 from . import runs as R
 from .report import render
 
@@ -196,14 +195,6 @@ def main(argv=None) -> int:
                    help="only re-render the report and figures from <out>/results.json")
     args = p.parse_args(argv)
     extra = parse_sets(p, args.set)
-    parts = ["python -m experiments.grokking"]
-    if args.quick:
-        parts.append("--quick")
-    if args.workers is not None:
-        parts.append(f"--workers {args.workers}")
-    if args.out != DEFAULT_OUT:
-        parts.append(f"--out {args.out}")
-    parts += [f"--set {shlex.quote(item)}" for item in args.set]
     return cli(out=args.out, quick=args.quick, workers=args.workers, dry_run=args.dry_run,
                render_only=args.render, calibrate_only=args.calibrate, settings=extra,
-               command=" ".join(parts))
+               command=study_command("experiments.grokking", args, DEFAULT_OUT, ("workers",)))

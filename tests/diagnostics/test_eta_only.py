@@ -359,6 +359,11 @@ def test_cli_study_eta_only(monkeypatch, capsys, tmp_path):
     assert study.main(["--quick", "--out", out]) == 0
     assert calls[-1][0].quick and calls[-1][0].seeds == (1,)
     assert calls[-1][2] == {"command": f"python -m experiments.eta_only --quick --out {out}"}
+    # every option that reproduces the run, in order, --set items shell-quoted
+    assert study.main(["--epochs", "3", "--workers", "1", "--out", out,
+                       "--set", "eta_grid=(0.1, 0.2)"]) == 0
+    assert calls[-1][2] == {"command": "python -m experiments.eta_only --epochs 3 --workers 1 "
+                                       f"--out {out} --set 'eta_grid=(0.1, 0.2)'"}
 
 
 def test_cli_study_l2_vs_bn_keeps_its_defaults(monkeypatch):
