@@ -5,7 +5,6 @@ from __future__ import annotations
 import json
 import math
 import os
-import time
 
 import numpy as np
 import pytest
@@ -33,16 +32,21 @@ def test_quantile_matches_numpy_linear_percentile():
     assert timing._quantile([2.0], 0.25) == 2.0
 
 
-def test_compare_measures_a_known_ratio():
+def test_compare_measures_a_known_ratio(monkeypatch):
+    """On a fake clock that only the arms advance (4 ms and 12 ms of wall and CPU time per
+    step), so the ratios are exact on any machine, at any load."""
+    import types
+
     timing = _load("_timing")
     calls = []
+    clock = {"now": 0.0}
+    monkeypatch.setattr(timing, "time", types.SimpleNamespace(
+        perf_counter=lambda: clock["now"], process_time=lambda: clock["now"]))
 
     def arm(seconds, name):
-        def step():  # busy wait, so that the CPU time scales like the wall time
+        def step():
             calls.append(name)
-            end = time.perf_counter() + seconds
-            while time.perf_counter() < end:
-                pass
+            clock["now"] += seconds
         return step
 
     times = {}
@@ -51,10 +55,12 @@ def test_compare_measures_a_known_ratio():
                           times=times, verbose=False)
     (row,) = rows
     assert (row.name, row.baseline, row.rounds) == ("slow", "fast", 3)
-    assert 2.0 < row.ratio < 4.0  # 12 ms / 4 ms, plus scheduling noise
-    assert 1.5 < row.cpu_ratio < 4.5
+    assert row.ratio == pytest.approx(3.0, rel=1e-9)  # 12 ms / 4 ms in every round
+    assert row.cpu_ratio == pytest.approx(3.0, rel=1e-9)
+    assert (row.lo, row.hi) == pytest.approx((3.0, 3.0), rel=1e-9)
+    assert (row.ms_baseline, row.ms_arm) == pytest.approx((4.0, 12.0), rel=1e-9)
     assert row.met == "NO"
-    assert set(times) == {"fast", "slow"} and times["slow"] > times["fast"]
+    assert times == pytest.approx({"fast": 0.004, "slow": 0.012}, rel=1e-9)
     # 1 warm-up + 3 rounds x 2 steps per arm; the order rotates: round 2 starts with "slow".
     assert calls.count("fast") == calls.count("slow") == 7
     assert calls[2:6] == ["fast", "fast", "slow", "slow"]
