@@ -32,6 +32,8 @@ autodiff chain through ``sum`` and ``square`` (a materialized broadcast and two 
 
 from __future__ import annotations
 
+import functools
+
 import keras
 from keras import ops
 
@@ -109,12 +111,10 @@ def column_norms(v, floor):
     return _column_norms(v, ops.convert_to_tensor(floor, dtype=v.dtype))
 
 
+@functools.cache
 def _torch_scaled_matmul_function():
     """The ``torch.autograd.Function`` of :func:`scaled_matmul` (built once, on first use:
     this module must import without torch)."""
-    global _TORCH_SCALED_MATMUL
-    if _TORCH_SCALED_MATMUL is not None:
-        return _TORCH_SCALED_MATMUL
     import torch
 
     class ScaledMatmul(torch.autograd.Function):
@@ -149,11 +149,7 @@ def _torch_scaled_matmul_function():
                     dg = None
             return dx, dv, dg, None
 
-    _TORCH_SCALED_MATMUL = ScaledMatmul
     return ScaledMatmul
-
-
-_TORCH_SCALED_MATMUL = None
 
 
 def scaled_matmul(x, v, g, floor):

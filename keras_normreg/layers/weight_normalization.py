@@ -178,10 +178,7 @@ class WeightNormalization(keras.layers.Wrapper):
         few milliseconds on JAX and PyTorch and more on TensorFlow, which made a
         weight-normalized ``Dense(1024)`` step ~1.5-2x slower than a plain one.
         """
-        sublayers = self._layers
-        for i in range(len(sublayers) - 1, -1, -1):
-            if sublayers[i] is self.layer:
-                del sublayers[i]
+        self._layers[:] = [sub for sub in self._layers if sub is not self.layer]
 
     # ------------------------------------------------------------------ build
     def _channel_axis(self, ndim):

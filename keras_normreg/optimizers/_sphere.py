@@ -102,32 +102,26 @@ def reduction_axes(granularity, rank):
 
 
 def norms(x, granularity="unit", epsilon=0.0):
-    """L2 norms of ``x`` over the axes of ``granularity`` (kept as size-1 axes)."""
-    axes = reduction_axes(granularity, len(x.shape))
-    norm = ops.sqrt(ops.sum(ops.square(x), axis=axes, keepdims=True))
+    """L2 norms of ``x`` over the axes of ``granularity`` (kept as size-1 axes).
+
+    For ``"unit"`` on a kernel of rank >= 2 the sums of squares are the column sums of the
+    ``(fan, units)`` view through :func:`keras_normreg._kernels.column_sums` (a matrix-vector
+    product with ones on TensorFlow without XLA, 2x faster there than ``reduce_sum`` over
+    axis 0: the retraction after every sphere-mode step uses this); the same values to float
+    rounding (the order of the sum)."""
+    rank = len(x.shape)
+    if granularity == "unit" and rank >= 2:
+        units = x.shape[-1]
+        squares = column_sums(ops.square(ops.reshape(x, (-1, units))))
+        norm = ops.reshape(ops.sqrt(squares), (1,) * (rank - 1) + (units,))
+    else:
+        axes = reduction_axes(granularity, rank)
+        norm = ops.sqrt(ops.sum(ops.square(x), axis=axes, keepdims=True))
     if not epsilon:
         return norm
     # epsilon straight in x's dtype (ops.cast of a Python float goes through float32); max via
     # where: Keras' torch ops.maximum returns float32 for two float64 tensors (its type
     # promotion maps float64 to float32 off TensorFlow), where keeps the dtype; NaN stays NaN
-    floor = ops.convert_to_tensor(epsilon, dtype=norm.dtype)
-    return ops.where(norm < floor, floor, norm)
-
-
-def retraction_norms(x, granularity="unit", epsilon=0.0):
-    """:func:`norms` computed the fastest way per backend, for the retraction after each step:
-    for ``"unit"`` on a kernel of rank >= 2 the column sums of squares of the ``(fan,
-    units)`` view go through :func:`keras_normreg._kernels.column_sums` (a matrix-vector
-    product with ones on TensorFlow without XLA, 2x faster there than ``reduce_sum`` over
-    axis 0); otherwise :func:`norms`. Same values to float rounding (the order of the sum)."""
-    rank = len(x.shape)
-    if granularity != "unit" or rank < 2:
-        return norms(x, granularity, epsilon)
-    units = x.shape[-1]
-    squares = column_sums(ops.square(ops.reshape(x, (-1, units))))
-    norm = ops.reshape(ops.sqrt(squares), (1,) * (rank - 1) + (units,))
-    if not epsilon:
-        return norm
     floor = ops.convert_to_tensor(epsilon, dtype=norm.dtype)
     return ops.where(norm < floor, floor, norm)
 

@@ -663,7 +663,7 @@ class DecoupledWeightDecay(keras.optimizers.Optimizer):
                 # in the variable's own dtype (float32 under a mixed-precision policy: the
                 # variables are float32 there; only the layers compute in float16)
                 value = ops.cast(ops.convert_to_tensor(var), var.dtype)
-                norm = _sphere.retraction_norms(value, granularity, SPHERE_EPSILON)
+                norm = _sphere.norms(value, granularity, SPHERE_EPSILON)
                 if keras.backend.backend() == "torch":
                     # in place, as Keras' torch optimizers update (the same division and
                     # multiply as below: no new tensor, no copy back into the variable)

@@ -160,6 +160,10 @@ class _ProjectedOptimizer(keras.optimizers.Optimizer):
             _compat.optimizer_variable_key(self, v): self._selected_for_decay(v) for v in var_list
         }
 
+    def _decays(self, variable):
+        """Whether ``variable`` is decayed (the mask built with the optimizer)."""
+        return self._decay_mask.get(_compat.optimizer_variable_key(self, variable), False)
+
     def decay_plan(self, variables=None):
         """``{variable.path: "decay" | "skip"}`` (default: the variables built with)."""
         variables = self._trainable_variables if variables is None else variables
@@ -172,7 +176,7 @@ class _ProjectedOptimizer(keras.optimizers.Optimizer):
         """``w ← w − lr·λ·r·w − step·(p − w·coef)`` in one assignment: the projection of the
         direction (rank >= 2, :func:`projection_coefficients`), the decoupled decay from the
         pre-step weight and the update, folded into one per-unit scale of ``w``."""
-        decay = self._decay_mask.get(_compat.optimizer_variable_key(self, variable), False)
+        decay = self._decays(variable)
         projected = len(variable.shape) >= 2
         if not (projected or decay):  # rank <= 1 and no decay: the plain update
             self.assign_sub(variable, step * direction)
@@ -211,7 +215,7 @@ class _ProjectedOptimizer(keras.optimizers.Optimizer):
         :meth:`_project_decay_update`); ``lr`` and ``step`` are 0-d tensors."""
         import torch
 
-        decay = self._decay_mask.get(_compat.optimizer_variable_key(self, variable), False)
+        decay = self._decays(variable)
         projected = w.ndim >= 2
         if not (projected or decay):
             w.addcmul_(p, step, value=-1.0)
