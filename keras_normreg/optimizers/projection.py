@@ -346,7 +346,10 @@ class SGDP(_ProjectedOptimizer):
             g = gradient.to(w.dtype)
             if self.momentum != 0:
                 buf = self.momentums[self._get_variable_index(variable)].value
-                buf.mul_(self.momentum).add_(g, alpha=1.0 - self.dampening)
+                if self.dampening == 0:  # μ·b + g in one pass over the buffer
+                    torch.add(g, buf, alpha=self.momentum, out=buf)
+                else:
+                    buf.mul_(self.momentum).add_(g, alpha=1.0 - self.dampening)
                 if self.nesterov:
                     direction = torch.add(g, buf, alpha=self.momentum,
                                           out=self._torch_scratch(w, "direction"))
@@ -466,7 +469,7 @@ class AdamP(_ProjectedOptimizer):
             index = self._get_variable_index(variable)
             m = self.momentums[index].value
             v = self.velocities[index].value
-            m.mul_(b1).add_(g, alpha=1.0 - b1)
+            m.lerp_(g, 1.0 - b1)  # b1·m + (1 − b1)·g in one pass (as torch.optim.Adam)
             v.mul_(b2).addcmul_(g, g, value=1.0 - b2)
             denom = torch.sqrt(v, out=self._torch_scratch(w, "direction"))
             if self.epsilon_placement == "pytorch":
