@@ -32,6 +32,9 @@ WN_TORCH = f"torch weight_norm {TORCH_SUFFIX}"
 LINEAR_TORCH = f"torch Linear {TORCH_SUFFIX}"
 ADAMP_TORCH = f"AdamP reference {TORCH_SUFFIX}"
 SGDP_TORCH = f"SGDP reference {TORCH_SUFFIX}"
+#: the plain twins of the references: what the algorithm itself costs when written by hand
+SGD_TORCH = f"torch SGD {TORCH_SUFFIX}"
+ADAMW_TORCH = f"torch AdamW {TORCH_SUFFIX}"
 RESNET_EAGER = "PyTorch ResNet-20 eager"
 
 
@@ -416,17 +419,25 @@ class Peers:
             width = tx.shape[1]
             depth = 2 if self.args.quick else 4
 
-            def make():
-                model = torch_mlp(width, (width,) * depth).to(self.device).train()
-                if group == "adam":
-                    opt = adamp_class()(model.parameters(), lr=1e-3, weight_decay=4e-3)
-                else:
-                    opt = sgdp_class()(model.parameters(), lr=0.1, momentum=0.9,
-                                       weight_decay=5e-4)
-                return train_step(model, opt, f.cross_entropy, tx, ty)
+            def mlp_with(optimizer, **kwargs):
+                def make():
+                    model = torch_mlp(width, (width,) * depth).to(self.device).train()
+                    opt = optimizer(model.parameters(), **kwargs)
+                    return train_step(model, opt, f.cross_entropy, tx, ty)
+                return make
 
-            name, ours = (ADAMP_TORCH, "AdamP") if group == "adam" else (SGDP_TORCH, "SGDP")
-            return self._build(group, {name: make}), [(ours, name)]
+            if group == "adam":
+                ours, name, plain = "AdamP", ADAMP_TORCH, ADAMW_TORCH
+                makers = {name: mlp_with(adamp_class(), lr=1e-3, weight_decay=4e-3),
+                          plain: mlp_with(torch.optim.AdamW, lr=1e-3, weight_decay=4e-3)}
+            else:
+                # torch's SGD adds the decay to the gradient (coupled): the same passes over
+                # the weights as Keras' decoupled form, which is what a timing compares
+                ours, name, plain = "SGDP", SGDP_TORCH, SGD_TORCH
+                makers = {name: mlp_with(sgdp_class(), lr=0.1, momentum=0.9, weight_decay=5e-4),
+                          plain: mlp_with(torch.optim.SGD, lr=0.1, momentum=0.9,
+                                          weight_decay=5e-4)}
+            return self._build(group, makers), [(ours, name), (name, plain)]
         return {}, []
 
     def pairs(self, names, baseline, extra):

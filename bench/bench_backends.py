@@ -52,7 +52,10 @@ group and timed in every XLA mode of the Keras arms:
   Extra rows: ``WeightNorm Dense`` vs torch weight_norm, torch weight_norm vs torch Linear.
 * ``adam``, ``sgd``: the MLP in PyTorch trained with a plain-PyTorch AdamP, resp. SGDP, written
   from the paper (the hyperparameters of ``AdamP``, resp. ``SGDP``, above: every parameter
-  decayed). Extra row: ours vs that reference.
+  decayed), and the same MLP with ``torch.optim.AdamW``, resp. ``torch.optim.SGD(momentum=0.9,
+  weight_decay=5e-4)`` (its decay is coupled: the same passes over the weights). Extra rows:
+  ours vs that reference, and the reference vs its plain twin (what the projection costs
+  when written by hand in PyTorch, next to what it costs us over Keras' optimizer).
 
 An arm that cannot be built (e.g. ``torch.compile`` failing, or compiling for longer than
 ``--torch-compile-timeout``) is reported under ``errors`` and the run goes on; the exit status is

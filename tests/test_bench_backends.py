@@ -36,6 +36,8 @@ WN_TORCH = "torch weight_norm (plain PyTorch)"
 LINEAR_TORCH = "torch Linear (plain PyTorch)"
 ADAMP_TORCH = "AdamP reference (plain PyTorch)"
 SGDP_TORCH = "SGDP reference (plain PyTorch)"
+SGD_TORCH = "torch SGD (plain PyTorch)"
+ADAMW_TORCH = "torch AdamW (plain PyTorch)"
 #: the rows of a group, per XLA mode: (arm vs baseline, has the backend's target)
 ROWS = {
     "wn_dense": [("WeightNorm Dense vs plain Dense", True),
@@ -51,10 +53,14 @@ ROWS = {
     "sgd": [("DecoupledWeightDecay(SGD) vs keras SGD(wd)", True),
             ("SGDP vs keras SGD(wd)", True),
             (f"{SGDP_TORCH} vs keras SGD(wd)", False),
-            (f"SGDP vs {SGDP_TORCH}", False)],
+            (f"{SGD_TORCH} vs keras SGD(wd)", False),
+            (f"SGDP vs {SGDP_TORCH}", False),
+            (f"{SGDP_TORCH} vs {SGD_TORCH}", False)],
     "adam": [("AdamP vs keras AdamW", True),
              (f"{ADAMP_TORCH} vs keras AdamW", False),
-             (f"AdamP vs {ADAMP_TORCH}", False)],
+             (f"{ADAMW_TORCH} vs keras AdamW", False),
+             (f"AdamP vs {ADAMP_TORCH}", False),
+             (f"{ADAMP_TORCH} vs {ADAMW_TORCH}", False)],
     "resnet20": [("zoo ResNet-20, keras BN vs zoo ResNet-20", False),
                  ("PyTorch ResNet-20 eager vs zoo ResNet-20", False),
                  ("PyTorch ResNet-20 torch.compile(aot_eager) vs zoo ResNet-20", False)],
