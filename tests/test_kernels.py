@@ -108,6 +108,51 @@ def test_scaled_matmul_value_and_gradients_match_numpy():
     np.testing.assert_allclose(y, z * s, rtol=1e-5, atol=1e-5)
 
 
+def test_scaled_matmul_with_a_scratch_buffer_across_shapes_and_dtypes():
+    """One caller-owned Scratch through kernels of different shapes and dtypes: every output
+    and gradient matches NumPy's float64 formula (the float32 bound of the test above), an
+    earlier output is untouched by later calls (the buffer holds only the temporary
+    ``v * v``), and on PyTorch the buffer is reused for an unchanged shape and dtype and
+    replaced otherwise; a deep copy (a copied layer) gets a buffer of its own."""
+    import copy
+
+    from keras_normreg._kernels import Scratch
+
+    rng = np.random.default_rng(4)
+    scratch = Scratch()
+    cases = [((5, 8, 4), "float32"), ((3, 6, 3), "float32"), ((5, 8, 4), "float32")]
+    if keras.backend.backend() == "torch":  # float64 kernels: PyTorch's path only
+        cases.append(((5, 8, 4), "float64"))
+    kept, buffers = [], []
+    for (rows, fan, units), dtype in cases:
+        x, v, u = (rng.normal(size=s) for s in ((rows, fan), (fan, units), (rows, units)))
+        g = rng.normal(size=units)
+        ts = [keras.ops.convert_to_tensor(a, dtype) for a in (x, v, g)]
+        ut = keras.ops.convert_to_tensor(u, dtype)
+        _, (gx, gv, gg) = gradients(
+            lambda x, v, g: keras.ops.sum(scaled_matmul(x, v, g, 1e-6, scratch) * ut), ts)
+        n = np.sqrt((v**2).sum(0))
+        z = x @ v
+        t = (u * z).sum(0)
+        np.testing.assert_allclose(gx, (u * g / n) @ v.T, rtol=1e-5, atol=1e-5)
+        np.testing.assert_allclose(gg, t / n, rtol=1e-5, atol=1e-5)
+        np.testing.assert_allclose(gv, x.T @ (u * g / n) - v * t * g / n**3,
+                                   rtol=1e-5, atol=1e-5)
+        y = scaled_matmul(*ts, 1e-6, scratch)
+        kept.append((y, _np(y).copy(), z * g / n))
+        buffers.append(scratch._buffer)
+    for y, first_read, expected in kept:
+        np.testing.assert_array_equal(_np(y), first_read)
+        np.testing.assert_allclose(first_read, expected, rtol=1e-5, atol=1e-5)
+    if keras.backend.backend() == "torch":
+        assert [tuple(b.shape) for b in buffers[:3]] == [(8, 4), (6, 3), (8, 4)]
+        assert buffers[1] is not buffers[0] and buffers[3].dtype != buffers[2].dtype
+        assert scratch.like(buffers[3]) is buffers[3]  # same shape and dtype: reused
+    else:  # TensorFlow and JAX compose the ops: the buffer is never made
+        assert buffers == [None] * len(cases)
+    assert copy.deepcopy(scratch)._buffer is None
+
+
 @pytest.mark.parametrize("rows", [1, 2, 7, 49, 64])
 def test_max_min_over_axis1_match_numpy(rows):
     """Exact (max and min only select values): any row count, odd ones included."""

@@ -8,7 +8,7 @@ import keras
 from keras import ops
 
 from keras_normreg._compat import in_stateless_scope, stored_value
-from keras_normreg._kernels import column_norms, scaled_matmul
+from keras_normreg._kernels import Scratch, column_norms, scaled_matmul
 from keras_normreg._utils import check_bool, check_choice, check_number, received, register
 from keras_normreg.layers._base import all_reduce_sum, sync_replica_context
 
@@ -413,10 +413,14 @@ class WeightNormalization(keras.layers.Wrapper):
         fan_in). TensorFlow and JAX keep the composed ops (XLA fuses them; TensorFlow has no
         accumulating GEMM to gain from)."""
         g = ops.reshape(ops.convert_to_tensor(self.g), (-1,))
+        # the temporary v * v goes into a buffer this layer owns (off Keras' tracking)
+        scratch = self.__dict__.get("_scratch")
+        if scratch is None:
+            scratch = self.__dict__["_scratch"] = Scratch()
         if len(x.shape) == 2:
-            return scaled_matmul(x, v, g, self.epsilon)
+            return scaled_matmul(x, v, g, self.epsilon, scratch)
         rows = ops.reshape(x, (-1, x.shape[-1]))
-        out = scaled_matmul(rows, v, g, self.epsilon)
+        out = scaled_matmul(rows, v, g, self.epsilon, scratch)
         return ops.reshape(out, tuple(ops.shape(x)[:-1]) + (v.shape[-1],))
 
     def _finish(self, outputs):
