@@ -219,7 +219,8 @@ def compare(group: str, arms: dict[str, Callable[[], object]], baseline: str | N
             rounds: int, steps: int, warmup: int, pairs: Sequence[tuple[str, str]] | None = None,
             targets: dict[str, str] | None = None, notes: dict[str, str] | None = None,
             times: dict[str, float] | None = None, verbose: bool = True,
-            syncs: dict[str, Callable[[object], object]] | None = None) -> list[Row]:
+            syncs: dict[str, Callable[[object], object]] | None = None,
+            settle: float = 0.0) -> list[Row]:
     """Interleaved timing of ``arms`` (name -> step callable).
 
     One Row per ``(arm, baseline)`` of ``pairs`` (default: every other arm vs ``baseline``).
@@ -228,6 +229,14 @@ def compare(group: str, arms: dict[str, Callable[[], object]], baseline: str | N
     median seconds per step of every arm. ``syncs`` maps an arm name to the function that waits
     for its device at the end of every warm-up and timed block (see :func:`time_block`); arms
     without one are timed as before.
+
+    ``settle``: seconds of sleep before every timed block, outside the clock. Thread pools
+    spin for a while after their work (PyTorch's OpenMP, TensorFlow's and XLA's Eigen pools);
+    when arms of different runtimes share the rounds, the spinning pool of one arm takes cores
+    from the next, and since the rotation keeps the arms' cyclic order, the same arm always
+    pays. Measured on 2 cores: WeightNorm Dense vs plain Dense on TensorFlow 0.95 with the
+    plain-PyTorch peers in the rounds (plain Dense always came right after a PyTorch arm)
+    against 1.21 without them, 1.17 with the peers and ``OMP_WAIT_POLICY=PASSIVE``.
     """
     syncs = syncs or {}
     if pairs is None:
@@ -259,6 +268,8 @@ def compare(group: str, arms: dict[str, Callable[[], object]], baseline: str | N
         for r in range(rounds):
             k = r % len(names)
             for name in names[k:] + names[:k]:
+                if settle > 0:
+                    time.sleep(settle)
                 wall, cpu = time_block(arms[name], steps, syncs.get(name))
                 per_round[name].append(wall)
                 cpu_round[name].append(cpu)

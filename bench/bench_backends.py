@@ -290,7 +290,7 @@ def run_group(group, args, rng, backend, memory=None):
             f"{label}, jit {mode}", arms, baseline, rounds=args.rounds, steps=args.steps,
             warmup=args.warmup, targets=targets,
             verbose=not args.quick, pairs=args.peers.pairs(list(arms), baseline, extra_pairs),
-            times=times)
+            times=times, settle=args.settle)
         if group == "resnet20":
             args.peers.record(f"{label}, jit {mode}", times, len(x))
         if memory is not None:  # after the timing, so that it cannot disturb it
@@ -332,9 +332,17 @@ def main(argv=None):
     p.add_argument("--memory", action="store_true",
                    help="also measure the peak memory of a training step (bench/_memory.py)")
     p.add_argument("--memory-child", default=None, help=argparse.SUPPRESS)  # "mode/arm"
+    p.add_argument("--settle", type=float, default=None,
+                   help="seconds of sleep before every timed block, so that the thread pools "
+                        "of the previous arm (PyTorch's OpenMP spins after its work) are idle "
+                        "(default 0.3; --quick: 0)")
     args = p.parse_args(argv)
     args._argv = argv
     _timing.finish_args(args, rounds=15, steps=5)
+    if args.settle is None:
+        args.settle = 0.0 if args.quick else 0.3
+    elif args.settle < 0:
+        p.error(f"--settle must be >= 0. Received: settle={args.settle}")
     groups = _timing.parse_only(p, args.only, GROUPS, "groups")
 
     import keras
@@ -359,7 +367,8 @@ def main(argv=None):
     print(f"\n## {backend}: step time vs plain Keras ({info['device']})\n")
     print(f"machine: {info['machine']}, Keras {info['keras']}, load avg {load}")
     print(f"command: {_timing.command([__file__, *argv])}")
-    print(f"rounds={args.rounds} x steps={args.steps} per arm (warm-up {args.warmup}); "
+    print(f"rounds={args.rounds} x steps={args.steps} per arm (warm-up {args.warmup}, "
+          f"{args.settle:g} s of idle before every block); "
           "ratio = arm / baseline wall time within a round, median over rounds"
           + ("; torch: no XLA in Keras, jit auto only" if backend == "torch" else "")
           + ("; JAX: always XLA, auto == xla" if backend == "jax" else "") + "\n")

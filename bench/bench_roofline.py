@@ -2,10 +2,12 @@
 (XLA's cost analysis of Keras' compiled JAX step) against this machine's measured memory
 bandwidth.
 
-Command (JAX backend; ~1 min on 2 cores)::
+Command (JAX backend; ~1 min on 2 cores; TensorFlow and PyTorch: the eager table below)::
 
     KERAS_BACKEND=jax .venv/bin/python bench/bench_roofline.py
     KERAS_BACKEND=jax .venv/bin/python bench/bench_roofline.py --quick     # smoke test
+    KERAS_BACKEND=torch .venv/bin/python bench/bench_roofline.py
+    KERAS_BACKEND=tensorflow .venv/bin/python bench/bench_roofline.py
 
 For each arm of bench_backends.py's groups ``wn_dense``, ``sgd`` and ``adam`` (same shapes and
 optimizers): ``bytes`` = XLA's ``bytes accessed`` of the train step Keras' JAX trainer compiles
@@ -26,6 +28,28 @@ Bandwidth: a compiled JAX ``a + b`` over 3 x 64 MiB float32 arrays (two reads, o
 same runtime and threads as the train steps' elementwise kernels), best of 10, for both bounds;
 the last column repeats the algorithm bound at the bandwidth of NumPy's ``copyto`` (memcpy,
 one thread: what the memory system gives a streaming copy), the strictest bound.
+
+TensorFlow without XLA and PyTorch (``KERAS_BACKEND=tensorflow`` / ``torch``): every
+elementwise op is its own kernel, so there is no compiled program to count. The table has the
+same algorithm bounds (bandwidth: the backend's own ``a + b`` into a reused output) and,
+instead of the compiled bound, an *eager floor*: one more arm in the same interleaved rounds,
+the baseline's step followed by the kernels the block adds, alone, on tensors of the arm's
+shapes, as the library runs them on that backend:
+
+* SGDP/AdamP: the projection's reduction and branch rule for every rank >= 2 weight
+  (:func:`keras_normreg.optimizers.projection.projection_coefficients` in a ``tf.function``,
+  resp. :func:`~keras_normreg.optimizers.projection.torch_projection_coefficients`: four
+  products and four column sums, no eager op sums a product over the fan without writing it);
+  the update itself adds no pass (the projection and decay fold into a per-unit scale);
+* weight normalization, output form: the kernels besides the two GEMMs of a plain Dense
+  (``v * v`` and its column sum; ``z * s``; ``dy * s``, ``dy * z`` and its column sum; ``dv
+  += v * c``: on PyTorch as ``_kernels.scaled_matmul`` runs them, ``v * v`` into the layer's
+  buffer; on TensorFlow as the composed ops and their gradients, the last one an add of two
+  kernel-sized tensors).
+
+A measured ratio at the eager floor means the remaining gap is what these kernels cost as the
+backend runs them; the gap between the floor and the algorithm bound is the products an eager
+backend writes out (a fused kernel, as XLA compiles on JAX, need not).
 """
 
 from __future__ import annotations
@@ -42,20 +66,41 @@ os.environ.setdefault("KERAS_BACKEND", "jax")
 GROUPS = ("wn_dense", "sgd", "adam")
 
 
-def bandwidth(mib: int = 64, repeats: int = 10) -> dict:
-    """Bytes per second of a compiled ``a + b`` (JAX) and of NumPy's copy (one thread)."""
-    import jax
-    import jax.numpy as jnp
+def _add_kernel(backend: str, n: int):
+    """A zero-argument callable running this backend's ``a + b`` over ``n`` float32 values
+    and waiting for it: compiled on JAX, into a reused output on PyTorch, one graph op on
+    TensorFlow (its CPU allocator reuses the freed output's memory)."""
+    if backend == "jax":
+        import jax
+        import jax.numpy as jnp
+
+        a, b = jnp.ones(n, jnp.float32), jnp.full(n, 2.0, jnp.float32)
+        add = jax.jit(lambda a, b: a + b)
+        return lambda: add(a, b).block_until_ready()
+    if backend == "torch":
+        import torch
+
+        a, b, c = torch.ones(n), torch.full((n,), 2.0), torch.empty(n)
+        return lambda: torch.add(a, b, out=c)
+    import tensorflow as tf
+
+    a, b = tf.ones(n), tf.fill((n,), 2.0)
+    add = tf.function(lambda a, b: a + b, jit_compile=False)
+    return lambda: add(a, b)
+
+
+def bandwidth(mib: int = 64, repeats: int = 10, backend: str = "jax") -> dict:
+    """Bytes per second of ``backend``'s ``a + b`` (compiled on JAX; two reads, one write)
+    and of NumPy's copy (one thread), under the keys ``"add"`` and ``"numpy_copy"``."""
     import numpy as np
 
     n = mib * 2**20 // 4
-    a, b = jnp.ones(n, jnp.float32), jnp.full(n, 2.0, jnp.float32)
-    add = jax.jit(lambda a, b: a + b)
-    add(a, b).block_until_ready()
+    add = _add_kernel(backend, n)
+    add()
     best = math.inf
     for _ in range(repeats):
         t0 = time.perf_counter()
-        add(a, b).block_until_ready()
+        add()
         best = min(best, time.perf_counter() - t0)
     src, dst = np.ones(n, np.float32), np.empty(n, np.float32)
     copy = math.inf
@@ -63,7 +108,7 @@ def bandwidth(mib: int = 64, repeats: int = 10) -> dict:
         t0 = time.perf_counter()
         np.copyto(dst, src)
         copy = min(copy, time.perf_counter() - t0)
-    return {"jax_add": 3 * 4 * n / best, "numpy_copy": 2 * 4 * n / copy}
+    return {"add": 3 * 4 * n / best, "numpy_copy": 2 * 4 * n / copy}
 
 
 def step_bytes(model, x, y) -> float:
@@ -91,6 +136,85 @@ def minimum_extra_bytes(group, model) -> float:
     return (2 if group == "wn_dense" else 3) * size
 
 
+def _kernel_shapes(model) -> list[tuple[int, ...]]:
+    return [tuple(int(d) for d in v.shape) for v in model.trainable_variables if len(v.shape) >= 2]
+
+
+def extra_kernels(group, model, backend, batch: int):
+    """The kernels ``group``'s block adds to a step, alone (module docstring), as a
+    zero-argument callable on tensors of ``model``'s kernel shapes; None on JAX (its table
+    counts bytes instead)."""
+    shapes = _kernel_shapes(model)
+    if backend == "torch":
+        import torch
+
+        gen = torch.Generator().manual_seed(0)
+
+        def randn(*shape):
+            return torch.randn(*shape, generator=gen)
+
+        if group == "wn_dense":
+            ((fan, units),) = shapes
+            v, x, dy = randn(fan, units), randn(batch, fan), randn(batch, units)
+            z, g, buf, dv = x @ v, randn(units), torch.empty(fan, units), randn(fan, units)
+            ones = torch.ones(1, fan)
+
+            def wn():
+                norms = torch.sqrt(ones @ torch.mul(v, v, out=buf)).reshape(-1)
+                s = g / norms
+                z * s
+                dy * s
+                t = (dy * z).sum(0)
+                dv.addcmul_(v, -t * g / norms**3)
+            return wn
+        from keras_normreg.optimizers.projection import torch_projection_coefficients
+
+        sets = [(randn(*shape), randn(*shape), randn(*shape),
+                 torch.empty(math.prod(shape[:-1]), shape[-1])) for shape in shapes]
+
+        def projection():
+            for w, g, p, tmp in sets:
+                torch_projection_coefficients(w, g, p, tmp, delta=0.1, wd_ratio=0.1,
+                                              epsilon=1e-8)
+        return projection
+    if backend == "tensorflow" and group == "wn_dense":
+        import tensorflow as tf
+
+        from keras_normreg._kernels import column_sums
+
+        ((fan, units),) = shapes
+        v, x, dy, dv0 = (tf.random.stateless_normal(shape, seed=(0, k)) for k, shape in
+                         enumerate([(fan, units), (batch, fan), (batch, units), (fan, units)]))
+        z, g = x @ v, tf.random.stateless_normal((units,), seed=(0, 4))
+
+        @tf.function(jit_compile=False)
+        def wn(v, z, dy, dv0, g):  # everything returned: a graph drops unused ops
+            norms = tf.sqrt(column_sums(v * v))
+            s = g / norms
+            t = tf.reduce_sum(dy * z, axis=0)
+            return z * s, dy * s, dv0 + v * (-t * g / norms**3)
+
+        return lambda: wn(v, z, dy, dv0, g)
+    if backend == "tensorflow" and group in ("sgd", "adam"):
+        import tensorflow as tf
+
+        from keras_normreg.optimizers.projection import projection_coefficients
+
+        sets = [[tf.random.stateless_normal(shape, seed=(i, k)) for k in range(3)]
+                for i, shape in enumerate(shapes)]
+
+        @tf.function(jit_compile=False)
+        def coefficients(sets):
+            return [projection_coefficients(w, g, p, 0.1, 0.1, 1e-8) for w, g, p in sets]
+
+        return lambda: coefficients(sets)
+    return None
+
+
+def _floor_name(arm: str) -> str:
+    return f"{arm} kernels alone"
+
+
 def main(argv=None):
     import _timing
 
@@ -103,16 +227,21 @@ def main(argv=None):
     import keras
     import numpy as np
 
-    if keras.backend.backend() != "jax":
-        p.error("XLA's cost analysis needs the JAX backend: run with KERAS_BACKEND=jax. "
-                f"Received: backend={keras.backend.backend()!r}")
+    backend = keras.backend.backend()
+    compiled = backend == "jax"  # XLA's cost analysis; the eager floor elsewhere
     keras.utils.set_random_seed(0)
     rng = np.random.default_rng(0)
-    bw = bandwidth(4 if args.quick else 64, 2 if args.quick else 10)
-    lines = ["| benchmark | arm vs baseline | MB/step base -> arm | extra MB | minimum extra MB "
-             "| ms/step base -> arm | measured ratio | compiled bound | algorithm bound "
-             "| algorithm bound at memcpy bandwidth |",
-             "|---|---|---|---:|---:|---|---:|---:|---:|---:|"]
+    bw = bandwidth(4 if args.quick else 64, 2 if args.quick else 10, backend)
+    if compiled:
+        lines = ["| benchmark | arm vs baseline | MB/step base -> arm | extra MB | minimum extra MB "
+                 "| ms/step base -> arm | measured ratio | compiled bound | algorithm bound "
+                 "| algorithm bound at memcpy bandwidth |",
+                 "|---|---|---|---:|---:|---|---:|---:|---:|---:|"]
+    else:
+        lines = ["| benchmark | arm vs baseline | ms/step base -> arm | measured ratio "
+                 "| eager floor (baseline + the block's kernels alone) | minimum extra MB "
+                 "| algorithm bound | algorithm bound at memcpy bandwidth |",
+                 "|---|---|---|---:|---:|---:|---:|---:|"]
     results = []
     for group in GROUPS:
         label, baseline, makers, x, y, loss = bench_backends._data(group, args, rng)
@@ -120,35 +249,54 @@ def main(argv=None):
         for arm, maker in makers.items():
             models[arm], arms[arm] = bench_backends._build(maker, loss, "auto", x, y)
             arms[arm]()  # build + compile
-        nbytes = {arm: step_bytes(models[arm], x, y) for arm in makers}
+        measured = [arm for arm in makers if arm != baseline and "Decoupled" not in arm]
+        if compiled:
+            nbytes = {arm: step_bytes(models[arm], x, y) for arm in makers}
+        else:
+            for arm in measured:
+                kernels = extra_kernels(group, models[arm], backend, len(x))
+                if kernels is not None:
+                    kernels()
+                    arms[_floor_name(arm)] = (
+                        lambda base=arms[baseline], kernels=kernels: (base(), kernels()))
         times = {}
         rows = _timing.compare(label, arms, baseline, rounds=args.rounds, steps=args.steps,
-                               warmup=args.warmup, verbose=not args.quick, times=times)
-        for row in rows:
-            arm = row.name
-            if arm not in makers or "Decoupled" in arm:
-                continue
-            extra = nbytes[arm] - nbytes[baseline]
+                               warmup=args.warmup, verbose=not args.quick, times=times,
+                               settle=0.0 if args.quick else 0.3)
+        ratio = {row.name: row.ratio for row in rows}
+        t_base = times[baseline]
+        for arm in measured:
             minimum = minimum_extra_bytes(group, models[arm])
-            t_base = times[baseline]
-            compiled = 1 + extra / bw["jax_add"] / t_base
-            algorithm = 1 + minimum / bw["jax_add"] / t_base
+            algorithm = 1 + minimum / bw["add"] / t_base
             memcpy = 1 + minimum / bw["numpy_copy"] / t_base
-            results.append({"group": label, "arm": arm, "baseline": baseline,
-                            "bytes": nbytes[arm], "base_bytes": nbytes[baseline],
-                            "measured": row.ratio, "compiled_bound": compiled,
-                            "algorithm_bound": algorithm, "memcpy_bound": memcpy})
-            lines.append(
-                f"| {label} | {arm} vs {baseline} | {nbytes[baseline] / 1e6:.1f} -> "
-                f"{nbytes[arm] / 1e6:.1f} | {extra / 1e6:.1f} | {minimum / 1e6:.1f} | "
-                f"{1e3 * t_base:.1f} -> {1e3 * times[arm]:.1f} | {row.ratio:.3f} | "
-                f"{compiled:.3f} | {algorithm:.3f} | {memcpy:.3f} |")
+            result = {"group": label, "arm": arm, "baseline": baseline,
+                      "measured": ratio[arm], "algorithm_bound": algorithm,
+                      "memcpy_bound": memcpy}
+            timing = f"{1e3 * t_base:.1f} -> {1e3 * times[arm]:.1f} | {ratio[arm]:.3f}"
+            if compiled:
+                extra = nbytes[arm] - nbytes[baseline]
+                bound = 1 + extra / bw["add"] / t_base
+                result.update(bytes=nbytes[arm], base_bytes=nbytes[baseline],
+                              compiled_bound=bound)
+                lines.append(
+                    f"| {label} | {arm} vs {baseline} | {nbytes[baseline] / 1e6:.1f} -> "
+                    f"{nbytes[arm] / 1e6:.1f} | {extra / 1e6:.1f} | {minimum / 1e6:.1f} | "
+                    f"{timing} | {bound:.3f} | {algorithm:.3f} | {memcpy:.3f} |")
+            else:
+                floor = ratio.get(_floor_name(arm))
+                result["eager_floor"] = floor
+                shown = "-" if floor is None else f"{floor:.3f}"
+                lines.append(f"| {label} | {arm} vs {baseline} | {timing} | {shown} | "
+                             f"{minimum / 1e6:.1f} | {algorithm:.3f} | {memcpy:.3f} |")
+            results.append(result)
         keras.backend.clear_session()
     info = _timing.device_info()
-    print(f"\n## Roofline on JAX ({info['device']})\n")
+    kind = {"jax": "JAX", "torch": "PyTorch", "tensorflow": "TensorFlow"}[backend]
+    add = "compiled JAX" if compiled else f"{kind} (no XLA)"
+    print(f"\n## Roofline on {kind} ({info['device']})\n")
     print(f"machine: {info['machine']}, Keras {info['keras']}")
     print(f"command: {_timing.command([__file__, *argv])}")
-    print(f"bandwidth: compiled JAX a + b {bw['jax_add'] / 1e9:.1f} GB/s (used below); NumPy "
+    print(f"bandwidth: {add} a + b {bw['add'] / 1e9:.1f} GB/s (used below); NumPy "
           f"copy, one thread, {bw['numpy_copy'] / 1e9:.1f} GB/s\n")
     print("\n".join(lines))
     return results

@@ -1,5 +1,5 @@
-"""bench/bench_roofline.py: its --quick run (JAX, in a subprocess) and its byte counts against
-hand counts."""
+"""bench/bench_roofline.py: its --quick runs (JAX's byte counts; the eager floor on PyTorch and
+TensorFlow, in subprocesses) and its byte counts against hand counts."""
 
 from __future__ import annotations
 
@@ -59,3 +59,49 @@ def test_quick_run_prints_the_table():
     assert [r[1] for r in rows] == ["WeightNorm Dense vs plain Dense", "SGDP vs keras SGD(wd)",
                                     "AdamP vs keras AdamW"]
     assert "GB/s" in out.stdout and "command:" in out.stdout
+
+
+def _quick_rows(backend):
+    env = {**os.environ, "KERAS_BACKEND": backend, "TF_CPP_MIN_LOG_LEVEL": "3"}
+    out = subprocess.run([sys.executable, os.path.join(ROOT, "bench", "bench_roofline.py"),
+                          "--quick"], capture_output=True, text=True, cwd=ROOT, env=env,
+                         timeout=600)
+    assert out.returncode == 0, out.stderr[-3000:]
+    rows = [line.split(" | ") for line in out.stdout.splitlines()
+            if line.startswith("| ") and not line.startswith("| benchmark")]
+    return out.stdout, rows
+
+
+@pytest.mark.parametrize("backend", ["torch", "tensorflow"])
+def test_quick_eager_run_has_the_floor_column(backend):
+    """Without XLA the table has the eager floor (an arm timed in the same rounds) instead of
+    byte counts: a ratio for every row."""
+    if backend == "torch":
+        pytest.importorskip("torch")
+    stdout, rows = _quick_rows(backend)
+    kind = {"torch": "PyTorch", "tensorflow": "TensorFlow"}[backend]
+    assert f"## Roofline on {kind}" in stdout and f"{kind} (no XLA) a + b" in stdout
+    assert [r[1] for r in rows] == ["WeightNorm Dense vs plain Dense", "SGDP vs keras SGD(wd)",
+                                    "AdamP vs keras AdamW"]
+    assert all(float(r[4]) > 0 for r in rows)
+    # the algorithm bounds: 1 + minimum bytes / bandwidth / baseline time, printed to 3
+    # decimals (--quick's kernels are a few hundred bytes: 1.000)
+    assert all(float(r[6]) >= 1 and float(r[7].rstrip(" |")) >= 1 for r in rows)
+
+
+def test_extra_kernels_exist_where_the_table_has_a_floor():
+    """The eager floor's kernels: none on JAX (its table counts bytes); on TensorFlow they
+    run on tensors of the model's shapes (weight normalization's outputs: y and dz of the
+    batch's shape, dv of the kernel's)."""
+    roofline = load_bench("bench_roofline")
+    inputs = keras.Input((6,))
+    model = keras.Model(inputs, keras.layers.Dense(3)(keras.layers.Dense(5)(inputs)))
+    assert roofline.extra_kernels("sgd", model, "jax", 4) is None
+    assert roofline._kernel_shapes(model) == [(6, 5), (5, 3)]
+    if keras.backend.backend() == "tensorflow":  # one (coef, ratio) per kernel, coef per unit
+        out = roofline.extra_kernels("adam", model, "tensorflow", 4)()
+        assert [tuple(coef.shape) for coef, _ in out] == [(5,), (3,)]
+        inputs = keras.Input((6,))
+        dense = keras.Model(inputs, keras.layers.Dense(5)(inputs))
+        y, dz, dv = roofline.extra_kernels("wn_dense", dense, "tensorflow", 4)()
+        assert (tuple(y.shape), tuple(dz.shape), tuple(dv.shape)) == ((4, 5), (4, 5), (6, 5))

@@ -67,6 +67,37 @@ def test_compare_measures_a_known_ratio(monkeypatch):
     assert calls[6:10] == ["slow", "slow", "fast", "fast"]
 
 
+def test_compare_settles_before_every_block_outside_the_clock(monkeypatch):
+    """``settle``: one sleep before every timed block (rounds x arms), none in the warm-up,
+    and none counted: on the fake clock (the arms alone advance it; the sleep here advances
+    a second clock that the timing must not read) the ratio stays exact."""
+    import types
+
+    timing = _load("_timing")
+    clock, events = {"now": 0.0, "slept": 0.0}, []
+
+    def sleep(seconds):
+        events.append(("sleep", seconds))
+        clock["slept"] += seconds
+
+    monkeypatch.setattr(timing, "time", types.SimpleNamespace(
+        perf_counter=lambda: clock["now"], process_time=lambda: clock["now"], sleep=sleep))
+
+    def arm(seconds, name):
+        def step():
+            events.append(name)
+            clock["now"] += seconds
+        return step
+
+    (row,) = timing.compare("settle", {"a": arm(0.004, "a"), "b": arm(0.008, "b")}, "a",
+                            rounds=2, steps=1, warmup=1, verbose=False, settle=0.25)
+    assert row.ratio == pytest.approx(2.0, rel=1e-9) and row.ms_baseline == pytest.approx(4.0)
+    assert events == ["a", "b",  # warm-up: no sleep
+                      ("sleep", 0.25), "a", ("sleep", 0.25), "b",   # round 1
+                      ("sleep", 0.25), "b", ("sleep", 0.25), "a"]   # round 2, rotated
+    assert clock["slept"] == pytest.approx(1.0)
+
+
 def test_row_met_and_table():
     timing = _load("_timing")
     row = timing.Row("g", "b", "a", 10.0, 10.3, 1.03, 1.0, 1.05, 0.9, 1.2, 5, 1.01, "<= 1.05")
