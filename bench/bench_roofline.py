@@ -32,7 +32,7 @@ one thread: what the memory system gives a streaming copy), the strictest bound.
 TensorFlow without XLA and PyTorch (``KERAS_BACKEND=tensorflow`` / ``torch``): every
 elementwise op is its own kernel, so there is no compiled program to count. The table has the
 same algorithm bounds (bandwidth: the backend's own ``a + b`` into a reused output) and,
-instead of the compiled bound, an *eager floor*: one more arm in the same interleaved rounds,
+instead of the compiled bound, the *eager kernels* column: one more arm in the same interleaved rounds,
 the baseline's step followed by the kernels the block adds, alone, on tensors of the arm's
 shapes, as the library runs them on that backend:
 
@@ -47,9 +47,10 @@ shapes, as the library runs them on that backend:
   buffer; on TensorFlow as the composed ops and their gradients, the last one an add of two
   kernel-sized tensors).
 
-A measured ratio at the eager floor means the remaining gap is what these kernels cost as the
-backend runs them; the gap between the floor and the algorithm bound is the products an eager
-backend writes out (a fused kernel, as XLA compiles on JAX, need not).
+A measured ratio at or below that arm's means the remaining gap is what these kernels cost as
+the backend runs them (below: in the real step the tensors are still in cache, the kernels alone
+read fresh ones); the gap between it and the algorithm bound is the products an eager backend
+writes out before it can sum them (a fused kernel, as XLA compiles on JAX, need not).
 """
 
 from __future__ import annotations
@@ -211,7 +212,7 @@ def extra_kernels(group, model, backend, batch: int):
     return None
 
 
-def _floor_name(arm: str) -> str:
+def _kernels_arm(arm: str) -> str:
     return f"{arm} kernels alone"
 
 
@@ -228,7 +229,7 @@ def main(argv=None):
     import numpy as np
 
     backend = keras.backend.backend()
-    compiled = backend == "jax"  # XLA's cost analysis; the eager floor elsewhere
+    compiled = backend == "jax"  # XLA's cost analysis; the eager kernels arm elsewhere
     keras.utils.set_random_seed(0)
     rng = np.random.default_rng(0)
     bw = bandwidth(4 if args.quick else 64, 2 if args.quick else 10, backend)
@@ -239,7 +240,7 @@ def main(argv=None):
                  "|---|---|---|---:|---:|---|---:|---:|---:|---:|"]
     else:
         lines = ["| benchmark | arm vs baseline | ms/step base -> arm | measured ratio "
-                 "| eager floor (baseline + the block's kernels alone) | minimum extra MB "
+                 "| eager kernels (baseline + the block's kernels alone) | minimum extra MB "
                  "| algorithm bound | algorithm bound at memcpy bandwidth |",
                  "|---|---|---|---:|---:|---:|---:|---:|"]
     results = []
@@ -257,7 +258,7 @@ def main(argv=None):
                 kernels = extra_kernels(group, models[arm], backend, len(x))
                 if kernels is not None:
                     kernels()
-                    arms[_floor_name(arm)] = (
+                    arms[_kernels_arm(arm)] = (
                         lambda base=arms[baseline], kernels=kernels: (base(), kernels()))
         times = {}
         rows = _timing.compare(label, arms, baseline, rounds=args.rounds, steps=args.steps,
@@ -283,9 +284,9 @@ def main(argv=None):
                     f"{nbytes[arm] / 1e6:.1f} | {extra / 1e6:.1f} | {minimum / 1e6:.1f} | "
                     f"{timing} | {bound:.3f} | {algorithm:.3f} | {memcpy:.3f} |")
             else:
-                floor = ratio.get(_floor_name(arm))
-                result["eager_floor"] = floor
-                shown = "-" if floor is None else f"{floor:.3f}"
+                kernels = ratio.get(_kernels_arm(arm))
+                result["eager_kernels"] = kernels
+                shown = "-" if kernels is None else f"{kernels:.3f}"
                 lines.append(f"| {label} | {arm} vs {baseline} | {timing} | {shown} | "
                              f"{minimum / 1e6:.1f} | {algorithm:.3f} | {memcpy:.3f} |")
             results.append(result)
@@ -295,7 +296,7 @@ def main(argv=None):
     add = "compiled JAX" if compiled else f"{kind} (no XLA)"
     print(f"\n## Roofline on {kind} ({info['device']})\n")
     print(f"machine: {info['machine']}, Keras {info['keras']}")
-    print(f"command: {_timing.command([__file__, *argv])}")
+    print(f"command: KERAS_BACKEND={backend} {_timing.command([__file__, *argv])}")
     print(f"bandwidth: {add} a + b {bw['add'] / 1e9:.1f} GB/s (used below); NumPy "
           f"copy, one thread, {bw['numpy_copy'] / 1e9:.1f} GB/s\n")
     print("\n".join(lines))

@@ -1,4 +1,4 @@
-"""bench/bench_roofline.py: its --quick runs (JAX's byte counts; the eager floor on PyTorch and
+"""bench/bench_roofline.py: its --quick runs (JAX's byte counts; the eager kernels' arm on PyTorch and
 TensorFlow, in subprocesses) and its byte counts against hand counts."""
 
 from __future__ import annotations
@@ -73,8 +73,8 @@ def _quick_rows(backend):
 
 
 @pytest.mark.parametrize("backend", ["torch", "tensorflow"])
-def test_quick_eager_run_has_the_floor_column(backend):
-    """Without XLA the table has the eager floor (an arm timed in the same rounds) instead of
+def test_quick_eager_run_has_the_eager_kernels_column(backend):
+    """Without XLA the table has the eager kernels' ratio (an arm timed in the same rounds) instead of
     byte counts: a ratio for every row."""
     if backend == "torch":
         pytest.importorskip("torch")
@@ -89,8 +89,8 @@ def test_quick_eager_run_has_the_floor_column(backend):
     assert all(float(r[6]) >= 1 and float(r[7].rstrip(" |")) >= 1 for r in rows)
 
 
-def test_extra_kernels_exist_where_the_table_has_a_floor():
-    """The eager floor's kernels: none on JAX (its table counts bytes); on TensorFlow they
+def test_extra_kernels_run_on_the_models_shapes():
+    """The eager kernels: none on JAX (its table counts bytes); on TensorFlow they
     run on tensors of the model's shapes (weight normalization's outputs: y and dz of the
     batch's shape, dv of the kernel's)."""
     roofline = load_bench("bench_roofline")

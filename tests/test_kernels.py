@@ -130,7 +130,8 @@ def test_scaled_matmul_with_a_scratch_buffer_across_shapes_and_dtypes():
         ts = [keras.ops.convert_to_tensor(a, dtype) for a in (x, v, g)]
         ut = keras.ops.convert_to_tensor(u, dtype)
         _, (gx, gv, gg) = gradients(
-            lambda x, v, g: keras.ops.sum(scaled_matmul(x, v, g, 1e-6, scratch) * ut), ts)
+            lambda x, v, g, ut=ut: keras.ops.sum(scaled_matmul(x, v, g, 1e-6, scratch) * ut),
+            ts)
         n = np.sqrt((v**2).sum(0))
         z = x @ v
         t = (u * z).sum(0)

@@ -238,8 +238,6 @@ class _ProjectedOptimizer(keras.optimizers.Optimizer):
     def _torch_project_decay_update(self, variable, w, g, p, lr, step):
         """In-place ``w ← w·(1 + step·coef − lr·λ·r) − step·p`` (see
         :meth:`_project_decay_update`); ``lr`` and ``step`` are 0-d tensors."""
-        import torch
-
         decay = self._decays(variable)
         projected = w.ndim >= 2
         if not (projected or decay):
