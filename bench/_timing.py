@@ -12,6 +12,8 @@ Method (the same for every benchmark, so their ratios are comparable):
    rounds. In a round every arm runs ``steps`` steps back to back; the order of the arms rotates
    from round to round (A B C, B C A, C A B, ...), so a slow phase of a shared machine hits every
    arm equally often. Garbage collection runs once before the rounds and is off during them.
+   ``settle`` seconds of idle before every timed block (bench_backends.py: 0.3 s) keep one
+   arm's spinning thread pool from taking the cores of the next (see :func:`compare`).
 4. Per round, the ratio ``t(arm) / t(baseline)`` is formed from the two blocks of *that* round;
    the reported ratio is the median over rounds, with the interquartile range and min-max as the
    spread. Per-step times are medians over rounds.

@@ -169,10 +169,12 @@ def test_memory_quick_tensorflow_torch(backend):
     assert all(r[3] != "n/a" and r[4] != "n/a" for r in rows)
 
 
-def test_rejects_unknown_backend_and_group():
+def test_rejects_unknown_backend_group_and_negative_settle():
     env = {**os.environ, "TF_CPP_MIN_LOG_LEVEL": "3"}
-    for args in (["--backend", "mxnet"], ["--backend", "jax", "--only", "nope"]):
+    expected = ["invalid choice: 'mxnet'", "Received: only='nope'", "Received: settle=-1.0"]
+    for args, message in zip((["--backend", "mxnet"], ["--backend", "jax", "--only", "nope"],
+                               ["--backend", "jax", "--settle", "-1"]), expected, strict=True):
         out = subprocess.run([sys.executable, SCRIPT, "--quick", *args], capture_output=True,
                              text=True, cwd=ROOT, env=env, timeout=300)
         assert out.returncode == 2, out.stderr
-        assert "invalid choice: 'mxnet'" in out.stderr or "Received: only='nope'" in out.stderr
+        assert message in out.stderr
