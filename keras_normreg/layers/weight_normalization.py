@@ -162,6 +162,8 @@ class WeightNormalization(keras.layers.Wrapper):
             self.activity_regularizer = layer.activity_regularizer
         self._layer_kind = _kind(layer)
         self._untrack_inner_layer()
+        # PyTorch's output form writes its temporary v * v here (an untracked plain object)
+        self._scratch = Scratch()
         self.v = None
         self.g = None
         self.bias = None
@@ -413,14 +415,10 @@ class WeightNormalization(keras.layers.Wrapper):
         fan_in). TensorFlow and JAX keep the composed ops (XLA fuses them; TensorFlow has no
         accumulating GEMM to gain from)."""
         g = ops.reshape(ops.convert_to_tensor(self.g), (-1,))
-        # the temporary v * v goes into a buffer this layer owns (off Keras' tracking)
-        scratch = self.__dict__.get("_scratch")
-        if scratch is None:
-            scratch = self.__dict__["_scratch"] = Scratch()
         if len(x.shape) == 2:
-            return scaled_matmul(x, v, g, self.epsilon, scratch)
+            return scaled_matmul(x, v, g, self.epsilon, self._scratch)
         rows = ops.reshape(x, (-1, x.shape[-1]))
-        out = scaled_matmul(rows, v, g, self.epsilon, scratch)
+        out = scaled_matmul(rows, v, g, self.epsilon, self._scratch)
         return ops.reshape(out, tuple(ops.shape(x)[:-1]) + (v.shape[-1],))
 
     def _finish(self, outputs):
