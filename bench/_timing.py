@@ -99,6 +99,29 @@ def finish_args(args, rounds: int, steps: int):
     return args
 
 
+#: seconds of idle before every timed block where the script takes ``--settle`` (see compare)
+SETTLE = 0.3
+
+
+def add_settle(parser) -> None:
+    """``--settle``: the idle before every timed block (:func:`compare`); resolve it with
+    :func:`settle_of` after parsing."""
+    parser.add_argument("--settle", type=float, default=None,
+                        help="seconds of sleep before every timed block, so that the thread "
+                             "pools of the previous arm (PyTorch's OpenMP spins after its "
+                             f"work) are idle (default {SETTLE:g}; --quick: 0)")
+
+
+def settle_of(parser, args) -> float:
+    """The ``--settle`` in effect: :data:`SETTLE`, 0 with ``--quick``; a negative value is
+    refused through ``parser.error`` (exit status 2), naming the value received."""
+    if args.settle is None:
+        return 0.0 if args.quick else SETTLE
+    if args.settle < 0:
+        parser.error(f"--settle must be >= 0. Received: settle={args.settle}")
+    return args.settle
+
+
 # ---------------------------------------------------------------------- arms
 def parse_args(parser, argv, *, rounds: int, steps: int = 1, only=None):
     """Parse ``argv``, fill the --rounds/--steps defaults (:func:`finish_args`), check --only

@@ -332,17 +332,11 @@ def main(argv=None):
     p.add_argument("--memory", action="store_true",
                    help="also measure the peak memory of a training step (bench/_memory.py)")
     p.add_argument("--memory-child", default=None, help=argparse.SUPPRESS)  # "mode/arm"
-    p.add_argument("--settle", type=float, default=None,
-                   help="seconds of sleep before every timed block, so that the thread pools "
-                        "of the previous arm (PyTorch's OpenMP spins after its work) are idle "
-                        "(default 0.3; --quick: 0)")
+    _timing.add_settle(p)
     args = p.parse_args(argv)
     args._argv = argv
     _timing.finish_args(args, rounds=15, steps=5)
-    if args.settle is None:
-        args.settle = 0.0 if args.quick else 0.3
-    elif args.settle < 0:
-        p.error(f"--settle must be >= 0. Received: settle={args.settle}")
+    args.settle = _timing.settle_of(p, args)
     groups = _timing.parse_only(p, args.only, GROUPS, "groups")
 
     import keras

@@ -32,9 +32,9 @@ one thread: what the memory system gives a streaming copy), the strictest bound.
 TensorFlow without XLA and PyTorch (``KERAS_BACKEND=tensorflow`` / ``torch``): every
 elementwise op is its own kernel, so there is no compiled program to count. The table has the
 same algorithm bounds (bandwidth: the backend's own ``a + b`` into a reused output) and,
-instead of the compiled bound, the *eager kernels* column: one more arm in the same interleaved rounds,
-the baseline's step followed by the kernels the block adds, alone, on tensors of the arm's
-shapes, as the library runs them on that backend:
+instead of the compiled bound, the *eager kernels* column: one more arm in the same
+interleaved rounds, the baseline's step followed by the kernels the block adds, alone, on
+tensors of the arm's shapes, as the library runs them on that backend:
 
 * SGDP/AdamP: the projection's reduction and branch rule for every rank >= 2 weight
   (:func:`keras_normreg.optimizers.projection.projection_coefficients` in a ``tf.function``,
@@ -144,7 +144,7 @@ def _kernel_shapes(model) -> list[tuple[int, ...]]:
 def extra_kernels(group, model, backend, batch: int):
     """The kernels ``group``'s block adds to a step, alone (module docstring), as a
     zero-argument callable on tensors of ``model``'s kernel shapes; None on JAX (its table
-    counts bytes instead)."""
+    counts bytes instead: main never asks there)."""
     shapes = _kernel_shapes(model)
     if backend == "torch":
         import torch
@@ -221,9 +221,11 @@ def main(argv=None):
 
     argv = sys.argv[1:] if argv is None else list(argv)
     p = _timing.base_parser(__doc__.splitlines()[0])
+    _timing.add_settle(p)
     args = p.parse_args(argv)
     args._argv = argv
     _timing.finish_args(args, rounds=9, steps=3)
+    settle = _timing.settle_of(p, args)
     import bench_backends
     import keras
     import numpy as np
@@ -256,14 +258,13 @@ def main(argv=None):
         else:
             for arm in measured:
                 kernels = extra_kernels(group, models[arm], backend, len(x))
-                if kernels is not None:
-                    kernels()
-                    arms[_kernels_arm(arm)] = (
-                        lambda base=arms[baseline], kernels=kernels: (base(), kernels()))
+                kernels()
+                arms[_kernels_arm(arm)] = (
+                    lambda base=arms[baseline], kernels=kernels: (base(), kernels()))
         times = {}
         rows = _timing.compare(label, arms, baseline, rounds=args.rounds, steps=args.steps,
                                warmup=args.warmup, verbose=not args.quick, times=times,
-                               settle=0.0 if args.quick else 0.3)
+                               settle=settle)
         ratio = {row.name: row.ratio for row in rows}
         t_base = times[baseline]
         for arm in measured:
@@ -284,10 +285,9 @@ def main(argv=None):
                     f"{nbytes[arm] / 1e6:.1f} | {extra / 1e6:.1f} | {minimum / 1e6:.1f} | "
                     f"{timing} | {bound:.3f} | {algorithm:.3f} | {memcpy:.3f} |")
             else:
-                kernels = ratio.get(_kernels_arm(arm))
+                kernels = ratio[_kernels_arm(arm)]
                 result["eager_kernels"] = kernels
-                shown = "-" if kernels is None else f"{kernels:.3f}"
-                lines.append(f"| {label} | {arm} vs {baseline} | {timing} | {shown} | "
+                lines.append(f"| {label} | {arm} vs {baseline} | {timing} | {kernels:.3f} | "
                              f"{minimum / 1e6:.1f} | {algorithm:.3f} | {memcpy:.3f} |")
             results.append(result)
         keras.backend.clear_session()

@@ -193,11 +193,10 @@ def scaled_matmul(x, v, g, floor, scratch=None):
 
     with ``dv`` as the GEMM and ``v * c`` added into it in place (``addcmul_``, one pass;
     autograd would materialize ``v * c`` and add the two: one more pass and one more
-    kernel-sized temporary), ``dx`` only when
-    ``x`` needs a gradient, and ``v * v`` into ``scratch`` (a :class:`Scratch` the caller owns;
-    a fresh temporary without it) (measured: docs/benchmarks.md). Elsewhere (TensorFlow, JAX) it is
-    the composed ops and their autodiff (the reference the tests compare with); the layer
-    uses it on PyTorch only.
+    kernel-sized temporary), ``dx`` only when ``x`` needs a gradient, and ``v * v`` into
+    ``scratch`` (a :class:`Scratch` the caller owns; a fresh temporary without it) (measured:
+    docs/benchmarks.md). Elsewhere (TensorFlow, JAX) it is the composed ops and their autodiff
+    (the reference the tests compare with); the layer uses it on PyTorch only.
     """
     x, v, g = (ops.convert_to_tensor(t) for t in (x, v, g))
     if keras.backend.backend() == "torch":
