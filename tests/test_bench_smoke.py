@@ -32,22 +32,37 @@ def test_quantile_matches_numpy_linear_percentile():
     assert timing._quantile([2.0], 0.25) == 2.0
 
 
-def test_compare_measures_a_known_ratio(monkeypatch):
-    """On a fake clock that only the arms advance (4 ms and 12 ms of wall and CPU time per
-    step), so the ratios are exact on any machine, at any load."""
+def _fake_clock(monkeypatch, timing, events):
+    """Replace ``timing``'s clock by one that only the arms advance: returns ``(clock,
+    arm)``; ``arm(seconds, name)`` is a step that appends ``name`` to ``events`` and moves
+    the wall and CPU clocks by ``seconds``; ``time.sleep`` appends ``("sleep", s)`` and moves
+    only ``clock["slept"]``, which the timing never reads."""
     import types
 
-    timing = _load("_timing")
-    calls = []
-    clock = {"now": 0.0}
+    clock = {"now": 0.0, "slept": 0.0}
+
+    def sleep(seconds):
+        events.append(("sleep", seconds))
+        clock["slept"] += seconds
+
     monkeypatch.setattr(timing, "time", types.SimpleNamespace(
-        perf_counter=lambda: clock["now"], process_time=lambda: clock["now"]))
+        perf_counter=lambda: clock["now"], process_time=lambda: clock["now"], sleep=sleep))
 
     def arm(seconds, name):
         def step():
-            calls.append(name)
+            events.append(name)
             clock["now"] += seconds
         return step
+
+    return clock, arm
+
+
+def test_compare_measures_a_known_ratio(monkeypatch):
+    """On a fake clock that only the arms advance (4 ms and 12 ms of wall and CPU time per
+    step), so the ratios are exact on any machine, at any load."""
+    timing = _load("_timing")
+    calls = []
+    _, arm = _fake_clock(monkeypatch, timing, calls)
 
     times = {}
     rows = timing.compare("busy", {"fast": arm(0.004, "fast"), "slow": arm(0.012, "slow")},
@@ -71,23 +86,9 @@ def test_compare_settles_before_every_block_outside_the_clock(monkeypatch):
     """``settle``: one sleep before every timed block (rounds x arms), none in the warm-up,
     and none counted: on the fake clock (the arms alone advance it; the sleep here advances
     a second clock that the timing must not read) the ratio stays exact."""
-    import types
-
     timing = _load("_timing")
-    clock, events = {"now": 0.0, "slept": 0.0}, []
-
-    def sleep(seconds):
-        events.append(("sleep", seconds))
-        clock["slept"] += seconds
-
-    monkeypatch.setattr(timing, "time", types.SimpleNamespace(
-        perf_counter=lambda: clock["now"], process_time=lambda: clock["now"], sleep=sleep))
-
-    def arm(seconds, name):
-        def step():
-            events.append(name)
-            clock["now"] += seconds
-        return step
+    events = []
+    clock, arm = _fake_clock(monkeypatch, timing, events)
 
     (row,) = timing.compare("settle", {"a": arm(0.004, "a"), "b": arm(0.008, "b")}, "a",
                             rounds=2, steps=1, warmup=1, verbose=False, settle=0.25)
